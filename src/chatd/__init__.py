@@ -1,0 +1,1 @@
+"""chatd: a chatbot server with the production checklist done."""

@@ -1,0 +1,51 @@
+"""Settings from CHATD_* variables and .env; nothing is built at import time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_database_url() -> str:
+    """Return a SQLite file in the user's data directory."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite+aiosqlite:///{Path(base) / 'chatd' / 'chatd.db'}"
+
+
+class Settings(BaseSettings):
+    """Every knob chatd has; see DESIGN.md §4."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATD_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    database_url: str = Field(default_factory=default_database_url)
+    redis_url: str | None = None
+    provider: str = "auto"
+    model: str | None = None
+    base_url: str | None = None
+    auth: Literal["auto", "on", "off"] = "auto"
+
+    max_tokens: int = Field(default=1024, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+
+    retry_max_attempts: int = Field(default=3, ge=1)
+    retry_max_total_s: float = Field(default=60.0, ge=0)
+    retry_base_delay_s: float = Field(default=0.5, ge=0)
+    retry_max_delay_s: float = Field(default=8.0, ge=0)
+
+    context_policy: Literal["window", "tokens"] = "tokens"
+    context_max_messages: int = Field(default=50, ge=1)
+    context_max_tokens: int = Field(default=16000, ge=1)
+
+    max_message_chars: int = Field(default=32000, ge=1)
+    max_tool_rounds: int = Field(default=8, ge=0)
+    tool_timeout_s: float = Field(default=30.0, gt=0)
+    tools: list[str] = Field(default_factory=list)
+
+    ollama_probe_timeout_s: float = Field(default=0.3, gt=0)

@@ -1,0 +1,116 @@
+"""The exception tree; each class maps to one HTTP status.
+
+    ChatdError                      500  anything we did not foresee
+    ├── ConfigError                 400  unknown provider/model, bad database URL, bad setting
+    │   └── ProviderNotConfigured   400  the chosen provider lacks its key; names the variable
+    ├── InputError                  422  empty message, bad id, malformed file
+    │   └── InputTooLarge           413  over a configured cap
+    ├── NotFound                    404  no such session (or not the caller's)
+    ├── SessionBusy                 409  a turn is already in flight on this session
+    ├── StoreUnavailable            503  the database cannot be reached
+    └── UpstreamError               502  the model provider misbehaved
+        ├── UpstreamAuthError       502  the provider refused our key
+        ├── UpstreamBadRequest      502  the provider rejected the request
+        ├── UpstreamRateLimited     429  rate limited, retries exhausted or quota spent
+        ├── UpstreamUnavailable     503  5xx/529/connection trouble, retries exhausted
+        └── UpstreamStreamError     502  the reply broke off mid-stream
+"""
+
+from __future__ import annotations
+
+
+class ChatdError(Exception):
+    """Base of every error chatd raises on purpose."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ChatdError):
+    """A setting, provider or model that cannot work."""
+
+    status = 400
+
+
+class ProviderNotConfigured(ConfigError):
+    """The chosen provider has no credentials."""
+
+
+class InputError(ChatdError):
+    """Input a person can fix."""
+
+    status = 422
+
+
+class InputTooLarge(InputError):
+    """Input over a configured cap."""
+
+    status = 413
+
+
+class NotFound(ChatdError):
+    """No such thing, as far as the caller may know."""
+
+    status = 404
+
+
+class SessionBusy(ChatdError):
+    """Another turn is in flight on the same session."""
+
+    status = 409
+
+
+class StoreUnavailable(ChatdError):
+    """The database is unreachable."""
+
+    status = 503
+
+
+class UpstreamError(ChatdError):
+    """The model provider failed; retryable ones carry a hint of when to try again."""
+
+    status = 502
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider refused the credentials."""
+
+
+class UpstreamBadRequest(UpstreamError):
+    """The provider rejected the request as malformed or too large."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The provider rate limited us."""
+
+    status = 429
+    retryable = True
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The provider is down, overloaded or unreachable."""
+
+    status = 503
+    retryable = True
+
+
+class UpstreamStreamError(UpstreamError):
+    """The reply stream broke off or carried an error event."""

@@ -1,0 +1,294 @@
+"""Pure value types shared by every layer: messages, parts, requests, stream events, usage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Role(StrEnum):
+    """Who wrote a message; the system prompt is a session attribute, not a message."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """Plain text."""
+
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """A request from the model to run a tool."""
+
+    id: str
+    name: str
+    input: Mapping[str, Any]
+    type: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultPart:
+    """The outcome of a tool call, fed back to the model."""
+
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+    type: Literal["tool_result"] = "tool_result"
+
+
+Part = TextPart | ToolCallPart | ToolResultPart
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation."""
+
+    role: Role
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def user(cls, text: str) -> Message:
+        """Build a user text message."""
+        return cls(Role.USER, (TextPart(text),))
+
+    @classmethod
+    def assistant(cls, text: str) -> Message:
+        """Build an assistant text message."""
+        return cls(Role.ASSISTANT, (TextPart(text),))
+
+    @property
+    def text(self) -> str:
+        """Return the concatenated text parts."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+    @property
+    def tool_calls(self) -> tuple[ToolCallPart, ...]:
+        """Return the tool calls this message makes."""
+        return tuple(p for p in self.parts if isinstance(p, ToolCallPart))
+
+    @property
+    def tool_results(self) -> tuple[ToolResultPart, ...]:
+        """Return the tool results this message carries."""
+        return tuple(p for p in self.parts if isinstance(p, ToolResultPart))
+
+
+class StopReason(StrEnum):
+    """Why the model stopped; values a provider may add later map to UNKNOWN."""
+
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    TOOL_USE = "tool_use"
+    REFUSAL = "refusal"
+    PAUSE_TURN = "pause_turn"
+    CONTEXT_WINDOW_EXCEEDED = "context_window_exceeded"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: str | None) -> StopReason:
+        """Map a provider's raw value, never raising on one we do not know."""
+        if value is None:
+            return cls.UNKNOWN
+        if value == "model_context_window_exceeded":
+            return cls.CONTEXT_WINDOW_EXCEEDED
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class TurnState(StrEnum):
+    """Where a turn is; every turn ends in exactly one of the final states."""
+
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    TRUNCATED = "truncated"
+    REFUSED = "refused"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+    @property
+    def in_context(self) -> bool:
+        """Tell whether a turn in this state is part of what the model sees."""
+        return self in (TurnState.COMPLETE, TurnState.TRUNCATED)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts reported for one or more calls."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as offered to the model: name, description, JSON schema of its input."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Per-session or per-request knobs; None means use the next default down."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] | None = None
+
+    def over(self, base: GenerationParams) -> GenerationParams:
+        """Return these params with unset fields taken from base."""
+        return GenerationParams(
+            model=self.model if self.model is not None else base.model,
+            max_tokens=self.max_tokens if self.max_tokens is not None else base.max_tokens,
+            temperature=self.temperature if self.temperature is not None else base.temperature,
+            stop=self.stop if self.stop is not None else base.stop,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """Everything a provider needs for one model call."""
+
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int
+    system: str | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
+
+
+# Provider stream events, normalized across providers.
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A chunk of reply text, passed on as it arrives."""
+
+    text: str
+    kind: Literal["delta"] = "delta"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """A complete tool call from the model."""
+
+    call: ToolCallPart
+    kind: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """Token usage of one model call."""
+
+    usage: Usage
+    kind: Literal["usage"] = "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class StopEvent:
+    """The model call ended; always the last event of a provider stream."""
+
+    reason: StopReason
+    kind: Literal["stop"] = "stop"
+
+
+StreamEvent = TextDelta | ToolCallEvent | UsageEvent | StopEvent
+
+
+# Engine events: the provider events plus the turn's start, tool results and its end.
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    """The user's message is stored; the reply is about to stream."""
+
+    session_id: str
+    turn_id: str
+    kind: Literal["message_start"] = "message_start"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultEvent:
+    """A tool ran and this is what goes back to the model."""
+
+    result: ToolResultPart
+    kind: Literal["tool_result"] = "tool_result"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """The turn is stored in its final state; always the last engine event."""
+
+    turn_id: str
+    state: TurnState
+    stop_reason: StopReason
+    usage: Usage
+    text: str
+    kind: Literal["message_end"] = "message_end"
+
+    @property
+    def truncated(self) -> bool:
+        """Tell whether the reply was cut short by max_tokens."""
+        return self.stop_reason is StopReason.MAX_TOKENS
+
+
+TurnEvent = TurnStarted | TextDelta | ToolCallEvent | ToolResultEvent | UsageEvent | TurnEnded
+
+
+# Stored records, as the store hands them out.
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A conversation's settings and size."""
+
+    id: str
+    user_id: str
+    system_prompt: str | None
+    params: GenerationParams
+    provider: str | None
+    created_at: datetime
+    updated_at: datetime
+    turn_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """One stored turn: the user's message, what came back, and how it ended."""
+
+    id: str
+    session_id: str
+    seq: int
+    state: TurnState
+    messages: tuple[Message, ...]
+    stop_reason: StopReason | None
+    usage: Usage
+    model: str | None
+    provider: str | None
+    created_at: datetime
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
