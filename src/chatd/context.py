@@ -1,0 +1,96 @@
+"""Context policies (which history the model sees) and token estimates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from chatd.types import ChatRequest, Message, Role, TextPart, ToolCallPart
+
+# Framing each message costs a few tokens on every provider.
+MESSAGE_OVERHEAD = 4
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Estimate tokens in text: about four characters a token."""
+    return (len(text) + 3) // 4
+
+
+def estimate_message_tokens(message: Message) -> int:
+    """Estimate the tokens a message costs in a request."""
+    total = MESSAGE_OVERHEAD
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            total += estimate_text_tokens(part.text)
+        elif isinstance(part, ToolCallPart):
+            total += estimate_text_tokens(part.name + json.dumps(dict(part.input)))
+        else:
+            total += estimate_text_tokens(part.content)
+    return total
+
+
+def estimate_request_tokens(request: ChatRequest) -> int:
+    """Estimate the input tokens of a whole request."""
+    system = estimate_text_tokens(request.system) if request.system else 0
+    return system + sum(estimate_message_tokens(m) for m in request.messages)
+
+
+def is_turn_start(message: Message) -> bool:
+    """Tell whether a window may start at this message: a user message carrying no tool result."""
+    return message.role is Role.USER and not message.tool_results
+
+
+class ContextPolicy(Protocol):
+    """Chooses the suffix of the history sent to the model."""
+
+    def select(self, system: str | None, messages: Sequence[Message]) -> Sequence[Message]:
+        """Return the messages to send; the last user message is always kept."""
+        ...
+
+
+def _cut_points(messages: Sequence[Message]) -> list[int]:
+    return [i for i, m in enumerate(messages) if is_turn_start(m)]
+
+
+def _fallback(messages: Sequence[Message], cuts: list[int]) -> Sequence[Message]:
+    return messages[cuts[-1] :] if cuts else messages
+
+
+@dataclass(frozen=True, slots=True)
+class SlidingWindow:
+    """Keep at most the last `max_messages` messages, cut at a turn boundary."""
+
+    max_messages: int
+
+    def select(self, system: str | None, messages: Sequence[Message]) -> Sequence[Message]:
+        """Return the newest whole turns that fit in the window."""
+        cuts = _cut_points(messages)
+        for i in cuts:
+            if len(messages) - i <= self.max_messages:
+                return messages[i:]
+        return _fallback(messages, cuts)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBudget:
+    """Keep the newest whole turns whose estimated tokens, with the system prompt, fit."""
+
+    max_tokens: int
+
+    def select(self, system: str | None, messages: Sequence[Message]) -> Sequence[Message]:
+        """Return the newest whole turns that fit in the budget."""
+        budget = self.max_tokens - (estimate_text_tokens(system) if system else 0)
+        cuts = set(_cut_points(messages))
+        best: int | None = None
+        used = 0
+        for i in range(len(messages) - 1, -1, -1):
+            used += estimate_message_tokens(messages[i])
+            if used > budget:
+                break
+            if i in cuts:
+                best = i
+        if best is None:
+            return _fallback(messages, sorted(cuts))
+        return messages[best:]

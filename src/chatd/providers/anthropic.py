@@ -1,0 +1,228 @@
+"""Anthropic's Messages API through the official `anthropic` SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anthropic
+
+from chatd.errors import ProviderNotConfigured, UpstreamError, UpstreamStreamError
+from chatd.providers.base import (
+    ProviderOptions,
+    ProviderPlugin,
+    connection_error,
+    error_for_status,
+)
+from chatd.types import (
+    ChatRequest,
+    Message,
+    StopEvent,
+    StopReason,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    ToolCallEvent,
+    ToolCallPart,
+    Usage,
+    UsageEvent,
+)
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+# Error types Anthropic may send inside a 200 stream, mapped to the status they stand for.
+STREAM_ERROR_STATUS = {
+    "overloaded_error": 529,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "invalid_request_error": 400,
+    "request_too_large": 413,
+}
+
+
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    if len(message.parts) == 1 and isinstance(message.parts[0], TextPart):
+        return message.parts[0].text
+    blocks: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ToolCallPart):
+            blocks.append(
+                {"type": "tool_use", "id": part.id, "name": part.name, "input": dict(part.input)}
+            )
+        else:
+            blocks.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": part.tool_call_id,
+                    "content": part.content,
+                    "is_error": part.is_error,
+                }
+            )
+    return blocks
+
+
+def request_body(request: ChatRequest) -> dict[str, Any]:
+    """Build the Messages API body for a request."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": m.role.value, "content": _content(m)} for m in request.messages],
+    }
+    if request.system:
+        body["system"] = request.system
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    if request.tools:
+        body["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)}
+            for t in request.tools
+        ]
+    return body
+
+
+class AnthropicProvider:
+    """Streams replies from the Messages API; the SDK does no retries of its own."""
+
+    def __init__(self, options: ProviderOptions) -> None:
+        self.name = options.name
+        self.default_model = options.model or DEFAULT_MODEL
+        self._client = anthropic.AsyncAnthropic(
+            api_key=options.api_key,
+            base_url=options.base_url,
+            max_retries=0,
+            timeout=options.timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK client."""
+        await self._client.close()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield normalized events for one streamed Messages call."""
+        emitted = False
+        try:
+            stream = await self._client.messages.create(**request_body(request), stream=True)
+            async with stream:
+                async for event in _normalize(stream):
+                    emitted = emitted or isinstance(event, TextDelta | ToolCallEvent)
+                    yield event
+        except anthropic.APIStatusError as exc:
+            raise self._status_error(exc, emitted) from None
+        except (anthropic.APIConnectionError, OSError) as exc:
+            raise _after_output(connection_error(self.name, exc), emitted) from None
+        except UpstreamError as exc:
+            raise _after_output(exc, emitted) from None
+        except Exception as exc:
+            # The SDK lets transport errors of its HTTP library through mid-stream.
+            if type(exc).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore"):
+                raise
+            raise _after_output(connection_error(self.name, exc), emitted) from None
+
+    def _status_error(self, exc: anthropic.APIStatusError, emitted: bool) -> UpstreamError:
+        status = exc.status_code
+        if status == 200:  # an `error` event inside the stream
+            status = STREAM_ERROR_STATUS.get(str(exc.type), 500)
+        detail = exc.api_message or exc.message
+        quota = "credit balance" in str(detail).lower()
+        error = error_for_status(
+            self.name, status, str(detail), exc.response.headers, quota_spent=quota
+        )
+        return _after_output(error, emitted)
+
+
+def _after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
+    if not emitted:
+        return error
+    return UpstreamStreamError(
+        f"the reply broke off: {error.message}", upstream_status=error.upstream_status
+    )
+
+
+async def _normalize(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent]:
+    usage = Usage()
+    stop: StopReason | None = None
+    tool: dict[str, Any] | None = None
+    async for event in stream:
+        kind = getattr(event, "type", None)
+        if kind == "message_start":
+            u = event.message.usage
+            usage = Usage(
+                input_tokens=u.input_tokens or 0,
+                output_tokens=u.output_tokens or 0,
+                cache_read_tokens=u.cache_read_input_tokens or 0,
+                cache_write_tokens=u.cache_creation_input_tokens or 0,
+            )
+        elif kind == "content_block_start":
+            block = event.content_block
+            if block.type == "tool_use":
+                tool = {"id": block.id, "name": block.name, "json": []}
+        elif kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta" and delta.text:
+                yield TextDelta(delta.text)
+            elif delta.type == "input_json_delta" and tool is not None:
+                tool["json"].append(delta.partial_json)
+        elif kind == "content_block_stop" and tool is not None:
+            raw = "".join(tool["json"])
+            yield ToolCallEvent(ToolCallPart(tool["id"], tool["name"], _parse_input(raw)))
+            tool = None
+        elif kind == "message_delta":
+            stop = StopReason.parse(event.delta.stop_reason)
+            u = event.usage
+            usage = Usage(
+                input_tokens=getattr(u, "input_tokens", None) or usage.input_tokens,
+                output_tokens=u.output_tokens or usage.output_tokens,
+                cache_read_tokens=getattr(u, "cache_read_input_tokens", None)
+                or usage.cache_read_tokens,
+                cache_write_tokens=getattr(u, "cache_creation_input_tokens", None)
+                or usage.cache_write_tokens,
+            )
+        elif kind == "message_stop":
+            break
+    if stop is None:
+        raise UpstreamStreamError("anthropic ended the stream without a stop reason")
+    yield UsageEvent(usage)
+    yield StopEvent(stop)
+
+
+def _parse_input(raw: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_invalid_json": raw}
+    return value if isinstance(value, dict) else {"_invalid_json": raw}
+
+
+def _resolve(
+    name: str, env: Mapping[str, str], base_url: str | None, model: str | None, timeout_s: float
+) -> ProviderOptions:
+    key = env.get("ANTHROPIC_API_KEY")
+    if not key:
+        raise ProviderNotConfigured(
+            "provider 'anthropic' needs an API key: set ANTHROPIC_API_KEY "
+            "(or pick another provider with CHATD_PROVIDER / --provider)"
+        )
+    return ProviderOptions(
+        name=name,
+        api_key=key,
+        base_url=base_url or env.get("ANTHROPIC_BASE_URL") or None,
+        model=model,
+        timeout_s=timeout_s,
+    )
+
+
+plugin = ProviderPlugin(
+    names=("anthropic",),
+    create=AnthropicProvider,
+    resolve=_resolve,
+    configured=lambda _name, env: bool(env.get("ANTHROPIC_API_KEY")),
+)

@@ -1,0 +1,123 @@
+"""The provider protocol, the plugin shape, and upstream-status-to-error mapping."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from chatd.errors import (
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from chatd.types import ChatRequest, StreamEvent
+
+
+class Provider(Protocol):
+    """A model provider: one call in, normalized events out."""
+
+    name: str
+    default_model: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield text deltas and tool calls, then one UsageEvent and one StopEvent.
+
+        Raises an UpstreamError subclass on failure; `retryable` is only set when
+        no text or tool call was yielded yet.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the provider's HTTP client."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderOptions:
+    """What a provider is built from: resolved from settings and the environment."""
+
+    name: str
+    api_key: str | None
+    base_url: str | None
+    model: str | None
+    timeout_s: float
+    demo_delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPlugin:
+    """What a `chatd.providers` entry point exposes.
+
+    `names` are the provider names it serves; `options(name, env, base_url, model)`
+    resolves credentials (raising ProviderNotConfigured when they are missing) and
+    `configured(name, env)` tells `auto` whether the user set this provider up.
+    """
+
+    names: tuple[str, ...]
+    create: Callable[[ProviderOptions], Provider]
+    resolve: Callable[[str, Mapping[str, str], str | None, str | None, float], ProviderOptions]
+    configured: Callable[[str, Mapping[str, str]], bool]
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Read retry-after-ms or retry-after (seconds or an HTTP date) as seconds."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_for_status(
+    provider: str,
+    status: int,
+    detail: str,
+    headers: Mapping[str, str],
+    *,
+    quota_spent: bool = False,
+) -> UpstreamError:
+    """Turn an upstream HTTP error into chatd's typed error, deciding whether it is retryable."""
+    retry_after = parse_retry_after(headers)
+    where = f"{provider} answered HTTP {status}"
+    if status in (401, 403):
+        return UpstreamAuthError(
+            f"{where}: the API key was rejected ({detail})", upstream_status=status
+        )
+    if status == 429:
+        if quota_spent and retry_after is None:
+            return UpstreamRateLimited(
+                f"{where}: the account's quota is spent ({detail})",
+                upstream_status=status,
+                retryable=False,
+            )
+        return UpstreamRateLimited(
+            f"{where}: rate limited ({detail})", upstream_status=status, retry_after=retry_after
+        )
+    if status == 408 or status == 529 or status >= 500:
+        return UpstreamUnavailable(
+            f"{where}: unavailable ({detail})", upstream_status=status, retry_after=retry_after
+        )
+    return UpstreamBadRequest(f"{where}: request rejected ({detail})", upstream_status=status)
+
+
+def connection_error(provider: str, exc: BaseException) -> UpstreamUnavailable:
+    """Describe a failure to reach the provider."""
+    return UpstreamUnavailable(f"cannot reach {provider}: {type(exc).__name__}: {exc}".rstrip(": "))

@@ -1,0 +1,308 @@
+"""OpenAI Chat Completions and every server that speaks it, through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from chatd.context import estimate_request_tokens
+from chatd.errors import (
+    ConfigError,
+    ProviderNotConfigured,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamStreamError,
+    UpstreamUnavailable,
+)
+from chatd.providers.base import (
+    ProviderOptions,
+    ProviderPlugin,
+    connection_error,
+    error_for_status,
+)
+from chatd.types import (
+    ChatRequest,
+    Message,
+    Role,
+    StopEvent,
+    StopReason,
+    StreamEvent,
+    TextDelta,
+    ToolCallEvent,
+    ToolCallPart,
+    Usage,
+    UsageEvent,
+)
+
+log = logging.getLogger("chatd.providers")
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """Where a known OpenAI-compatible service lives and how it authenticates."""
+
+    base_url: str | None
+    key_var: str | None
+    key_required: bool
+    model: str | None
+
+
+PRESETS: dict[str, Preset] = {
+    "openai": Preset("https://api.openai.com/v1", "OPENAI_API_KEY", True, "gpt-4o-mini"),
+    "groq": Preset(
+        "https://api.groq.com/openai/v1", "GROQ_API_KEY", True, "llama-3.3-70b-versatile"
+    ),
+    "together": Preset(
+        "https://api.together.xyz/v1",
+        "TOGETHER_API_KEY",
+        True,
+        "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ),
+    "ollama": Preset("http://127.0.0.1:11434/v1", None, False, "llama3.2"),
+    "vllm": Preset("http://127.0.0.1:8000/v1", "VLLM_API_KEY", False, None),
+    "llamacpp": Preset("http://127.0.0.1:8080/v1", None, False, "default"),
+    "openai-compatible": Preset(None, "OPENAI_API_KEY", False, None),
+}
+
+FINISH_REASONS = {
+    "stop": StopReason.END_TURN,
+    "length": StopReason.MAX_TOKENS,
+    "tool_calls": StopReason.TOOL_USE,
+    "function_call": StopReason.TOOL_USE,
+    "content_filter": StopReason.REFUSAL,
+}
+
+
+def messages_body(request: ChatRequest) -> list[dict[str, Any]]:
+    """Translate chatd messages to Chat Completions messages, system prompt first."""
+    out: list[dict[str, Any]] = []
+    if request.system:
+        out.append({"role": "system", "content": request.system})
+    for message in request.messages:
+        out.extend(_translate(message))
+    return out
+
+
+def _translate(message: Message) -> list[dict[str, Any]]:
+    text = message.text
+    if message.role is Role.ASSISTANT:
+        entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(dict(c.input))},
+                }
+                for c in message.tool_calls
+            ]
+        return [entry]
+    out: list[dict[str, Any]] = [
+        {"role": "tool", "tool_call_id": r.tool_call_id, "content": r.content}
+        for r in message.tool_results
+    ]
+    if text or not out:
+        out.append({"role": "user", "content": text})
+    return out
+
+
+class OpenAICompatProvider:
+    """Streams replies from a Chat Completions endpoint; the SDK does no retries of its own."""
+
+    def __init__(self, options: ProviderOptions) -> None:
+        self.name = options.name
+        model = options.model or PRESETS.get(options.name, PRESETS["openai-compatible"]).model
+        if not model:
+            raise ConfigError(f"provider {options.name!r} has no default model: set CHATD_MODEL")
+        self.default_model = model
+        # OpenAI itself deprecated max_tokens; most compatible servers only know it.
+        self._max_tokens_field = (
+            "max_completion_tokens" if options.name == "openai" else "max_tokens"
+        )
+        self._include_usage = True
+        self._client = openai.AsyncOpenAI(
+            api_key=options.api_key or "not-needed",
+            base_url=options.base_url,
+            max_retries=0,
+            timeout=options.timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        """Close the SDK client."""
+        await self._client.close()
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages_body(request),
+            self._max_tokens_field: request.max_tokens,
+            "stream": True,
+        }
+        if self._include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": dict(t.input_schema),
+                    },
+                }
+                for t in request.tools
+            ]
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield normalized events for one streamed Chat Completions call."""
+        try:
+            stream = await self._open(request)
+        except UpstreamBadRequest as exc:
+            if not self._include_usage or "stream_options" not in exc.message:
+                raise
+            # Some servers reject stream_options: go on without it; usage is estimated then.
+            log.info("%s does not accept stream_options; usage will be estimated", self.name)
+            self._include_usage = False
+            stream = await self._open(request)
+        emitted = False
+        try:
+            async with stream:
+                async for event in _normalize(stream, request):
+                    emitted = emitted or isinstance(event, TextDelta | ToolCallEvent)
+                    yield event
+        except openai.APIStatusError as exc:
+            raise _after_output(self._status_error(exc), emitted) from None
+        except openai.APIConnectionError as exc:
+            raise _after_output(connection_error(self.name, exc), emitted) from None
+        except openai.APIError as exc:  # an error object inside the stream
+            error = UpstreamUnavailable(f"{self.name} reported an error mid-stream: {exc.message}")
+            raise _after_output(error, emitted) from None
+        except UpstreamError as exc:
+            raise _after_output(exc, emitted) from None
+        except Exception as exc:
+            # The SDK lets transport errors of its HTTP library through mid-stream.
+            if type(exc).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore"):
+                raise
+            raise _after_output(connection_error(self.name, exc), emitted) from None
+
+    async def _open(self, request: ChatRequest) -> Any:
+        try:
+            return await self._client.chat.completions.create(**self._body(request))
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from None
+        except openai.APIConnectionError as exc:
+            raise connection_error(self.name, exc) from None
+
+    def _status_error(self, exc: openai.APIStatusError) -> UpstreamError:
+        detail = exc.message
+        body = exc.body if isinstance(exc.body, dict) else {}
+        quota = exc.code == "insufficient_quota" or body.get("type") == "insufficient_quota"
+        return error_for_status(
+            self.name, exc.status_code, detail, exc.response.headers, quota_spent=quota
+        )
+
+
+def _after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
+    if not emitted:
+        return error
+    return UpstreamStreamError(
+        f"the reply broke off: {error.message}", upstream_status=error.upstream_status
+    )
+
+
+async def _normalize(
+    stream: AsyncIterator[Any], request: ChatRequest
+) -> AsyncIterator[StreamEvent]:
+    usage: Usage | None = None
+    finish: str | None = None
+    calls: dict[int, dict[str, Any]] = {}
+    out_chars = 0
+    async for chunk in stream:
+        if chunk.usage is not None:
+            u = chunk.usage
+            details = getattr(u, "prompt_tokens_details", None)
+            cached = getattr(details, "cached_tokens", None) or 0
+            usage = Usage(
+                input_tokens=u.prompt_tokens or 0,
+                output_tokens=u.completion_tokens or 0,
+                cache_read_tokens=cached,
+            )
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                out_chars += len(delta.content)
+                yield TextDelta(delta.content)
+            for tc in delta.tool_calls or ():
+                slot = calls.setdefault(tc.index, {"id": "", "name": "", "args": []})
+                if tc.id:
+                    slot["id"] = tc.id
+                if tc.function is not None:
+                    if tc.function.name:
+                        slot["name"] = tc.function.name
+                    if tc.function.arguments:
+                        slot["args"].append(tc.function.arguments)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    if finish is None:
+        raise UpstreamStreamError("the stream ended without a finish_reason")
+    for index in sorted(calls):
+        slot = calls[index]
+        yield ToolCallEvent(
+            ToolCallPart(slot["id"] or f"call_{index}", slot["name"], _parse_args(slot["args"]))
+        )
+    yield UsageEvent(usage if usage is not None else _estimate(request, out_chars))
+    yield StopEvent(FINISH_REASONS.get(finish, StopReason.UNKNOWN))
+
+
+def _parse_args(pieces: list[str]) -> dict[str, Any]:
+    raw = "".join(pieces)
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_invalid_json": raw}
+    return value if isinstance(value, dict) else {"_invalid_json": raw}
+
+
+def _estimate(request: ChatRequest, out_chars: int) -> Usage:
+    return Usage(input_tokens=estimate_request_tokens(request), output_tokens=(out_chars + 3) // 4)
+
+
+def _resolve(
+    name: str, env: Mapping[str, str], base_url: str | None, model: str | None, timeout_s: float
+) -> ProviderOptions:
+    preset = PRESETS[name]
+    key = env.get(preset.key_var) if preset.key_var else None
+    if preset.key_required and not key:
+        raise ProviderNotConfigured(
+            f"provider {name!r} needs an API key: set {preset.key_var} "
+            "(or pick another provider with CHATD_PROVIDER / --provider)"
+        )
+    url = base_url or (env.get("OPENAI_BASE_URL") if name == "openai" else None) or preset.base_url
+    if not url:
+        raise ConfigError(f"provider {name!r} needs an endpoint: set CHATD_BASE_URL")
+    return ProviderOptions(name=name, api_key=key, base_url=url, model=model, timeout_s=timeout_s)
+
+
+def _configured(name: str, env: Mapping[str, str]) -> bool:
+    preset = PRESETS[name]
+    return bool(preset.key_required and preset.key_var and env.get(preset.key_var))
+
+
+plugin = ProviderPlugin(
+    names=tuple(PRESETS),
+    create=OpenAICompatProvider,
+    resolve=_resolve,
+    configured=_configured,
+)
