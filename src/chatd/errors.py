@@ -1,19 +1,19 @@
 """The exception tree; each class maps to one HTTP status.
 
-    ChatdError                      500  anything we did not foresee
-    ├── ConfigError                 400  unknown provider/model, bad database URL, bad setting
-    │   └── ProviderNotConfigured   400  the chosen provider lacks its key; names the variable
-    ├── InputError                  422  empty message, bad id, malformed file
-    │   └── InputTooLarge           413  over a configured cap
-    ├── NotFound                    404  no such session (or not the caller's)
-    ├── SessionBusy                 409  a turn is already in flight on this session
-    ├── StoreUnavailable            503  the database cannot be reached
-    └── UpstreamError               502  the model provider misbehaved
-        ├── UpstreamAuthError       502  the provider refused our key
-        ├── UpstreamBadRequest      502  the provider rejected the request
-        ├── UpstreamRateLimited     429  rate limited, retries exhausted or quota spent
-        ├── UpstreamUnavailable     503  5xx/529/connection trouble, retries exhausted
-        └── UpstreamStreamError     502  the reply broke off mid-stream
+ChatdError                      500  anything we did not foresee
+├── ConfigError                 400  unknown provider/model, bad database URL, bad setting
+│   └── ProviderNotConfigured   400  the chosen provider lacks its key; names the variable
+├── InputError                  422  empty message, bad id, malformed file
+│   └── InputTooLarge           413  over a configured cap
+├── NotFound                    404  no such session (or not the caller's)
+├── SessionBusy                 409  a turn is already in flight on this session
+├── StoreUnavailable            503  the database cannot be reached
+└── UpstreamError               502  the model provider misbehaved
+    ├── UpstreamAuthError       502  the provider refused our key
+    ├── UpstreamBadRequest      502  the provider rejected the request
+    ├── UpstreamRateLimited     429  rate limited, retries exhausted or quota spent
+    ├── UpstreamUnavailable     503  5xx/529/connection trouble, retries exhausted
+    └── UpstreamStreamError     502  the reply broke off mid-stream
 """
 
 from __future__ import annotations
@@ -114,3 +114,7 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamStreamError(UpstreamError):
     """The reply stream broke off or carried an error event."""
+
+
+class ToolRoundsExceeded(UpstreamError):
+    """The model asked for more tool rounds than allowed."""

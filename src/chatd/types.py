@@ -251,8 +251,8 @@ class TurnEnded:
 
     @property
     def truncated(self) -> bool:
-        """Tell whether the reply was cut short by max_tokens."""
-        return self.stop_reason is StopReason.MAX_TOKENS
+        """Tell whether the reply was cut short (max_tokens or the context window)."""
+        return self.state is TurnState.TRUNCATED
 
 
 TurnEvent = TurnStarted | TextDelta | ToolCallEvent | ToolResultEvent | UsageEvent | TurnEnded

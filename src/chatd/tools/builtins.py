@@ -1,0 +1,55 @@
+"""Tools that ship with chatd; enabled per session or with CHATD_TOOLS."""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from chatd.tools.registry import Tool, tool
+
+_BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_MAX_EXPONENT = 1000
+
+
+def current_time(timezone: str = "UTC") -> str:
+    """Return the current date and time in an IANA time zone, e.g. Europe/Paris."""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {timezone!r}") from None
+    return datetime.now(UTC).astimezone(zone).isoformat(timespec="seconds")
+
+
+def calculate(expression: str) -> str:
+    """Evaluate an arithmetic expression with + - * / // % ** and parentheses."""
+    return repr(_eval(ast.parse(expression, mode="eval").body))
+
+
+def _eval(node: ast.expr) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _eval(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
+            raise ValueError("exponent too large")
+        return _BINARY[type(node.op)](left, right)
+    raise ValueError("only numbers and + - * / // % ** are allowed")
+
+
+def builtin_tools() -> list[Tool]:
+    """Return the built-in tools."""
+    return [tool(current_time), tool(calculate)]
