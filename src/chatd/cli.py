@@ -1,0 +1,159 @@
+"""The `chatd` command: thin Typer adapters over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from chatd.config import Settings
+from chatd.errors import ChatdError
+
+app = typer.Typer(
+    help="chatd: a chatbot server with memory, streaming, tools and limits.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one plain line to stderr and exit."""
+    typer.echo(f"chatd: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def plain_errors() -> Iterator[None]:
+    """Turn chatd's own errors and bad settings into one line and a non-zero exit."""
+    try:
+        yield
+    except ChatdError as exc:
+        fail(exc.message)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CHATD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        fail(f"bad configuration: {problems}")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with command-line flags on top."""
+    base = Settings()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_validate({**base.model_dump(), **given}) if given else base
+
+
+def setup_logging() -> None:
+    """Send chatd's log lines to stderr as plain text."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether host is a loopback address or name."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the HTTP server."""
+    import uvicorn
+
+    setup_logging()
+    with plain_errors():
+        settings = load_settings()
+    if not is_loopback(host):
+        # Promise 3: never listen beyond loopback without auth, and API keys are not built yet.
+        fail(
+            f"refusing to listen on {host}: this chatd has no API-key auth yet, so it only "
+            "binds to a loopback address (127.0.0.1, ::1, localhost)"
+        )
+    if settings.auth == "on":
+        fail("CHATD_AUTH=on, but this chatd has no API-key auth yet; unset it or use auto/off")
+    uvicorn.run(
+        "chatd.api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def chat(
+    session: Annotated[str, typer.Option(help="Conversation to continue.")] = "default",
+    system: Annotated[str | None, typer.Option(help="System prompt for this session.")] = None,
+    provider: Annotated[str | None, typer.Option(help="Provider name, or auto.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name.")] = None,
+) -> None:
+    """Chat in the terminal, with memory kept in the database."""
+    from chatd.engine import check_session_id
+    from chatd.repl import run_repl
+    from chatd.runtime import open_runtime
+
+    setup_logging()
+    with plain_errors():
+        check_session_id(session)
+        settings = load_settings(provider=provider, model=model)
+    with asyncio.Runner() as runner, plain_errors():
+        runtime = runner.run(open_runtime(settings))
+        try:
+            ok = run_repl(runtime.service, runner, session, system_prompt=system)
+        finally:
+            runner.run(runtime.aclose())
+    raise typer.Exit(0 if ok or sys.stdin.isatty() else 1)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations up to the latest."""
+    from chatd.store.db import create_engine, upgrade
+
+    with plain_errors():
+        settings = load_settings()
+
+        async def run() -> None:
+            engine = create_engine(settings.database_url)
+            try:
+                await upgrade(engine)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(run())
+    typer.echo(f"database is up to date: {settings.database_url}", err=True)
+
+
+@app.command("fake-upstream")
+def fake_upstream(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8900,
+) -> None:
+    """Run the fake LLM upstream (Anthropic and OpenAI wire formats) for tests and load."""
+    from chatd.testing.fake_upstream import run
+
+    run(host, port)
+
+
+def main() -> None:
+    """Entry point of the `chatd` script."""
+    app()
