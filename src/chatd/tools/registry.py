@@ -27,7 +27,7 @@ class Tool:
 def tool(fn: Callable[..., Any], *, name: str | None = None) -> Tool:
     """Make a Tool from a typed function; its docstring's first line is the description."""
     fields: dict[str, Any] = {}
-    for param in inspect.signature(fn).parameters.values():
+    for param in inspect.signature(fn, eval_str=True).parameters.values():
         if param.annotation is inspect.Parameter.empty:
             raise ConfigError(f"tool {fn.__name__}: parameter {param.name!r} needs a type")
         default = ... if param.default is inspect.Parameter.empty else param.default
