@@ -14,6 +14,7 @@ from chatd.providers.base import (
     ProviderPlugin,
     connection_error,
     error_for_status,
+    redact,
 )
 from chatd.types import (
     ChatRequest,
@@ -76,7 +77,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     if request.system:
         body["system"] = request.system
     if request.temperature is not None:
-        body["temperature"] = request.temperature
+        # The 2.x SDK dropped `temperature` from create(); the wire still carries it.
+        body["extra_body"] = {"temperature": request.temperature}
     if request.stop:
         body["stop_sequences"] = list(request.stop)
     if request.tools:
@@ -93,6 +95,7 @@ class AnthropicProvider:
     def __init__(self, options: ProviderOptions) -> None:
         self.name = options.name
         self.default_model = options.model or DEFAULT_MODEL
+        self._api_key = options.api_key
         self._client = anthropic.AsyncAnthropic(
             api_key=options.api_key,
             base_url=options.base_url,
@@ -129,7 +132,7 @@ class AnthropicProvider:
         status = exc.status_code
         if status == 200:  # an `error` event inside the stream
             status = STREAM_ERROR_STATUS.get(str(exc.type), 500)
-        detail = exc.api_message or exc.message
+        detail = redact(str(exc.api_message or exc.message), self._api_key)
         quota = "credit balance" in str(detail).lower()
         error = error_for_status(
             self.name, status, str(detail), exc.response.headers, quota_spent=quota

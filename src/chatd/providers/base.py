@@ -98,8 +98,10 @@ def error_for_status(
     retry_after = parse_retry_after(headers)
     where = f"{provider} answered HTTP {status}"
     if status in (401, 403):
+        # Providers echo (parts of) the key they refused; say nothing of it.
         return UpstreamAuthError(
-            f"{where}: the API key was rejected ({detail})", upstream_status=status
+            f"{where}: the API key was rejected; check the provider's key variable",
+            upstream_status=status,
         )
     if status == 429:
         if quota_spent and retry_after is None:
@@ -116,6 +118,11 @@ def error_for_status(
             f"{where}: unavailable ({detail})", upstream_status=status, retry_after=retry_after
         )
     return UpstreamBadRequest(f"{where}: request rejected ({detail})", upstream_status=status)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret from text."""
+    return text.replace(secret, "[redacted]") if secret else text
 
 
 def connection_error(provider: str, exc: BaseException) -> UpstreamUnavailable:

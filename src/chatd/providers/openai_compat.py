@@ -24,6 +24,7 @@ from chatd.providers.base import (
     ProviderPlugin,
     connection_error,
     error_for_status,
+    redact,
 )
 from chatd.types import (
     ChatRequest,
@@ -125,6 +126,7 @@ class OpenAICompatProvider:
             "max_completion_tokens" if options.name == "openai" else "max_tokens"
         )
         self._include_usage = True
+        self._api_key = options.api_key
         self._client = openai.AsyncOpenAI(
             api_key=options.api_key or "not-needed",
             base_url=options.base_url,
@@ -204,7 +206,7 @@ class OpenAICompatProvider:
             raise connection_error(self.name, exc) from None
 
     def _status_error(self, exc: openai.APIStatusError) -> UpstreamError:
-        detail = exc.message
+        detail = redact(exc.message, self._api_key)
         body = exc.body if isinstance(exc.body, dict) else {}
         quota = exc.code == "insufficient_quota" or body.get("type") == "insufficient_quota"
         return error_for_status(

@@ -44,7 +44,9 @@ class ProviderPool:
         name, reason = await choose_provider(registry, settings, env)
         pool = cls(settings, name, env=env, registry=registry)
         provider = pool.get(name)
-        log.warning("chatd: using provider %s, model %s -- %s", name, provider.default_model, reason)
+        log.warning(
+            "chatd: using provider %s, model %s -- %s", name, provider.default_model, reason
+        )
         return pool
 
     def get(self, name: str | None = None) -> Provider:

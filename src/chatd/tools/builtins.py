@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Pow: operator.pow,
 }
 _MAX_EXPONENT = 1000
+_MAX_RESULT_BITS = 4096
 
 
 def current_time(timezone: str = "UTC") -> str:
@@ -44,10 +46,17 @@ def _eval(node: ast.expr) -> float:
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise ValueError("exponent too large")
+        if isinstance(node.op, ast.Pow) and _too_big(left, right):
+            raise ValueError("result too large")
         return _BINARY[type(node.op)](left, right)
     raise ValueError("only numbers and + - * / // % ** are allowed")
+
+
+def _too_big(base: float, exponent: float) -> bool:
+    # Bound the result's size, not just the exponent: (2**999)**999 must not run for hours.
+    if abs(exponent) > _MAX_EXPONENT:
+        return abs(base) not in (0, 1)
+    return abs(base) > 1 and abs(exponent) * math.log2(abs(base)) > _MAX_RESULT_BITS
 
 
 def builtin_tools() -> list[Tool]:
