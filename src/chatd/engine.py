@@ -181,12 +181,15 @@ class ChatService:
         cfg = self.config
         check_session_id(session_id)
         text = clean_message(text, cfg.max_message_chars)
-        session = await self.store.ensure_session(
-            opts.user_id, session_id, system_prompt=opts.system_prompt, provider=opts.provider
-        )
-        provider = self.providers.get(opts.provider or session.provider)
-        params = opts.params.over(session.params).over(cfg.defaults)
+        session = await self.store.get_session(opts.user_id, session_id)
+        # Resolve everything that can be refused before a new session is written.
+        provider = self.providers.get(opts.provider or (session.provider if session else None))
         specs = self.tools.specs(cfg.tools if opts.tools is None else opts.tools)
+        if session is None:
+            session = await self.store.ensure_session(
+                opts.user_id, session_id, system_prompt=opts.system_prompt, provider=opts.provider
+            )
+        params = opts.params.over(session.params).over(cfg.defaults)
         base = ChatRequest(
             model=params.model or provider.default_model,
             messages=(),

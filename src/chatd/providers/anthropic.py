@@ -30,7 +30,7 @@ from chatd.types import (
     UsageEvent,
 )
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 # Error types Anthropic may send inside a 200 stream, mapped to the status they stand for.
 STREAM_ERROR_STATUS = {
     "overloaded_error": 529,
