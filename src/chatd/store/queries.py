@@ -1,0 +1,107 @@
+"""The statements SqlStore runs, built once with bound parameters (Core, no ORM)."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+
+from chatd.store.tables import Base
+from chatd.types import TurnState
+
+sessions = Base.metadata.tables["sessions"]
+turns = Base.metadata.tables["turns"]
+messages = Base.metadata.tables["messages"]
+
+IN_CONTEXT_STATES = tuple(s.value for s in TurnState if s.in_context)
+STREAMING = TurnState.STREAMING.value
+
+# Parameters: user_id and session_id.
+THIS_SESSION = and_(
+    sessions.c.user_id == bindparam("user_id"),
+    sessions.c.session_id == bindparam("session_id"),
+)
+
+_turn_count = (
+    select(func.count())
+    .where(turns.c.session_pk == sessions.c.id, turns.c.state.in_(IN_CONTEXT_STATES))
+    .correlate_except(turns)
+    .scalar_subquery()
+    .label("turn_count")
+)
+_last_turn_seq = (
+    select(func.max(turns.c.seq))
+    .where(turns.c.session_pk == sessions.c.id)
+    .correlate_except(turns)
+    .scalar_subquery()
+)
+# Aliased: finish_turn's read also joins messages, which must not correlate in here.
+_earlier = messages.alias("earlier")
+_last_message_seq = (
+    select(func.max(_earlier.c.seq)).where(_earlier.c.session_pk == sessions.c.id).scalar_subquery()
+)
+
+GET_SESSION = select(sessions, _turn_count).where(THIS_SESSION)
+LIST_SESSIONS = (
+    select(sessions, _turn_count)
+    .where(sessions.c.user_id == bindparam("user_id"))
+    .order_by(sessions.c.created_at, sessions.c.id)
+)
+SESSION_PK = select(sessions.c.id).where(THIS_SESSION)
+INSERT_SESSION = insert(sessions)
+# Parameters: pk, now.
+TOUCH_SESSION = (
+    update(sessions).where(sessions.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
+)
+DELETE_SESSION = delete(sessions).where(THIS_SESSION)
+
+# Ordered by turn, then message: a turn's messages stay together whatever the timing.
+CONTEXT_MESSAGES = (
+    select(messages.c.role, messages.c.parts)
+    .join(turns, turns.c.id == messages.c.turn_id)
+    .join(sessions, sessions.c.id == messages.c.session_pk)
+    .where(THIS_SESSION, turns.c.state.in_(IN_CONTEXT_STATES))
+    .order_by(turns.c.seq, messages.c.seq)
+)
+LIST_TURNS = (
+    select(turns)
+    .join(sessions, sessions.c.id == turns.c.session_pk)
+    .where(THIS_SESSION)
+    .order_by(turns.c.seq)
+)
+SESSION_MESSAGES = (
+    select(messages.c.turn_id, messages.c.role, messages.c.parts)
+    .join(sessions, sessions.c.id == messages.c.session_pk)
+    .where(THIS_SESSION)
+    .order_by(messages.c.seq)
+)
+
+# What begin_turn needs in one read: the session's pk and its last turn and message seqs.
+BEGIN_HEAD = select(
+    sessions.c.id,
+    _last_turn_seq.label("last_turn"),
+    _last_message_seq.label("last_message"),
+).where(THIS_SESSION)
+INSERT_TURN = insert(turns)
+INSERT_MESSAGES = insert(messages)
+
+# What finish_turn needs in one read: the turn, its session id and last message seq, and the
+# turn's messages so far (one row each; outer join, so a row even if there are none).
+# Parameter: turn_id.
+FINISH_HEAD = (
+    select(
+        turns,
+        sessions.c.session_id,
+        _last_message_seq.label("last_message"),
+        messages.c.role,
+        messages.c.parts,
+    )
+    .join(sessions, sessions.c.id == turns.c.session_pk)
+    .outerjoin(messages, messages.c.turn_id == turns.c.id)
+    .where(turns.c.id == bindparam("turn_id"))
+    .order_by(messages.c.seq)
+)
+# Parameters: turn_id and the final column values; only a turn still streaming is finished.
+FINISH_TURN = update(turns).where(turns.c.id == bindparam("turn_id"), turns.c.state == STREAMING)
+
+# Parameter: pk.
+DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))
+DELETE_SESSION_TURNS = delete(turns).where(turns.c.session_pk == bindparam("pk"))

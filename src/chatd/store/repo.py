@@ -1,0 +1,271 @@
+"""SqlStore: the Store port on prebuilt SQLAlchemy Core statements over an async engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import exc, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chatd.errors import NotFound, SessionBusy, StoreUnavailable
+from chatd.store import queries as q
+from chatd.store.rows import (
+    UNFINISHED_TURN,
+    final_values,
+    message,
+    message_values,
+    param_values,
+    session_info,
+    turn_record,
+    utc_now,
+)
+from chatd.types import (
+    GenerationParams,
+    Message,
+    SessionInfo,
+    StopReason,
+    TurnRecord,
+    TurnState,
+    Usage,
+)
+
+
+@asynccontextmanager
+async def store_errors() -> AsyncIterator[None]:
+    """Turn a dead or unreachable database into StoreUnavailable with a one-line message."""
+    try:
+        yield
+    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError) as e:
+        raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
+    except exc.DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+        raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    # The driver's own message says what went wrong; SQLAlchemy's wrapper adds SQL and links.
+    cause = error.orig if isinstance(error, exc.DBAPIError) and error.orig else error
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+class SqlStore:
+    """The Store port over SQL; each call opens and closes its own connection."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
+        """Return the session, or None if it does not exist for this user."""
+        async with self._read() as conn:
+            result = await conn.execute(q.GET_SESSION, _key(user_id, session_id))
+            row = result.one_or_none()
+        return None if row is None else session_info(row._mapping)
+
+    async def ensure_session(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        system_prompt: str | None = None,
+        params: GenerationParams | None = None,
+        provider: str | None = None,
+    ) -> SessionInfo:
+        """Return the session, creating it with these settings if it is new."""
+        found = await self.get_session(user_id, session_id)
+        if found is not None:
+            return found
+        params, now = params or GenerationParams(), utc_now()
+        row = {
+            **_key(user_id, session_id),
+            **param_values(params),
+            "system_prompt": system_prompt,
+            "provider": provider,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self._write() as conn:
+                await conn.execute(q.INSERT_SESSION, row)
+        except exc.IntegrityError:
+            # A concurrent caller created it first; theirs wins.
+            created = await self.get_session(user_id, session_id)
+            if created is None:
+                raise
+            return created
+        return SessionInfo(session_id, user_id, system_prompt, params, provider, now, now, 0)
+
+    async def update_session(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        system_prompt: str | None = None,
+        params: GenerationParams | None = None,
+        provider: str | None = None,
+    ) -> SessionInfo:
+        """Change the given settings (None leaves one as it is); NotFound if missing."""
+        given = {"system_prompt": system_prompt, "provider": provider}
+        if params is not None:
+            given.update(param_values(params))
+        values = {k: v for k, v in given.items() if v is not None}
+        # Built per call (the columns vary); literal keys, as bound names may not shadow columns.
+        statement = (
+            update(q.sessions)
+            .where(q.sessions.c.user_id == user_id, q.sessions.c.session_id == session_id)
+            .values({**values, "updated_at": utc_now()})
+        )
+        async with self._write() as conn:
+            if (await conn.execute(statement)).rowcount == 0:
+                raise NotFound(f"no session {session_id!r}")
+            row = (await conn.execute(q.GET_SESSION, _key(user_id, session_id))).one()
+        return session_info(row._mapping)
+
+    async def list_sessions(self, user_id: str) -> Sequence[SessionInfo]:
+        """Return the user's sessions, oldest first."""
+        async with self._read() as conn:
+            rows = (await conn.execute(q.LIST_SESSIONS, {"user_id": user_id})).all()
+        return [session_info(r._mapping) for r in rows]
+
+    async def context_messages(self, user_id: str, session_id: str) -> Sequence[Message]:
+        """Return the messages of complete and truncated turns, in order."""
+        key = _key(user_id, session_id)
+        async with self._read() as conn:
+            rows = (await conn.execute(q.CONTEXT_MESSAGES, key)).all()
+            # Only an empty answer needs telling "no messages yet" from "no such session".
+            if not rows and await conn.scalar(q.SESSION_PK, key) is None:
+                raise NotFound(f"no session {session_id!r}")
+        return [message(r.role, r.parts) for r in rows]
+
+    async def list_turns(self, user_id: str, session_id: str) -> Sequence[TurnRecord]:
+        """Return every turn with its state and messages, in order."""
+        key = _key(user_id, session_id)
+        async with self._read() as conn:
+            turns = (await conn.execute(q.LIST_TURNS, key)).all()
+            if not turns:
+                if await conn.scalar(q.SESSION_PK, key) is None:
+                    raise NotFound(f"no session {session_id!r}")
+                return []
+            by_turn: dict[str, list[Message]] = {t.id: [] for t in turns}
+            for m in await conn.execute(q.SESSION_MESSAGES, key):
+                by_turn[m.turn_id].append(message(m.role, m.parts))
+        return [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in turns]
+
+    async def begin_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        user_message: Message,
+        *,
+        model: str,
+        provider: str,
+    ) -> TurnRecord:
+        """Store the user's message in a new turn in state streaming, committed on return."""
+        turn_id, now = uuid4().hex, utc_now()
+        try:
+            async with self._write() as conn:
+                head = (await conn.execute(q.BEGIN_HEAD, _key(user_id, session_id))).one_or_none()
+                if head is None:
+                    raise NotFound(f"no session {session_id!r}")
+                turn = {
+                    "id": turn_id,
+                    "session_pk": head.id,
+                    "seq": (head.last_turn or 0) + 1,
+                    "state": q.STREAMING,
+                    "model": model,
+                    "provider": provider,
+                    "created_at": now,
+                    **UNFINISHED_TURN,
+                }
+                await conn.execute(q.INSERT_TURN, turn)
+                seq = (head.last_message or 0) + 1
+                row = message_values(turn_id, head.id, seq, user_message, now)
+                await conn.execute(q.INSERT_MESSAGES, row)
+                await conn.execute(q.TOUCH_SESSION, {"pk": head.id, "now": now})
+        except exc.IntegrityError:
+            # The unique (session, seq) index: another turn began on this session just now.
+            raise SessionBusy(f"another turn is starting on session {session_id!r}") from None
+        return turn_record(turn, session_id, (user_message,))
+
+    async def finish_turn(
+        self,
+        turn_id: str,
+        *,
+        state: TurnState,
+        messages: Sequence[Message],
+        stop_reason: StopReason | None,
+        usage: Usage,
+        latency_ms: float | None,
+        ttft_ms: float | None,
+        error: str | None = None,
+    ) -> TurnRecord:
+        """Append the reply's messages and set the final state, in one transaction."""
+        if state is TurnState.STREAMING:
+            raise ValueError("finish_turn needs a final state")
+        now = utc_now()
+        final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
+        async with self._write() as conn:
+            rows = (await conn.execute(q.FINISH_HEAD, {"turn_id": turn_id})).all()
+            if not rows or rows[0].state != q.STREAMING:
+                raise NotFound(f"no turn {turn_id!r} in flight")
+            head = rows[0]
+            # The state check in the statement settles a race with another finisher.
+            if (await conn.execute(q.FINISH_TURN, {"turn_id": turn_id, **final})).rowcount != 1:
+                raise NotFound(f"no turn {turn_id!r} in flight")
+            if messages:
+                first = (head.last_message or 0) + 1
+                await conn.execute(
+                    q.INSERT_MESSAGES,
+                    [
+                        message_values(turn_id, head.session_pk, first + i, m, now)
+                        for i, m in enumerate(messages)
+                    ],
+                )
+            await conn.execute(q.TOUCH_SESSION, {"pk": head.session_pk, "now": now})
+        earlier = tuple(message(r.role, r.parts) for r in rows if r.role is not None)
+        return turn_record({**head._mapping, **final}, head.session_id, (*earlier, *messages))
+
+    async def reset_session(self, user_id: str, session_id: str) -> int | None:
+        """Delete every turn but keep the session; return the turns removed, None if missing."""
+        async with self._write() as conn:
+            pk = await conn.scalar(q.SESSION_PK, _key(user_id, session_id))
+            if pk is None:
+                return None
+            await conn.execute(q.DELETE_SESSION_MESSAGES, {"pk": pk})
+            removed = (await conn.execute(q.DELETE_SESSION_TURNS, {"pk": pk})).rowcount
+            await conn.execute(q.TOUCH_SESSION, {"pk": pk, "now": utc_now()})
+        return removed
+
+    async def delete_session(self, user_id: str, session_id: str) -> bool:
+        """Delete the session and all its rows; return whether it existed."""
+        async with self._write() as conn:
+            # Turns and messages go by ON DELETE CASCADE.
+            result = await conn.execute(q.DELETE_SESSION, _key(user_id, session_id))
+        return result.rowcount > 0
+
+    async def ping(self) -> None:
+        """Check the database answers; StoreUnavailable if not."""
+        async with self._read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with store_errors(), self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with store_errors(), self.engine.begin() as conn:
+            yield conn
+
+
+def _key(user_id: str, session_id: str) -> dict[str, Any]:
+    return {"user_id": user_id, "session_id": session_id}

@@ -1,0 +1,136 @@
+"""Conversions between table rows (as column-name mappings) and chatd.types values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from chatd.store.codec import parts_from_list, parts_to_list
+from chatd.types import (
+    GenerationParams,
+    Message,
+    Role,
+    SessionInfo,
+    StopReason,
+    TurnRecord,
+    TurnState,
+    Usage,
+)
+
+# What a turn row holds before it finishes, beside the values begin_turn inserts.
+UNFINISHED_TURN: Mapping[str, Any] = {
+    "stop_reason": None,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_read_tokens": 0,
+    "cache_write_tokens": 0,
+    "latency_ms": None,
+    "ttft_ms": None,
+    "error": None,
+}
+
+
+def utc_now() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def param_values(params: GenerationParams) -> dict[str, Any]:
+    """Return the sessions columns for these generation params."""
+    return {
+        "model": params.model,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "stop": None if params.stop is None else list(params.stop),
+    }
+
+
+def message_values(
+    turn_id: str, session_pk: int, seq: int, message: Message, now: datetime
+) -> dict[str, Any]:
+    """Return the messages row for one message."""
+    return {
+        "turn_id": turn_id,
+        "session_pk": session_pk,
+        "seq": seq,
+        "role": message.role.value,
+        "parts": parts_to_list(message.parts),
+        "created_at": now,
+    }
+
+
+def final_values(
+    state: TurnState,
+    stop_reason: StopReason | None,
+    usage: Usage,
+    latency_ms: float | None,
+    ttft_ms: float | None,
+    error: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Return the turns columns finish_turn sets."""
+    return {
+        "state": state.value,
+        "stop_reason": None if stop_reason is None else stop_reason.value,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "latency_ms": latency_ms,
+        "ttft_ms": ttft_ms,
+        "error": error,
+        "finished_at": now,
+        "lease_until": None,
+    }
+
+
+def message(role: str, parts: Any) -> Message:
+    """Build a Message from its role and parts columns."""
+    return Message(Role(role), parts_from_list(parts))
+
+
+def session_info(row: Mapping[Any, Any]) -> SessionInfo:
+    """Build a SessionInfo from a sessions row plus its turn_count."""
+    return SessionInfo(
+        id=row["session_id"],
+        user_id=row["user_id"],
+        system_prompt=row["system_prompt"],
+        params=GenerationParams(
+            model=row["model"],
+            max_tokens=row["max_tokens"],
+            temperature=row["temperature"],
+            stop=None if row["stop"] is None else tuple(row["stop"]),
+        ),
+        provider=row["provider"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        turn_count=row["turn_count"],
+    )
+
+
+def turn_record(
+    row: Mapping[Any, Any], session_id: str, messages: tuple[Message, ...]
+) -> TurnRecord:
+    """Build a TurnRecord from a turns row and the turn's messages."""
+    stop = row["stop_reason"]
+    return TurnRecord(
+        id=row["id"],
+        session_id=session_id,
+        seq=row["seq"],
+        state=TurnState(row["state"]),
+        messages=messages,
+        stop_reason=None if stop is None else StopReason.parse(stop),
+        usage=Usage(
+            row["input_tokens"],
+            row["output_tokens"],
+            row["cache_read_tokens"],
+            row["cache_write_tokens"],
+        ),
+        model=row["model"],
+        provider=row["provider"],
+        created_at=row["created_at"],
+        latency_ms=row["latency_ms"],
+        ttft_ms=row["ttft_ms"],
+        error=row["error"],
+    )

@@ -1,0 +1,55 @@
+"""Store fixtures: `store` runs a test on every backend, `sql_store` on every SQL one.
+
+To add a backend (e.g. PostgreSQL), write an async factory taking the fixture request and add
+it to STORES (and SQL_STORES if it is SQL); every store test then runs on it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from chatd.ports import Store
+from chatd.store.db import open_store
+from chatd.store.memory import MemoryStore
+from chatd.store.repo import SqlStore
+
+
+async def _memory(request: pytest.FixtureRequest) -> MemoryStore:
+    return MemoryStore()
+
+
+async def _sqlite(request: pytest.FixtureRequest) -> SqlStore:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return await open_store(f"sqlite+aiosqlite:///{tmp_path / 'chatd.db'}")
+
+
+SQL_STORES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[SqlStore]]] = {
+    "sqlite": _sqlite,
+}
+STORES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[Store]]] = {
+    "memory": _memory,
+    **SQL_STORES,
+}
+
+
+@pytest.fixture(params=list(STORES))
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Yield a fresh, empty store of each kind."""
+    opened = await STORES[request.param](request)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture(params=list(SQL_STORES))
+async def sql_store(request: pytest.FixtureRequest) -> AsyncIterator[SqlStore]:
+    """Yield a fresh, migrated SQL store of each kind."""
+    opened = await SQL_STORES[request.param](request)
+    try:
+        yield opened
+    finally:
+        await opened.close()

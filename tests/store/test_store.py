@@ -1,0 +1,529 @@
+"""The Store contract, on every backend; then what only the SQL store promises."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, event, inspect, text
+
+from chatd.errors import ConfigError, NotFound, StoreUnavailable
+from chatd.ports import Store
+from chatd.store.db import open_store, upgrade
+from chatd.store.repo import SqlStore
+from chatd.store.tables import Base
+from chatd.types import (
+    GenerationParams,
+    Message,
+    Part,
+    Role,
+    StopReason,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+    TurnRecord,
+    TurnState,
+    Usage,
+)
+
+ALICE, BOB = "alice", "bob"
+
+
+def sqlite_url(directory: Path) -> str:
+    """Return the URL of a SQLite file in this directory."""
+    return f"sqlite+aiosqlite:///{directory / 'chatd.db'}"
+
+
+STOP_FOR = {
+    TurnState.COMPLETE: StopReason.END_TURN,
+    TurnState.TRUNCATED: StopReason.MAX_TOKENS,
+    TurnState.REFUSED: StopReason.REFUSAL,
+}
+
+TOOL_LOOP = (
+    Message(
+        Role.ASSISTANT,
+        (
+            TextPart("Let me look."),
+            ToolCallPart("call_1", "weather", {"city": "Oslo", "days": [1, 2], "opts": {"f": 1.5}}),
+        ),
+    ),
+    Message(
+        Role.USER,
+        (ToolResultPart("call_1", "rain, 4°C"), ToolResultPart("call_2", "boom", is_error=True)),
+    ),
+    Message(Role.ASSISTANT, (TextPart("It rains ☔ in Oslo.\nTake a coat."),)),
+)
+
+
+async def add_turn(
+    store: Store,
+    user_id: str,
+    session_id: str,
+    text: str,
+    state: TurnState = TurnState.COMPLETE,
+    reply: Sequence[Message] | None = None,
+) -> TurnRecord:
+    """Store one turn ending in this state; failed turns carry an error and no reply."""
+    turn = await store.begin_turn(user_id, session_id, Message.user(text), model="m", provider="p")
+    if state is TurnState.STREAMING:
+        return turn
+    failed = state is TurnState.FAILED
+    return await store.finish_turn(
+        turn.id,
+        state=state,
+        messages=[] if failed else (reply or [Message.assistant(f"re: {text}")]),
+        stop_reason=STOP_FOR.get(state),
+        usage=Usage(10, 20, 3, 4),
+        latency_ms=12.5,
+        ttft_ms=2.5,
+        error="upstream exploded" if failed else None,
+    )
+
+
+async def finish_with_tool_loop(store: Store, turn_id: str) -> TurnRecord:
+    """Finish a turn as complete with a short tool loop."""
+    return await store.finish_turn(
+        turn_id,
+        state=TurnState.COMPLETE,
+        messages=TOOL_LOOP,
+        stop_reason=StopReason.END_TURN,
+        usage=Usage(1, 1),
+        latency_ms=1.0,
+        ttft_ms=1.0,
+    )
+
+
+def texts(messages: Sequence[Message]) -> list[str]:
+    """Return each message's text."""
+    return [m.text for m in messages]
+
+
+# The contract, on every store.
+
+
+async def test_messages_with_every_part_type_round_trip(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    question = Message.user("Weather in Oslo? «ünïcode» 🌧")
+    turn = await store.begin_turn(ALICE, "s", question, model="m", provider="p")
+    finished = await store.finish_turn(
+        turn.id,
+        state=TurnState.COMPLETE,
+        messages=TOOL_LOOP,
+        stop_reason=StopReason.END_TURN,
+        usage=Usage(1, 2),
+        latency_ms=1.0,
+        ttft_ms=0.5,
+    )
+    expected = (question, *TOOL_LOOP)
+    assert finished.messages == expected
+    assert (await store.list_turns(ALICE, "s"))[0].messages == expected
+    assert tuple(await store.context_messages(ALICE, "s")) == expected
+
+
+async def test_awkward_json_values_round_trip(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    odd = Message(
+        Role.ASSISTANT,
+        (ToolCallPart("c", "t", {"big": 2**70, "lone": "\ud800", "nested": [[{}], None]}),),
+    )
+    await add_turn(store, ALICE, "s", "go", reply=[odd])
+    assert (await store.context_messages(ALICE, "s"))[1] == odd
+
+
+async def test_context_holds_only_complete_and_truncated_turns(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    for n, state in enumerate(TurnState, start=1):
+        await add_turn(store, ALICE, "s", f"q{n}-{state.value}", state)
+    context = await store.context_messages(ALICE, "s")
+    assert texts(context) == ["q2-complete", "re: q2-complete", "q3-truncated", "re: q3-truncated"]
+    assert [m.role for m in context] == [Role.USER, Role.ASSISTANT] * 2
+
+
+async def test_turn_count_counts_complete_and_truncated_turns(store: Store) -> None:
+    assert (await store.ensure_session(ALICE, "s")).turn_count == 0
+    states = [TurnState.COMPLETE, TurnState.FAILED, TurnState.TRUNCATED, TurnState.INTERRUPTED]
+    for state in [*states, TurnState.REFUSED, TurnState.STREAMING]:
+        await add_turn(store, ALICE, "s", "hi", state)
+    info = await store.get_session(ALICE, "s")
+    assert info is not None
+    assert info.turn_count == 2
+    assert [s.turn_count for s in await store.list_sessions(ALICE)] == [2]
+
+
+async def test_list_turns_shows_every_state_with_its_usage(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    for state in TurnState:
+        await add_turn(store, ALICE, "s", state.value, state)
+    turns = await store.list_turns(ALICE, "s")
+    assert [t.state for t in turns] == list(TurnState)
+    assert [t.seq for t in turns] == list(range(1, len(TurnState) + 1))
+    streaming, complete, _, _, _, failed = turns
+    assert streaming.usage == Usage()
+    assert streaming.stop_reason is None
+    assert texts(streaming.messages) == ["streaming"]
+    assert complete.usage == Usage(10, 20, 3, 4)
+    assert complete.stop_reason is StopReason.END_TURN
+    assert (complete.latency_ms, complete.ttft_ms, complete.error) == (12.5, 2.5, None)
+    assert (complete.model, complete.provider, complete.session_id) == ("m", "p", "s")
+    assert texts(complete.messages) == ["complete", "re: complete"]
+    assert failed.error == "upstream exploded"
+    assert texts(failed.messages) == ["failed"]
+    assert all(t.created_at.utcoffset() == timedelta(0) and t.created_at > before for t in turns)
+
+
+async def test_same_session_id_for_two_users_never_crosses(store: Store) -> None:
+    await store.ensure_session(ALICE, "s", system_prompt="alice's")
+    await store.ensure_session(BOB, "s", system_prompt="bob's")
+    await add_turn(store, ALICE, "s", "alice secret")
+    await add_turn(store, BOB, "s", "bob secret")
+    await add_turn(store, BOB, "s", "bob again")
+    assert texts(await store.context_messages(ALICE, "s")) == ["alice secret", "re: alice secret"]
+    assert texts(await store.context_messages(BOB, "s"))[::2] == ["bob secret", "bob again"]
+    alice = await store.get_session(ALICE, "s")
+    assert alice is not None
+    assert alice.system_prompt == "alice's"
+    assert alice.turn_count == 1
+    assert [s.user_id for s in await store.list_sessions(ALICE)] == [ALICE]
+    assert await store.reset_session(BOB, "s") == 2
+    assert await store.delete_session(BOB, "s") is True
+    assert len(await store.list_turns(ALICE, "s")) == 1
+
+
+async def test_another_users_session_answers_as_missing(store: Store) -> None:
+    await store.ensure_session(ALICE, "mine")
+    await add_turn(store, ALICE, "mine", "private")
+    assert await store.get_session(BOB, "mine") is None
+    assert await store.list_sessions(BOB) == []
+    with pytest.raises(NotFound):
+        await store.context_messages(BOB, "mine")
+    with pytest.raises(NotFound):
+        await store.list_turns(BOB, "mine")
+    with pytest.raises(NotFound):
+        await store.begin_turn(BOB, "mine", Message.user("x"), model="m", provider="p")
+    with pytest.raises(NotFound):
+        await store.update_session(BOB, "mine", system_prompt="hijack")
+    assert await store.reset_session(BOB, "mine") is None
+    assert await store.delete_session(BOB, "mine") is False
+    assert texts(await store.context_messages(ALICE, "mine")) == ["private", "re: private"]
+
+
+async def test_reset_empties_the_session_but_keeps_it(store: Store) -> None:
+    await store.ensure_session(ALICE, "s", system_prompt="keep me")
+    for state in (TurnState.COMPLETE, TurnState.FAILED, TurnState.COMPLETE):
+        await add_turn(store, ALICE, "s", "hi", state)
+    assert await store.reset_session(ALICE, "s") == 3
+    info = await store.get_session(ALICE, "s")
+    assert info is not None
+    assert info.turn_count == 0
+    assert info.system_prompt == "keep me"
+    assert await store.context_messages(ALICE, "s") == []
+    assert await store.list_turns(ALICE, "s") == []
+    turn = await add_turn(store, ALICE, "s", "fresh start")
+    assert turn.seq == 1
+    assert texts(await store.context_messages(ALICE, "s")) == ["fresh start", "re: fresh start"]
+    assert await store.reset_session(ALICE, "nope") is None
+
+
+async def test_delete_removes_the_session_and_everything_in_it(store: Store) -> None:
+    await store.ensure_session(ALICE, "s", system_prompt="old")
+    await add_turn(store, ALICE, "s", "hi")
+    assert await store.delete_session(ALICE, "s") is True
+    assert await store.get_session(ALICE, "s") is None
+    with pytest.raises(NotFound):
+        await store.list_turns(ALICE, "s")
+    assert await store.delete_session(ALICE, "s") is False
+    again = await store.ensure_session(ALICE, "s")
+    assert again.system_prompt is None
+    assert again.turn_count == 0
+    assert await store.context_messages(ALICE, "s") == []
+
+
+async def test_finish_turn_is_all_or_nothing(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    turn = await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    broken = Message(Role.ASSISTANT, (cast(Part, object()),))
+    finish: dict[str, Any] = {
+        "state": TurnState.COMPLETE,
+        "stop_reason": StopReason.END_TURN,
+        "usage": Usage(1, 1),
+        "latency_ms": 1.0,
+        "ttft_ms": 1.0,
+    }
+    with pytest.raises(AttributeError):
+        await store.finish_turn(turn.id, messages=[Message.assistant("a"), broken], **finish)
+    [stored] = await store.list_turns(ALICE, "s")
+    assert stored.state is TurnState.STREAMING
+    assert texts(stored.messages) == ["q"]
+    assert stored.usage == Usage()
+    done = await store.finish_turn(turn.id, messages=[Message.assistant("a")], **finish)
+    assert done.state is TurnState.COMPLETE
+    assert texts(await store.context_messages(ALICE, "s")) == ["q", "a"]
+
+
+async def test_a_turn_is_finished_exactly_once(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    turn = await add_turn(store, ALICE, "s", "q")
+    with pytest.raises(NotFound):
+        await add_turn(store, ALICE, "nope", "q")
+    for turn_id in (turn.id, "0" * 32):
+        with pytest.raises(NotFound):
+            await store.finish_turn(
+                turn_id,
+                state=TurnState.FAILED,
+                messages=[],
+                stop_reason=None,
+                usage=Usage(),
+                latency_ms=None,
+                ttft_ms=None,
+            )
+    [stored] = await store.list_turns(ALICE, "s")
+    assert stored.state is TurnState.COMPLETE
+
+
+async def test_ensure_session_creates_once_and_keeps_settings(store: Store) -> None:
+    params = GenerationParams(model="m1", max_tokens=100, temperature=0.2, stop=("END",))
+    first = await store.ensure_session(ALICE, "s", system_prompt="one", params=params, provider="x")
+    again = await store.ensure_session(ALICE, "s", system_prompt="two", provider="y")
+    assert again == first
+    assert (again.system_prompt, again.params, again.provider) == ("one", params, "x")
+    assert first.created_at.utcoffset() == timedelta(0)
+
+
+async def test_update_session_changes_only_the_given_fields(store: Store) -> None:
+    params = GenerationParams(model="m1", max_tokens=100, temperature=0.2, stop=("END",))
+    await store.ensure_session(ALICE, "s", system_prompt="one", params=params, provider="x")
+    info = await store.update_session(ALICE, "s", params=GenerationParams(temperature=0.0))
+    assert info.params == GenerationParams("m1", 100, 0.0, ("END",))
+    assert (info.system_prompt, info.provider) == ("one", "x")
+    info = await store.update_session(ALICE, "s", system_prompt="two", provider="y")
+    assert (info.system_prompt, info.provider, info.params.temperature) == ("two", "y", 0.0)
+    assert await store.get_session(ALICE, "s") == info
+    with pytest.raises(NotFound):
+        await store.update_session(ALICE, "missing", system_prompt="x")
+
+
+async def test_turns_keep_the_session_updated_at_current(store: Store) -> None:
+    created = await store.ensure_session(ALICE, "s")
+    turn = await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    began = await store.get_session(ALICE, "s")
+    assert began is not None
+    assert began.updated_at >= turn.created_at >= created.updated_at
+    before_finish = datetime.now(UTC)
+    await store.finish_turn(
+        turn.id,
+        state=TurnState.COMPLETE,
+        messages=[Message.assistant("a")],
+        stop_reason=StopReason.END_TURN,
+        usage=Usage(),
+        latency_ms=None,
+        ttft_ms=None,
+    )
+    finished = await store.get_session(ALICE, "s")
+    assert finished is not None
+    assert finished.updated_at >= before_finish
+    assert finished.created_at == created.created_at
+
+
+async def test_sessions_are_listed_oldest_first(store: Store) -> None:
+    for name in ("c", "a", "b"):
+        await store.ensure_session(ALICE, name)
+    await store.ensure_session(BOB, "z")
+    assert [s.id for s in await store.list_sessions(ALICE)] == ["c", "a", "b"]
+
+
+# What only the SQL store promises.
+
+
+@contextmanager
+def statements(store: SqlStore) -> Iterator[list[tuple[str, Any, bool]]]:
+    """Record (sql, parameters, executemany) for every statement the store sends."""
+    seen: list[tuple[str, Any, bool]] = []
+
+    def record(_c: Connection, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        seen.append((sql, params, many))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -> None:
+    issued = {}
+    for session_id, history_turns in (("short", 1), ("long", 25)):
+        await sql_store.ensure_session(ALICE, session_id)
+        for n in range(history_turns):
+            await add_turn(sql_store, ALICE, session_id, f"q{n}")
+        assert len(await sql_store.context_messages(ALICE, session_id)) == 2 * history_turns
+        with statements(sql_store) as seen:
+            turn = await add_turn(sql_store, ALICE, session_id, "now", reply=TOOL_LOOP)
+        issued[session_id] = seen
+        assert turn.messages[1:] == TOOL_LOOP
+    short, long = issued["short"], issued["long"]
+    assert [sql for sql, _, _ in short] == [sql for sql, _, _ in long]
+    assert not [sql for sql, _, _ in long if sql.startswith(("UPDATE messages", "DELETE"))]
+    message_rows = [
+        len(params) if many else 1
+        for sql, params, many in long
+        if sql.startswith("INSERT INTO messages")
+    ]
+    assert message_rows == [1, len(TOOL_LOOP)]  # the question, then the reply
+
+
+async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: SqlStore) -> None:
+    await sql_store.ensure_session(ALICE, "s")
+    turn = await sql_store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+
+    def fail_last_write(_c: Connection, _cur: Any, sql: str, *_: Any) -> None:
+        if sql.startswith("UPDATE sessions"):  # after the turn update and the message insert
+            raise RuntimeError("injected failure")
+
+    event.listen(sql_store.engine.sync_engine, "before_cursor_execute", fail_last_write)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            await finish_with_tool_loop(sql_store, turn.id)
+    finally:
+        event.remove(sql_store.engine.sync_engine, "before_cursor_execute", fail_last_write)
+    [stored] = await sql_store.list_turns(ALICE, "s")
+    assert stored.state is TurnState.STREAMING
+    assert texts(stored.messages) == ["q"]
+    async with sql_store.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM messages")) == 1
+
+
+async def test_begin_turn_is_committed_before_it_returns(sql_store: SqlStore) -> None:
+    await sql_store.ensure_session(ALICE, "s")
+    await sql_store.begin_turn(ALICE, "s", Message.user("hold on"), model="m", provider="p")
+    other = await open_store(sql_store.engine.url.render_as_string(hide_password=False))
+    try:
+        [seen] = await other.list_turns(ALICE, "s")
+    finally:
+        await other.close()
+    assert seen.state is TurnState.STREAMING
+    assert texts(seen.messages) == ["hold on"]
+
+
+async def test_deleting_a_session_leaves_no_rows_behind(sql_store: SqlStore) -> None:
+    for session_id in ("gone", "reset"):
+        await sql_store.ensure_session(ALICE, session_id)
+        await add_turn(sql_store, ALICE, session_id, "q", reply=TOOL_LOOP)
+    await sql_store.delete_session(ALICE, "gone")
+    await sql_store.reset_session(ALICE, "reset")
+    async with sql_store.engine.connect() as conn:
+        counts = [
+            await conn.scalar(text(f"SELECT count(*) FROM {t}")) for t in ("turns", "messages")
+        ]
+        assert counts == [0, 0]
+        assert await conn.scalar(text("SELECT count(*) FROM sessions")) == 1
+
+
+async def test_migrations_build_exactly_the_declared_schema(sql_store: SqlStore) -> None:
+    def differences(conn: Connection) -> list[Any]:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    async with sql_store.engine.connect() as conn:
+        assert await conn.run_sync(differences) == []
+        names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert names >= {"sessions", "turns", "messages", "alembic_version"}
+
+
+async def test_upgrading_a_current_schema_changes_nothing(sql_store: SqlStore) -> None:
+    await sql_store.ensure_session(ALICE, "s")
+    await add_turn(sql_store, ALICE, "s", "keep me")
+    with statements(sql_store) as seen:
+        await upgrade(sql_store.engine)
+        await upgrade(sql_store.engine)
+    changes = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")
+    assert not [sql for sql, _, _ in seen if sql.lstrip().upper().startswith(changes)]
+    async with sql_store.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).all() == [
+            ("0001",)
+        ]
+    assert texts(await sql_store.context_messages(ALICE, "s")) == ["keep me", "re: keep me"]
+
+
+async def test_data_survives_reopening(sql_store: SqlStore) -> None:
+    await sql_store.ensure_session(ALICE, "s", system_prompt="remember")
+    await add_turn(sql_store, ALICE, "s", "q", reply=TOOL_LOOP)
+    url = sql_store.engine.url.render_as_string(hide_password=False)
+    await sql_store.close()
+    reopened = await open_store(url)
+    try:
+        info = await reopened.get_session(ALICE, "s")
+        assert info is not None
+        assert info.system_prompt == "remember"
+        assert info.turn_count == 1
+        assert tuple(await reopened.context_messages(ALICE, "s"))[1:] == TOOL_LOOP
+    finally:
+        await reopened.close()
+
+
+# SQLite specifics and opening errors.
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    store = await open_store(sqlite_url(tmp_path / "made" / "on" / "demand"))
+    try:
+        async with store.engine.connect() as conn:
+            pragmas = {
+                name: await conn.scalar(text(f"PRAGMA {name}"))
+                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            }
+    finally:
+        await store.close()
+    assert pragmas == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "synchronous": 1,
+        "busy_timeout": 5000,
+    }
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "not a url",
+        "mysql+aiomysql://chatd@localhost/chatd",
+        "sqlite+pysqlite:///chatd.db",
+        "postgresql+psycopg2://chatd@localhost/chatd",
+        "nosuchdb://x",
+    ],
+)
+async def test_a_bad_database_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await open_store(url)
+    assert "\n" not in str(caught.value)
+
+
+def closed_port() -> int:
+    """Return a local TCP port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_directory", "postgres_down"])
+async def test_an_unreachable_database_is_store_unavailable(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    url = {
+        "under_a_file": sqlite_url(tmp_path / "file" / "sub"),
+        "a_directory": f"sqlite+aiosqlite:///{tmp_path}",
+        "postgres_down": f"postgresql+asyncpg://chatd:secret@127.0.0.1:{closed_port()}/chatd",
+    }[where]
+    with pytest.raises(StoreUnavailable) as caught:
+        await open_store(url)
+    assert "\n" not in str(caught.value)
+    assert "secret" not in str(caught.value)
