@@ -1,0 +1,238 @@
+"""The `chatd` command as a user runs it: real subprocesses, piped input, signals."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chatd.testing.fake_upstream import FakeUpstream
+
+CHATD = [sys.executable, "-m", "chatd"]
+PROVIDER_VARS = ("ANTHROPIC_", "OPENAI_", "GROQ_", "TOGETHER_", "VLLM_", "CHATD_")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """Return a clean environment: demo provider, a private SQLite file, no keys."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROVIDER_VARS)}
+    clean.update(
+        HOME=str(tmp_path),
+        CHATD_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
+        CHATD_DEMO_DELAY_MS="0",
+        CHATD_RETRY_BASE_DELAY_S="0.01",
+        PYTHONUNBUFFERED="1",
+    )
+    return clean
+
+
+@pytest.fixture
+def anthropic_env(env: dict[str, str], fake_upstream: FakeUpstream) -> dict[str, str]:
+    """Return an environment whose provider is Anthropic at the fake upstream."""
+    return {
+        **env,
+        "CHATD_PROVIDER": "anthropic",
+        "CHATD_MODEL": "test-model",
+        "ANTHROPIC_API_KEY": "test-key",
+        "ANTHROPIC_BASE_URL": fake_upstream.url,
+    }
+
+
+def chatd(
+    env: dict[str, str], *args: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run chatd to completion with piped input."""
+    return subprocess.run(
+        [*CHATD, *args], input=stdin, env=env, capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+def test_chat_remembers_across_processes(env: dict[str, str]) -> None:
+    first = chatd(env, "chat", "--session", "mem", stdin="my name is Ada\n")
+    assert first.returncode == 0, first.stderr
+    assert 'You said: "my name is Ada"' in first.stdout
+    second = chatd(env, "chat", "--session", "mem", stdin="what did I tell you?\n")
+    assert second.returncode == 0, second.stderr
+    assert 'the first was: "my name is Ada"' in second.stdout
+    other = chatd(env, "chat", "--session", "other", stdin="what did I tell you?\n")
+    assert "my name is Ada" not in other.stdout
+
+
+def test_chat_says_which_provider_it_picked(env: dict[str, str]) -> None:
+    result = chatd(env, "chat", stdin="hi\n")
+    assert "using provider demo" in result.stderr
+    assert "ANTHROPIC_API_KEY" in result.stderr
+
+
+def test_chat_streams_a_real_provider_through_its_sdk(
+    anthropic_env: dict[str, str], fake_upstream: FakeUpstream
+) -> None:
+    result = chatd(anthropic_env, "chat", "--system", "Be terse.", stdin="hello\nagain\n")
+    assert result.returncode == 0, result.stderr
+    assert 'to 1 message. You said: "hello"' in result.stdout
+    assert 'to 3 messages. You said: "again"' in result.stdout
+    bodies = [r.body for r in fake_upstream.requests]
+    assert bodies[0]["system"] == "Be terse."
+    assert bodies[-1]["messages"][0]["content"] == "hello"
+
+
+def test_missing_key_names_the_variable(env: dict[str, str]) -> None:
+    result = chatd({**env, "CHATD_PROVIDER": "anthropic"}, "chat", stdin="hi\n")
+    assert result.returncode == 2
+    assert "ANTHROPIC_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "args", "message"),
+    [
+        ({}, ["--provider", "nope"], "unknown provider 'nope'"),
+        ({"CHATD_DATABASE_URL": "mysql://x/y"}, [], "unsupported database URL"),
+        ({"CHATD_MAX_TOKENS": "lots"}, [], "CHATD_MAX_TOKENS"),
+        ({}, ["--session", "bad id!"], "session id"),
+    ],
+)
+def test_bad_configuration_is_one_plain_line(
+    env: dict[str, str], extra: dict[str, str], args: list[str], message: str
+) -> None:
+    result = chatd({**env, **extra}, "chat", *args, stdin="hi\n")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_a_plain_error(env: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    url = f"sqlite+aiosqlite:///{blocker / 'sub' / 'chat.db'}"
+    result = chatd({**env, "CHATD_DATABASE_URL": url}, "chat", stdin="hi\n")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_provider_says_so_and_leaves_no_half_turn(
+    anthropic_env: dict[str, str],
+) -> None:
+    dead = {**anthropic_env, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
+    result = chatd(dead, "chat", stdin="hello\n")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "cannot reach anthropic" in errors[0]
+    assert "Traceback" not in result.stderr
+    history = chatd(anthropic_env, "chat", stdin="/history\n")
+    assert "[failed: not in context]" in history.stdout
+    retry = chatd(anthropic_env, "chat", stdin="hello again\n")
+    assert "to 1 message." in retry.stdout  # the failed turn is not in the model's context
+
+
+def test_slash_commands(env: dict[str, str], tmp_path: Path) -> None:
+    saved = tmp_path / "conv.json"
+    script = "\n".join(
+        ["/system You are a pirate.", "ahoy", "/history", f"/save {saved}", "/reset", "/history"]
+    )
+    result = chatd(env, "chat", "--session", "cmd", stdin=script + "\n")
+    assert result.returncode == 0, result.stderr
+    assert 'My instructions: "You are a pirate."' in result.stdout
+    assert "user: ahoy" in result.stdout
+    assert "[reset: 1 turns removed]" in result.stderr
+    assert "[no messages yet]" in result.stderr
+    assert saved.exists()
+    loaded = chatd(env, "chat", "--session", "new", stdin=f"/load {saved}\nand now?\n")
+    assert "[loaded 1 turns" in loaded.stderr
+    assert 'the first was: "ahoy"' in loaded.stdout
+    assert "You are a pirate." in loaded.stdout
+
+
+def test_load_rejects_a_malformed_file_and_changes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    result = chatd(env, "chat", "--session", "keep", stdin=f"first\n/load {bad}\n/history\n")
+    assert "cannot load conversation" in result.stderr
+    assert "user: first" in result.stdout
+
+
+def test_ctrl_c_stops_the_reply_but_not_the_repl(anthropic_env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [*CHATD, "chat"],
+        env=anthropic_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write("tell me a long story [fake: chunks=50 delay_ms=100]\n")
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    assert ready, "no reply text arrived"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    out, err = proc.communicate("/history\nstill here?\n/quit\n", timeout=30)
+    assert proc.returncode == 0, err
+    assert "[stopped" in err
+    assert "[interrupted: not in context]" in out
+    assert 'You said: "still here?"' in out
+    assert "to 1 message." in out.split('You said: "still here?"')[0].splitlines()[-1]
+
+
+def free_port() -> int:
+    """Return a TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_serve_starts_with_no_configuration_and_answers(env: dict[str, str]) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CHATD, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok", "service": "chatd"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "using provider demo" in err
+
+
+def test_serve_refuses_a_public_address_without_auth(env: dict[str, str]) -> None:
+    result = chatd(env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+
+
+def test_db_upgrade_creates_the_database(env: dict[str, str], tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sub' / 'up.db'}"
+    result = chatd({**env, "CHATD_DATABASE_URL": url}, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sub" / "up.db").exists()
+    again = chatd({**env, "CHATD_DATABASE_URL": url}, "db", "upgrade")
+    assert again.returncode == 0
