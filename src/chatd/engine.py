@@ -25,11 +25,13 @@ from chatd.types import (
     Part,
     Role,
     StopReason,
+    StreamEvent,
     TextDelta,
     TextPart,
     ToolCallEvent,
     ToolCallPart,
     ToolResultEvent,
+    ToolSpec,
     TurnEnded,
     TurnEvent,
     TurnStarted,
@@ -128,6 +130,17 @@ class TurnOptions:
     system_prompt: str | None = None
     provider: str | None = None
     tools: tuple[str, ...] | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionOptions:
+    """A stateless call: the caller brings the whole conversation and its own tools."""
+
+    params: GenerationParams = field(default_factory=GenerationParams)
+    system: str | None = None
+    provider: str | None = None
+    tools: tuple[ToolSpec, ...] = ()
 
 
 @dataclass
@@ -284,6 +297,27 @@ class ChatService:
         return TurnEnded(
             stored.id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
         )
+
+    async def complete(
+        self, messages: Sequence[Message], options: CompletionOptions | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run one model call on the caller's messages; nothing is loaded or stored."""
+        opts = options or CompletionOptions()
+        if not messages:
+            raise InputError("messages must not be empty")
+        provider = self.providers.get(opts.provider)
+        params = opts.params.over(self.config.defaults)
+        request = ChatRequest(
+            model=params.model or provider.default_model,
+            messages=tuple(messages),
+            max_tokens=params.max_tokens or 1024,
+            system=opts.system,
+            temperature=params.temperature,
+            stop=params.stop or (),
+            tools=opts.tools,
+        )
+        async for event in stream_with_retries(provider, request, self.config.retry):
+            yield event
 
     async def reply(
         self, session_id: str, text: str, options: TurnOptions | None = None
