@@ -4,8 +4,10 @@ ChatdError                      500  anything we did not foresee
 ├── ConfigError                 400  unknown provider/model, bad database URL, bad setting
 │   └── ProviderNotConfigured   400  the chosen provider lacks its key; names the variable
 ├── InputError                  422  empty message, bad id, malformed file
-│   └── InputTooLarge           413  over a configured cap
+│   ├── InputTooLarge           413  over a configured cap
+│   └── IdempotencyConflict     422  an idempotency key reused with another message
 ├── NotFound                    404  no such session (or not the caller's)
+├── AlreadyExists               409  importing over an existing session
 ├── SessionBusy                 409  a turn is already in flight on this session
 ├── StoreUnavailable            503  the database cannot be reached
 └── UpstreamError               502  the model provider misbehaved
@@ -13,7 +15,8 @@ ChatdError                      500  anything we did not foresee
     ├── UpstreamBadRequest      502  the provider rejected the request
     ├── UpstreamRateLimited     429  rate limited, retries exhausted or quota spent
     ├── UpstreamUnavailable     503  5xx/529/connection trouble, retries exhausted
-    └── UpstreamStreamError     502  the reply broke off mid-stream
+    ├── UpstreamStreamError     502  the reply broke off mid-stream
+    └── ToolRoundsExceeded      502  the model kept calling tools past the limit
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ class InputTooLarge(InputError):
     """Input over a configured cap."""
 
     status = 413
+
+
+class IdempotencyConflict(InputError):
+    """An idempotency key was sent again with a different message."""
+
+
+class AlreadyExists(ChatdError):
+    """The thing to create is already there."""
+
+    status = 409
 
 
 class NotFound(ChatdError):

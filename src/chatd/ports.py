@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Protocol
 
 from chatd.types import (
@@ -69,8 +70,25 @@ class Store(Protocol):
         *,
         model: str,
         provider: str,
+        lease_s: float = 60.0,
+        idempotency_key: str | None = None,
     ) -> TurnRecord:
-        """Store the user's message in a new turn in state streaming, committed on return."""
+        """Store the user's message in a new streaming turn holding a lease, committed on return.
+
+        Turns of this session whose lease ran out are marked interrupted first. SessionBusy if
+        another turn is in flight. With an idempotency key already used on this session: the
+        same message gets the earlier turn back (a finished state tells it is a replay) unless
+        that turn failed or was interrupted, which frees the key for a new turn; another message
+        is an IdempotencyConflict; a turn still in flight is SessionBusy.
+        """
+        ...
+
+    async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
+        """Extend a streaming turn's lease; False if the turn is no longer streaming."""
+        ...
+
+    async def expire_leases(self) -> int:
+        """Mark every streaming turn whose lease ran out as interrupted; return how many."""
         ...
 
     async def finish_turn(
@@ -94,6 +112,23 @@ class Store(Protocol):
 
     async def delete_session(self, user_id: str, session_id: str) -> bool:
         """Delete the session and all its rows; return whether it existed."""
+        ...
+
+    async def prune_sessions(self, older_than: timedelta) -> int:
+        """Delete every user's sessions idle for longer than this; return how many."""
+        ...
+
+    async def import_session(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        system_prompt: str | None,
+        params: GenerationParams,
+        provider: str | None,
+        turns: Sequence[TurnRecord],
+    ) -> SessionInfo:
+        """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         ...
 
     async def close(self) -> None:

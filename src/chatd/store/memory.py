@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
-from chatd.errors import NotFound
+from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.store.codec import message_from_dict, message_to_dict
+from chatd.store.rows import LEASE_EXPIRED, busy
 from chatd.types import (
     GenerationParams,
     Message,
@@ -24,6 +25,7 @@ from chatd.types import (
 class _Session:
     info: SessionInfo
     turns: list[TurnRecord] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -32,6 +34,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._turn_owner: dict[str, tuple[str, str]] = {}
+        self._leases: dict[str, datetime] = {}
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -100,10 +103,19 @@ class MemoryStore:
         *,
         model: str,
         provider: str,
+        lease_s: float = 60.0,
+        idempotency_key: str | None = None,
     ) -> TurnRecord:
-        """Store the user's message in a new turn in state streaming, committed on return."""
+        """Store the user's message in a new streaming turn holding a lease, committed on return."""
         session = self._get(user_id, session_id)
         now = _now()
+        self._expire(session.turns, now)
+        if idempotency_key is not None:
+            prior = self._replay(session, idempotency_key, user_message, session_id)
+            if prior is not None:
+                return prior
+        if any(t.state is TurnState.STREAMING for t in session.turns):
+            raise busy(session_id)
         seq = session.turns[-1].seq + 1 if session.turns else 1
         turn = TurnRecord(
             id=uuid4().hex,
@@ -119,8 +131,50 @@ class MemoryStore:
         )
         session.turns.append(turn)
         self._turn_owner[turn.id] = (user_id, session_id)
+        self._leases[turn.id] = now + timedelta(seconds=lease_s)
+        if idempotency_key is not None:
+            session.keys[idempotency_key] = turn.id
         session.info = replace(session.info, updated_at=now)
         return turn
+
+    async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
+        """Extend a streaming turn's lease; False if the turn is no longer streaming."""
+        if turn_id not in self._leases:
+            return False
+        self._leases[turn_id] = _now() + timedelta(seconds=lease_s)
+        return True
+
+    async def expire_leases(self) -> int:
+        """Mark every streaming turn whose lease ran out as interrupted; return how many."""
+        now = _now()
+        return sum(self._expire(s.turns, now) for s in self._sessions.values())
+
+    def _expire(self, turns: list[TurnRecord], now: datetime) -> int:
+        expired = 0
+        for index, turn in enumerate(turns):
+            until = self._leases.get(turn.id)
+            if until is not None and until < now:
+                del self._leases[turn.id]
+                turns[index] = replace(turn, state=TurnState.INTERRUPTED, error=LEASE_EXPIRED)
+                expired += 1
+        return expired
+
+    def _replay(
+        self, session: _Session, key: str, user_message: Message, session_id: str
+    ) -> TurnRecord | None:
+        prior = next((t for t in session.turns if t.id == session.keys.get(key)), None)
+        if prior is None:
+            return None
+        if prior.messages[0] != user_message:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different message; use a new key"
+            )
+        if prior.state is TurnState.STREAMING:
+            raise busy(session_id)
+        if prior.state in (TurnState.FAILED, TurnState.INTERRUPTED):
+            del session.keys[key]
+            return None
+        return prior
 
     async def finish_turn(
         self,
@@ -138,6 +192,7 @@ class MemoryStore:
         if state is TurnState.STREAMING:
             raise ValueError("finish_turn needs a final state")
         session, index = self._in_flight(turn_id)
+        self._leases.pop(turn_id, None)
         turn = session.turns[index]
         finished = replace(
             turn,
@@ -161,7 +216,9 @@ class MemoryStore:
         removed = len(session.turns)
         for turn in session.turns:
             self._turn_owner.pop(turn.id, None)
+            self._leases.pop(turn.id, None)
         session.turns.clear()
+        session.keys.clear()
         session.info = replace(session.info, updated_at=_now())
         return removed
 
@@ -173,6 +230,50 @@ class MemoryStore:
         for turn in session.turns:
             self._turn_owner.pop(turn.id, None)
         return True
+
+    async def prune_sessions(self, older_than: timedelta) -> int:
+        """Delete every user's sessions idle for longer than this; return how many."""
+        cutoff = _now() - older_than
+        stale = [
+            key
+            for key, s in self._sessions.items()
+            if s.info.updated_at < cutoff
+            and not any(t.state is TurnState.STREAMING for t in s.turns)
+        ]
+        for key in stale:
+            await self.delete_session(*key)
+        return len(stale)
+
+    async def import_session(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        system_prompt: str | None,
+        params: GenerationParams,
+        provider: str | None,
+        turns: Sequence[TurnRecord],
+    ) -> SessionInfo:
+        """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
+        if (user_id, session_id) in self._sessions:
+            raise AlreadyExists(f"session {session_id!r} already exists")
+        now = _now()
+        info = SessionInfo(session_id, user_id, system_prompt, params, provider, now, now)
+        session = _Session(info)
+        for seq, t in enumerate(turns, start=1):
+            state = TurnState.INTERRUPTED if t.state is TurnState.STREAMING else t.state
+            turn = replace(
+                t,
+                id=uuid4().hex,
+                session_id=session_id,
+                seq=seq,
+                state=state,
+                messages=tuple(_copy(m) for m in t.messages),
+            )
+            session.turns.append(turn)
+            self._turn_owner[turn.id] = (user_id, session_id)
+        self._sessions[(user_id, session_id)] = session
+        return _info(session)
 
     async def ping(self) -> None:
         """Do nothing: memory is always there."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from typing import Any
 
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
+
+from chatd.store.rows import LEASE_EXPIRED
 from chatd.store.tables import Base
 from chatd.types import TurnState
 
@@ -105,3 +108,42 @@ FINISH_TURN = update(turns).where(turns.c.id == bindparam("turn_id"), turns.c.st
 # Parameter: pk.
 DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))
 DELETE_SESSION_TURNS = delete(turns).where(turns.c.session_pk == bindparam("pk"))
+
+# Leases. Parameter: now (and pk for one session's turns).
+_expired = and_(
+    turns.c.state == STREAMING,
+    turns.c.lease_until < bindparam("now"),
+)
+_interrupt: dict[str, Any] = {
+    "state": TurnState.INTERRUPTED.value,
+    "error": LEASE_EXPIRED,
+    "finished_at": bindparam("now"),
+    "lease_until": None,
+}
+EXPIRE_LEASES = update(turns).where(_expired).values(_interrupt)
+EXPIRE_SESSION_LEASES = (
+    update(turns).where(turns.c.session_pk == bindparam("pk"), _expired).values(_interrupt)
+)
+# Parameters: turn_id, until.
+RENEW_LEASE = (
+    update(turns)
+    .where(turns.c.id == bindparam("turn_id"), turns.c.state == STREAMING)
+    .values(lease_until=bindparam("until"))
+)
+
+# Idempotency. Parameters: pk, key / turn_id.
+TURN_BY_KEY = select(turns).where(
+    turns.c.session_pk == bindparam("pk"), turns.c.idempotency_key == bindparam("key")
+)
+TURN_MESSAGES = (
+    select(messages.c.role, messages.c.parts)
+    .where(messages.c.turn_id == bindparam("turn_id"))
+    .order_by(messages.c.seq)
+)
+RELEASE_KEY = update(turns).where(turns.c.id == bindparam("turn_id")).values(idempotency_key=None)
+
+# Retention. Parameter: cutoff. A session with a turn in flight is never pruned.
+PRUNE_SESSIONS = delete(sessions).where(
+    sessions.c.updated_at < bindparam("cutoff"),
+    ~exists().where(turns.c.session_pk == sessions.c.id, turns.c.state == STREAMING),
+)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import exc, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chatd.errors import NotFound, SessionBusy, StoreUnavailable
+from chatd.errors import (
+    AlreadyExists,
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+)
 from chatd.store import queries as q
 from chatd.store.rows import (
     UNFINISHED_TURN,
+    busy,
     final_values,
+    imported_rows,
     message,
     message_values,
     param_values,
@@ -58,6 +66,7 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -163,14 +172,21 @@ class SqlStore:
         *,
         model: str,
         provider: str,
+        lease_s: float = 60.0,
+        idempotency_key: str | None = None,
     ) -> TurnRecord:
-        """Store the user's message in a new turn in state streaming, committed on return."""
+        """Store the user's message in a new streaming turn holding a lease, committed on return."""
         turn_id, now = uuid4().hex, utc_now()
         try:
             async with self._write() as conn:
                 head = (await conn.execute(q.BEGIN_HEAD, _key(user_id, session_id))).one_or_none()
                 if head is None:
                     raise NotFound(f"no session {session_id!r}")
+                await conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": head.id, "now": now})
+                if idempotency_key is not None:
+                    prior = await _replay(conn, head.id, idempotency_key, user_message, session_id)
+                    if prior is not None:
+                        return prior
                 turn = {
                     "id": turn_id,
                     "session_pk": head.id,
@@ -179,6 +195,8 @@ class SqlStore:
                     "model": model,
                     "provider": provider,
                     "created_at": now,
+                    "lease_until": now + timedelta(seconds=lease_s),
+                    "idempotency_key": idempotency_key,
                     **UNFINISHED_TURN,
                 }
                 await conn.execute(q.INSERT_TURN, turn)
@@ -187,9 +205,23 @@ class SqlStore:
                 await conn.execute(q.INSERT_MESSAGES, row)
                 await conn.execute(q.TOUCH_SESSION, {"pk": head.id, "now": now})
         except exc.IntegrityError:
-            # The unique (session, seq) index: another turn began on this session just now.
-            raise SessionBusy(f"another turn is starting on session {session_id!r}") from None
+            # One streaming turn per session (a partial unique index), unique seqs and keys:
+            # another turn is in flight or began on this session just now.
+            raise busy(session_id) from None
         return turn_record(turn, session_id, (user_message,))
+
+    async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
+        """Extend a streaming turn's lease; False if the turn is no longer streaming."""
+        until = utc_now() + timedelta(seconds=lease_s)
+        async with self._write() as conn:
+            result = await conn.execute(q.RENEW_LEASE, {"turn_id": turn_id, "until": until})
+        return result.rowcount == 1
+
+    async def expire_leases(self) -> int:
+        """Mark every streaming turn whose lease ran out as interrupted; return how many."""
+        async with self._write() as conn:
+            result = await conn.execute(q.EXPIRE_LEASES, {"now": utc_now()})
+        return result.rowcount
 
     async def finish_turn(
         self,
@@ -247,6 +279,47 @@ class SqlStore:
             result = await conn.execute(q.DELETE_SESSION, _key(user_id, session_id))
         return result.rowcount > 0
 
+    async def prune_sessions(self, older_than: timedelta) -> int:
+        """Delete every user's sessions idle for longer than this; return how many."""
+        async with self._write() as conn:
+            result = await conn.execute(q.PRUNE_SESSIONS, {"cutoff": utc_now() - older_than})
+        return result.rowcount
+
+    async def import_session(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        system_prompt: str | None,
+        params: GenerationParams,
+        provider: str | None,
+        turns: Sequence[TurnRecord],
+    ) -> SessionInfo:
+        """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
+        now = utc_now()
+        session = {
+            "user_id": user_id,
+            "session_id": session_id,
+            "system_prompt": system_prompt,
+            "provider": provider,
+            "created_at": now,
+            "updated_at": now,
+            **param_values(params),
+        }
+        try:
+            async with self._write() as conn:
+                pk = (
+                    await conn.execute(q.INSERT_SESSION.returning(q.sessions.c.id), session)
+                ).scalar_one()
+                turn_rows, message_rows = imported_rows(pk, turns, now)
+                if turn_rows:
+                    await conn.execute(q.INSERT_TURN, turn_rows)
+                    await conn.execute(q.INSERT_MESSAGES, message_rows)
+        except exc.IntegrityError:
+            raise AlreadyExists(f"session {session_id!r} already exists") from None
+        count = sum(1 for t in turns if t.state.in_context)
+        return SessionInfo(session_id, user_id, system_prompt, params, provider, now, now, count)
+
     async def ping(self) -> None:
         """Check the database answers; StoreUnavailable if not."""
         async with self._read() as conn:
@@ -264,8 +337,35 @@ class SqlStore:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         async with store_errors(), self.engine.begin() as conn:
+            if self._sqlite:
+                # Take the write lock up front: a deferred transaction that reads and then
+                # writes fails at once (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 
 
 def _key(user_id: str, session_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "session_id": session_id}
+
+
+async def _replay(
+    conn: AsyncConnection, pk: int, key: str, user_message: Message, session_id: str
+) -> TurnRecord | None:
+    """Return the finished turn this key already produced, or None to run a new one."""
+    prior = (await conn.execute(q.TURN_BY_KEY, {"pk": pk, "key": key})).one_or_none()
+    if prior is None:
+        return None
+    rows = await conn.execute(q.TURN_MESSAGES, {"turn_id": prior.id})
+    messages = tuple(message(r.role, r.parts) for r in rows)
+    if not messages or messages[0] != user_message:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different message; use a new key"
+        )
+    state = TurnState(prior.state)
+    if state is TurnState.STREAMING:
+        raise busy(session_id)
+    if state in (TurnState.FAILED, TurnState.INTERRUPTED):
+        # A retry after a failure should get a real answer: free the key for a new turn.
+        await conn.execute(q.RELEASE_KEY, {"turn_id": prior.id})
+        return None
+    return turn_record(prior._mapping, session_id, messages)

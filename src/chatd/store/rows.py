@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
+from chatd.errors import SessionBusy
 from chatd.store.codec import parts_from_list, parts_to_list
 from chatd.types import (
     GenerationParams,
@@ -29,6 +31,16 @@ UNFINISHED_TURN: Mapping[str, Any] = {
     "ttft_ms": None,
     "error": None,
 }
+
+
+LEASE_EXPIRED = "the process running this turn stopped before it finished (its lease ran out)"
+
+
+def busy(session_id: str) -> SessionBusy:
+    """Describe a session that already has a turn in flight."""
+    return SessionBusy(
+        f"session {session_id!r} already has a reply in progress; wait for it to finish"
+    )
 
 
 def utc_now() -> datetime:
@@ -134,3 +146,33 @@ def turn_record(
         ttft_ms=row["ttft_ms"],
         error=row["error"],
     )
+
+
+def imported_rows(
+    session_pk: int, turns: Sequence[TurnRecord], now: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return the turns and messages rows that recreate these turns in a new session."""
+    turn_rows: list[dict[str, Any]] = []
+    message_rows: list[dict[str, Any]] = []
+    for seq, turn in enumerate(turns, start=1):
+        turn_id = uuid4().hex
+        # A turn exported mid-flight can never finish now.
+        state = TurnState.INTERRUPTED if turn.state is TurnState.STREAMING else turn.state
+        final = final_values(
+            state, turn.stop_reason, turn.usage, turn.latency_ms, turn.ttft_ms, turn.error, now
+        )
+        turn_rows.append(
+            {
+                **final,
+                "id": turn_id,
+                "session_pk": session_pk,
+                "seq": seq,
+                "model": turn.model,
+                "provider": turn.provider,
+                "created_at": turn.created_at,
+                "idempotency_key": None,
+            }
+        )
+        for m in turn.messages:
+            message_rows.append(message_values(turn_id, session_pk, len(message_rows) + 1, m, now))
+    return turn_rows, message_rows

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -54,6 +55,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+STREAMING = text("state = 'streaming'")
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT elsewhere, INTEGER there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -69,7 +72,10 @@ class SessionRow(Base):
     """A conversation, identified by (user_id, session_id)."""
 
     __tablename__ = "sessions"
-    __table_args__ = (UniqueConstraint("user_id", "session_id"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "session_id"),
+        Index("ix_sessions_updated_at", "updated_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[str] = mapped_column(String(255))
@@ -88,7 +94,23 @@ class TurnRow(Base):
     """One user message and what came back, with how it ended."""
 
     __tablename__ = "turns"
-    __table_args__ = (Index("ix_turns_session_pk_seq", "session_pk", "seq", unique=True),)
+    __table_args__ = (
+        Index("ix_turns_session_pk_seq", "session_pk", "seq", unique=True),
+        Index(
+            "ix_turns_one_streaming",
+            "session_pk",
+            unique=True,
+            sqlite_where=STREAMING,
+            postgresql_where=STREAMING,
+        ),
+        Index("ix_turns_session_pk_idempotency_key", "session_pk", "idempotency_key", unique=True),
+        Index(
+            "ix_turns_streaming_lease",
+            "lease_until",
+            sqlite_where=STREAMING,
+            postgresql_where=STREAMING,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     session_pk: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
@@ -107,6 +129,7 @@ class TurnRow(Base):
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
 
 class MessageRow(Base):
