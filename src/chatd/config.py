@@ -49,3 +49,11 @@ class Settings(BaseSettings):
     tools: list[str] = Field(default_factory=list)
 
     ollama_probe_timeout_s: float = Field(default=0.3, gt=0)
+
+    # HTTP API.
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_completions_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    sse_ping_s: float = Field(default=15.0, gt=0)
+    # Models a request may name ("provider/model" or a bare model); empty allows any.
+    models: list[str] = Field(default_factory=list)
