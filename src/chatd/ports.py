@@ -131,6 +131,28 @@ class Store(Protocol):
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         ...
 
+    async def page_sessions(
+        self, user_id: str, *, limit: int, after: str | None = None
+    ) -> tuple[Sequence[SessionInfo], str | None]:
+        """Return up to limit sessions, oldest first, after the cursor, and the next cursor.
+
+        The next cursor is None on the last page; InputError if `after` is not a cursor.
+        """
+        ...
+
+    async def page_turns(
+        self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0
+    ) -> tuple[Sequence[TurnRecord], int | None]:
+        """Return up to limit turns with seq above after_seq, in order, and the seq to go on from.
+
+        The seq to go on from is None on the last page; NotFound if there is no such session.
+        """
+        ...
+
+    async def usage_totals(self, user_id: str) -> tuple[int, Usage]:
+        """Return how many turns the user has, and their usage summed."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

@@ -9,6 +9,7 @@ from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.store.codec import message_from_dict, message_to_dict
+from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import LEASE_EXPIRED, busy
 from chatd.types import (
     GenerationParams,
@@ -274,6 +275,33 @@ class MemoryStore:
             self._turn_owner[turn.id] = (user_id, session_id)
         self._sessions[(user_id, session_id)] = session
         return _info(session)
+
+    async def page_sessions(
+        self, user_id: str, *, limit: int, after: str | None = None
+    ) -> tuple[Sequence[SessionInfo], str | None]:
+        """Return up to limit sessions, oldest first, after the cursor, and the next cursor."""
+        mine = sorted(
+            (s.info for (user, _), s in self._sessions.items() if user == user_id),
+            key=lambda i: (i.created_at, i.id),
+        )
+        if after is not None:
+            start = parse_session_cursor(after)
+            mine = [i for i in mine if (i.created_at, i.id) > start]
+        page = [_info(self._sessions[(user_id, i.id)]) for i in mine[:limit]]
+        return page, session_cursor(page[-1]) if len(mine) > limit else None
+
+    async def page_turns(
+        self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0
+    ) -> tuple[Sequence[TurnRecord], int | None]:
+        """Return up to limit turns after seq after_seq, in order, and the seq to go on from."""
+        later = [t for t in self._get(user_id, session_id).turns if t.seq > after_seq]
+        page = later[:limit]
+        return page, page[-1].seq if len(later) > limit else None
+
+    async def usage_totals(self, user_id: str) -> tuple[int, Usage]:
+        """Return how many turns the user has, and their usage summed."""
+        turns = [t for (user, _), s in self._sessions.items() if user == user_id for t in s.turns]
+        return len(turns), sum((t.usage for t in turns), Usage())
 
     async def ping(self) -> None:
         """Do nothing: memory is always there."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from chatd.store.rows import LEASE_EXPIRED
 from chatd.store.tables import Base
@@ -146,4 +146,42 @@ RELEASE_KEY = update(turns).where(turns.c.id == bindparam("turn_id")).values(ide
 PRUNE_SESSIONS = delete(sessions).where(
     sessions.c.updated_at < bindparam("cutoff"),
     ~exists().where(turns.c.session_pk == sessions.c.id, turns.c.state == STREAMING),
+)
+
+# Paging. Sessions in (created_at, session_id) order: a stable key the cursor can carry.
+# Parameters: user_id, limit (and after_at, after_id past the first page).
+PAGE_SESSIONS = (
+    select(sessions, _turn_count)
+    .where(sessions.c.user_id == bindparam("user_id"))
+    .order_by(sessions.c.created_at, sessions.c.session_id)
+    .limit(bindparam("limit"))
+)
+PAGE_SESSIONS_AFTER = PAGE_SESSIONS.where(
+    or_(
+        sessions.c.created_at > bindparam("after_at"),
+        and_(
+            sessions.c.created_at == bindparam("after_at"),
+            sessions.c.session_id > bindparam("after_id"),
+        ),
+    )
+)
+# Parameters: user_id, session_id, after_seq, limit.
+PAGE_TURNS = LIST_TURNS.where(turns.c.seq > bindparam("after_seq")).limit(bindparam("limit"))
+# Parameter: turn_ids (a list).
+MESSAGES_OF_TURNS = (
+    select(messages.c.turn_id, messages.c.role, messages.c.parts)
+    .where(messages.c.turn_id.in_(bindparam("turn_ids", expanding=True)))
+    .order_by(messages.c.seq)
+)
+# Parameter: user_id.
+USAGE_TOTALS = (
+    select(
+        func.count(),
+        func.coalesce(func.sum(turns.c.input_tokens), 0),
+        func.coalesce(func.sum(turns.c.output_tokens), 0),
+        func.coalesce(func.sum(turns.c.cache_read_tokens), 0),
+        func.coalesce(func.sum(turns.c.cache_write_tokens), 0),
+    )
+    .select_from(turns.join(sessions, sessions.c.id == turns.c.session_pk))
+    .where(sessions.c.user_id == bindparam("user_id"))
 )

@@ -18,6 +18,7 @@ from chatd.errors import (
     StoreUnavailable,
 )
 from chatd.store import queries as q
+from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import (
     UNFINISHED_TURN,
     busy,
@@ -319,6 +320,45 @@ class SqlStore:
             raise AlreadyExists(f"session {session_id!r} already exists") from None
         count = sum(1 for t in turns if t.state.in_context)
         return SessionInfo(session_id, user_id, system_prompt, params, provider, now, now, count)
+
+    async def page_sessions(
+        self, user_id: str, *, limit: int, after: str | None = None
+    ) -> tuple[Sequence[SessionInfo], str | None]:
+        """Return up to limit sessions, oldest first, after the cursor, and the next cursor."""
+        values: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+        statement = q.PAGE_SESSIONS
+        if after is not None:
+            values["after_at"], values["after_id"] = parse_session_cursor(after)
+            statement = q.PAGE_SESSIONS_AFTER
+        async with self._read() as conn:
+            rows = (await conn.execute(statement, values)).all()
+        page = [session_info(r._mapping) for r in rows[:limit]]
+        return page, session_cursor(page[-1]) if len(rows) > limit else None
+
+    async def page_turns(
+        self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0
+    ) -> tuple[Sequence[TurnRecord], int | None]:
+        """Return up to limit turns after seq after_seq, in order, and the seq to go on from."""
+        key = _key(user_id, session_id)
+        async with self._read() as conn:
+            values = {**key, "after_seq": after_seq, "limit": limit + 1}
+            rows = (await conn.execute(q.PAGE_TURNS, values)).all()
+            if not rows and await conn.scalar(q.SESSION_PK, key) is None:
+                raise NotFound(f"no session {session_id!r}")
+            page = rows[:limit]
+            by_turn: dict[str, list[Message]] = {t.id: [] for t in page}
+            if page:
+                ids = {"turn_ids": list(by_turn)}
+                for m in await conn.execute(q.MESSAGES_OF_TURNS, ids):
+                    by_turn[m.turn_id].append(message(m.role, m.parts))
+        turns = [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in page]
+        return turns, turns[-1].seq if len(rows) > limit else None
+
+    async def usage_totals(self, user_id: str) -> tuple[int, Usage]:
+        """Return how many turns the user has, and their usage summed."""
+        async with self._read() as conn:
+            count, *tokens = (await conn.execute(q.USAGE_TOTALS, {"user_id": user_id})).one()
+        return count, Usage(*(int(t) for t in tokens))
 
     async def ping(self) -> None:
         """Check the database answers; StoreUnavailable if not."""
