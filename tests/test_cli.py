@@ -158,7 +158,7 @@ def test_load_rejects_a_malformed_file_and_changes_nothing(
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
     result = chatd(env, "chat", "--session", "keep", stdin=f"first\n/load {bad}\n/history\n")
-    assert "cannot load conversation" in result.stderr
+    assert "not a valid chatd session file" in result.stderr
     assert "user: first" in result.stdout
 
 

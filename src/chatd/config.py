@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     tool_timeout_s: float = Field(default=30.0, gt=0)
     tools: list[str] = Field(default_factory=list)
 
+    turn_lease_s: float = Field(default=30.0, gt=0)
+    on_disconnect: Literal["finish", "abort"] = "finish"
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
     ollama_probe_timeout_s: float = Field(default=0.3, gt=0)
 
     # HTTP API.

@@ -5,50 +5,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from chatd.config import Settings
 from chatd.context import ContextPolicy, SlidingWindow, TokenBudget
-from chatd.errors import ChatdError, InputError, InputTooLarge, ToolRoundsExceeded
+from chatd.errors import ChatdError, InputError, InputTooLarge
 from chatd.ports import DEFAULT_USER, Store
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryPolicy, stream_with_retries
 from chatd.tools import ToolRegistry
+from chatd.turnrun import TurnRun
 from chatd.types import (
     ChatRequest,
     GenerationParams,
     Message,
-    Part,
     Role,
     StopReason,
     StreamEvent,
     TextDelta,
-    TextPart,
-    ToolCallEvent,
-    ToolCallPart,
-    ToolResultEvent,
     ToolSpec,
     TurnEnded,
     TurnEvent,
+    TurnRecord,
     TurnStarted,
     TurnState,
-    Usage,
-    UsageEvent,
 )
 
 log = logging.getLogger("chatd.engine")
 
+DisconnectPolicy = Literal["finish", "abort"]
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _KEEP_CONTROLS = {"\n", "\t"}
-_STATE_FOR_STOP = {
-    StopReason.MAX_TOKENS: TurnState.TRUNCATED,
-    StopReason.CONTEXT_WINDOW_EXCEEDED: TurnState.TRUNCATED,
-    StopReason.REFUSAL: TurnState.REFUSED,
-}
 
 
 def check_session_id(session_id: str) -> str:
@@ -97,6 +87,8 @@ class EngineConfig:
     tool_timeout_s: float = 30.0
     max_message_chars: int = 32000
     tools: tuple[str, ...] = ()
+    lease_s: float = 30.0
+    on_disconnect: DisconnectPolicy = "finish"
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -118,6 +110,8 @@ class EngineConfig:
             tool_timeout_s=s.tool_timeout_s,
             max_message_chars=s.max_message_chars,
             tools=tuple(s.tools),
+            lease_s=s.turn_lease_s,
+            on_disconnect=s.on_disconnect,
         )
 
 
@@ -131,6 +125,7 @@ class TurnOptions:
     provider: str | None = None
     tools: tuple[str, ...] | None = None
     idempotency_key: str | None = None
+    on_disconnect: DisconnectPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,34 +136,6 @@ class CompletionOptions:
     system: str | None = None
     provider: str | None = None
     tools: tuple[ToolSpec, ...] = ()
-
-
-@dataclass
-class _Progress:
-    """What a turn has produced so far, so a failure can store the partial reply."""
-
-    started: float
-    messages: list[Message] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    calls: list[ToolCallPart] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    stop: StopReason | None = None
-    ttft: float | None = None
-
-    def flush(self) -> Message | None:
-        """Close the assistant message being streamed and keep it."""
-        parts: list[Part] = [TextPart("".join(self.text))] if self.text else []
-        parts.extend(self.calls)
-        self.text, self.calls = [], []
-        if not parts:
-            return None
-        message = Message(Role.ASSISTANT, tuple(parts))
-        self.messages.append(message)
-        return message
-
-    def ms_since_start(self) -> float:
-        """Return milliseconds since the turn started."""
-        return (time.monotonic() - self.started) * 1000
 
 
 class ChatService:
@@ -185,6 +152,7 @@ class ChatService:
         self.providers = providers
         self.config = config or EngineConfig()
         self.tools = tools or ToolRegistry()
+        self._running: set[asyncio.Task[None]] = set()
 
     async def turn(
         self, session_id: str, text: str, options: TurnOptions | None = None
@@ -215,88 +183,56 @@ class ChatService:
         history = list(await self.store.context_messages(opts.user_id, session_id))
         user_message = Message.user(text)
         record = await self.store.begin_turn(
-            opts.user_id, session_id, user_message, model=base.model, provider=provider.name
+            opts.user_id,
+            session_id,
+            user_message,
+            model=base.model,
+            provider=provider.name,
+            lease_s=cfg.lease_s,
+            idempotency_key=opts.idempotency_key,
         )
         yield TurnStarted(session_id, record.id)
-        progress = _Progress(started=time.monotonic())
+        if record.state is not TurnState.STREAMING:
+            for event in _replay(record):
+                yield event
+            return
+        run = TurnRun(
+            record.id, self.store, provider, self.tools, cfg, base, [*history, user_message]
+        )
+        # The turn runs as a task of its own, so a consumer that goes away does not cancel it.
+        task = asyncio.create_task(run.run(), name=f"turn-{record.id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        ended = False
         try:
-            async for event in self._rounds(provider, base, [*history, user_message], progress):
-                yield event
-        except BaseException as exc:
-            progress.flush()
-            aborted = isinstance(exc, asyncio.CancelledError | GeneratorExit)
-            state = TurnState.INTERRUPTED if aborted else TurnState.FAILED
-            reason = "the client went away" if aborted else _describe(exc)
-            await self._finish(record.id, progress, state, error=reason)
-            raise
-        stop = progress.stop or StopReason.UNKNOWN
-        yield await self._finish(record.id, progress, _STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
+            while True:
+                outcome = await run.outbox.get()
+                if isinstance(outcome, BaseException):
+                    ended = True
+                    raise outcome
+                yield outcome
+                if isinstance(outcome, TurnEnded):
+                    ended = True
+                    return
+        finally:
+            if not ended and (opts.on_disconnect or cfg.on_disconnect) == "abort":
+                task.cancel()
+                await asyncio.wait({task})
 
-    async def _rounds(
-        self,
-        provider: Provider,
-        base: ChatRequest,
-        messages: list[Message],
-        progress: _Progress,
-    ) -> AsyncIterator[TurnEvent]:
-        cfg = self.config
-        for round_no in range(cfg.max_tool_rounds + 1):
-            request = ChatRequest(
-                model=base.model,
-                messages=tuple(cfg.policy.select(base.system, messages)),
-                max_tokens=base.max_tokens,
-                system=base.system,
-                temperature=base.temperature,
-                stop=base.stop,
-                tools=base.tools,
-            )
-            async for event in stream_with_retries(provider, request, cfg.retry):
-                if isinstance(event, TextDelta):
-                    if progress.ttft is None:
-                        progress.ttft = progress.ms_since_start()
-                    progress.text.append(event.text)
-                elif isinstance(event, ToolCallEvent):
-                    progress.calls.append(event.call)
-                elif isinstance(event, UsageEvent):
-                    progress.usage = progress.usage + event.usage
-                else:
-                    progress.stop = event.reason
-                    continue
-                yield event
-            assistant = progress.flush()
-            if assistant is None or not assistant.tool_calls:
-                return
-            messages.append(assistant)
-            if round_no == cfg.max_tool_rounds:
-                raise ToolRoundsExceeded(
-                    f"the model asked for more than {cfg.max_tool_rounds} rounds of tool calls"
-                )
-            results = await asyncio.gather(
-                *(self.tools.run(c, cfg.tool_timeout_s) for c in assistant.tool_calls)
-            )
-            for result in results:
-                yield ToolResultEvent(result)
-            tool_message = Message(Role.USER, tuple(results))
-            progress.messages.append(tool_message)
-            messages.append(tool_message)
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait for turns in flight to be stored; return whether all were."""
+        if not self._running:
+            return True
+        _, pending = await asyncio.wait(set(self._running), timeout=timeout_s)
+        return not pending
 
-    async def _finish(
-        self, turn_id: str, progress: _Progress, state: TurnState, error: str | None = None
-    ) -> TurnEnded:
-        stored = await self.store.finish_turn(
-            turn_id,
-            state=state,
-            messages=progress.messages,
-            stop_reason=progress.stop,
-            usage=progress.usage,
-            latency_ms=progress.ms_since_start(),
-            ttft_ms=progress.ttft,
-            error=error,
-        )
-        text = "".join(m.text for m in progress.messages if m.role is Role.ASSISTANT)
-        return TurnEnded(
-            stored.id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
-        )
+    async def aclose(self, grace_s: float = 30.0) -> None:
+        """Let turns in flight finish for up to grace_s, then stop them (stored interrupted)."""
+        if await self.wait_idle(grace_s):
+            return
+        for task in list(self._running):
+            task.cancel()
+        await self.wait_idle()
 
     async def complete(
         self, messages: Sequence[Message], options: CompletionOptions | None = None
@@ -329,11 +265,13 @@ class ChatService:
         raise ChatdError("the turn ended without a final event")  # unreachable by construction
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ChatdError):
-        return exc.message
-    log.exception("turn failed unexpectedly", exc_info=exc)
-    return f"internal error: {type(exc).__name__}"
+def _replay(record: TurnRecord) -> list[TurnEvent]:
+    """Replay a stored turn as the events it produced: its text, then its end."""
+    text = "".join(m.text for m in record.messages[1:] if m.role is Role.ASSISTANT)
+    end = TurnEnded(
+        record.id, record.state, record.stop_reason or StopReason.UNKNOWN, record.usage, text
+    )
+    return [TextDelta(text), end] if text else [end]
 
 
 def history_text(messages: Sequence[Message]) -> list[tuple[str, str]]:

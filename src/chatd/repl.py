@@ -10,21 +10,17 @@ from typing import Any, TextIO
 import orjson
 
 from chatd.engine import ChatService, TurnOptions
-from chatd.errors import ChatdError, InputError
-from chatd.store.codec import message_from_dict, message_to_dict
+from chatd.errors import ChatdError, InputError, NotFound
+from chatd.store.export import export_doc, parse_doc
 from chatd.types import (
-    StopReason,
     TextDelta,
     ToolCallEvent,
     ToolResultEvent,
     TurnEnded,
-    TurnRecord,
     TurnState,
-    Usage,
 )
 
 HELP = "commands: /quit /reset /history /save FILE /load FILE /system TEXT"
-SAVE_FORMAT = "chatd.conversation/1"
 
 
 class Repl:
@@ -173,99 +169,29 @@ class Repl:
         )
 
     async def _export(self) -> dict[str, Any]:
-        session = await self.service.store.get_session(self.options.user_id, self.session_id)
-        turns = await self.service.store.list_turns(self.options.user_id, self.session_id)
-        doc = {
-            "format": SAVE_FORMAT,
-            "session_id": self.session_id,
-            "system_prompt": session.system_prompt if session else None,
-            "turns": [_turn_to_dict(t) for t in turns],
-        }
-        return doc
+        store, user = self.service.store, self.options.user_id
+        info = await store.get_session(user, self.session_id)
+        if info is None:
+            raise NotFound("nothing to save yet")
+        return export_doc(info, await store.list_turns(user, self.session_id))
 
     async def _load(self, data: bytes) -> int:
-        turns, system_prompt = parse_saved(data)
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"not a valid chatd session file: {exc}") from None
+        saved = parse_doc(doc)
         store, user = self.service.store, self.options.user_id
-        await self._ensure()
-        await store.reset_session(user, self.session_id)
-        await store.update_session(user, self.session_id, system_prompt=system_prompt or "")
-        for t in turns:
-            record = await store.begin_turn(
-                user, self.session_id, t.messages[0], model=t.model or "", provider=t.provider or ""
-            )
-            await store.finish_turn(
-                record.id,
-                state=t.state,
-                messages=t.messages[1:],
-                stop_reason=t.stop_reason,
-                usage=t.usage,
-                latency_ms=t.latency_ms,
-                ttft_ms=t.ttft_ms,
-                error=t.error,
-            )
-        return len(turns)
-
-
-def _turn_to_dict(t: TurnRecord) -> dict[str, Any]:
-    return {
-        "state": t.state.value,
-        "stop_reason": t.stop_reason.value if t.stop_reason else None,
-        "model": t.model,
-        "provider": t.provider,
-        "usage": {
-            "input_tokens": t.usage.input_tokens,
-            "output_tokens": t.usage.output_tokens,
-            "cache_read_tokens": t.usage.cache_read_tokens,
-            "cache_write_tokens": t.usage.cache_write_tokens,
-        },
-        "latency_ms": t.latency_ms,
-        "ttft_ms": t.ttft_ms,
-        "error": t.error,
-        "messages": [message_to_dict(m) for m in t.messages],
-    }
-
-
-def parse_saved(data: bytes) -> tuple[list[TurnRecord], str | None]:
-    """Parse a /save file, raising InputError with a plain reason if it is malformed."""
-    from datetime import UTC, datetime
-
-    try:
-        doc = orjson.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != SAVE_FORMAT:
-            raise ValueError(f"not a {SAVE_FORMAT} file")
-        turns = []
-        for i, t in enumerate(doc["turns"]):
-            messages = tuple(message_from_dict(m) for m in t["messages"])
-            if not messages or messages[0].role.value != "user":
-                raise ValueError(f"turn {i + 1} does not start with a user message")
-            state = TurnState(t["state"])
-            if state is TurnState.STREAMING:
-                state = TurnState.INTERRUPTED
-            turns.append(
-                TurnRecord(
-                    id="",
-                    session_id="",
-                    seq=i,
-                    state=state,
-                    messages=messages,
-                    stop_reason=StopReason.parse(t.get("stop_reason"))
-                    if t.get("stop_reason")
-                    else None,
-                    usage=Usage(**t.get("usage", {})),
-                    model=t.get("model"),
-                    provider=t.get("provider"),
-                    created_at=datetime.now(UTC),
-                    latency_ms=t.get("latency_ms"),
-                    ttft_ms=t.get("ttft_ms"),
-                    error=t.get("error"),
-                )
-            )
-        system = doc.get("system_prompt")
-        if system is not None and not isinstance(system, str):
-            raise ValueError("system_prompt must be a string")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"cannot load conversation: {exc}") from None
-    return turns, system
+        await store.delete_session(user, self.session_id)
+        await store.import_session(
+            user,
+            self.session_id,
+            system_prompt=saved.system_prompt,
+            params=saved.params,
+            provider=saved.provider,
+            turns=saved.turns,
+        )
+        return len(saved.turns)
 
 
 def run_repl(
@@ -276,7 +202,8 @@ def run_repl(
     system_prompt: str | None,
 ) -> bool:
     """Run the terminal chat; return whether every turn succeeded."""
-    options = TurnOptions(system_prompt=system_prompt)
+    # Ctrl-C means "stop this reply", so the turn is aborted rather than left to finish.
+    options = TurnOptions(system_prompt=system_prompt, on_disconnect="abort")
     repl = Repl(service, runner, session_id, options)
     if system_prompt is not None:
         runner.run(repl._system(system_prompt))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chatd.config import Settings
 from chatd.engine import ChatService, EngineConfig
+from chatd.errors import StoreUnavailable
+from chatd.ports import Store
 from chatd.providers.pool import ProviderPool
 from chatd.store.db import open_store
 from chatd.store.repo import SqlStore
 from chatd.tools import ToolRegistry
 from chatd.tools.builtins import builtin_tools
+
+log = logging.getLogger("chatd")
 
 
 @dataclass
@@ -24,12 +30,30 @@ class Runtime:
     providers: ProviderPool
     service: ChatService
 
+    sweeper: asyncio.Task[None] | None = None
+
     async def aclose(self) -> None:
-        """Close provider clients and database connections."""
+        """Let turns in flight finish (bounded), then close clients and connections."""
+        if self.sweeper is not None:
+            self.sweeper.cancel()
         try:
+            await self.service.aclose(self.settings.shutdown_grace_s)
             await self.providers.aclose()
         finally:
             await self.store.close()
+
+
+async def sweep_leases(store: Store, every_s: float) -> None:
+    """Mark turns orphaned by a dead process as interrupted, now and every so often."""
+    while True:
+        try:
+            expired = await store.expire_leases()
+        except StoreUnavailable as exc:
+            log.warning("lease sweep skipped: %s", exc.message)
+        else:
+            if expired:
+                log.warning("marked %d orphaned turn(s) interrupted", expired)
+        await asyncio.sleep(every_s)
 
 
 async def open_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
@@ -42,4 +66,6 @@ async def open_runtime(settings: Settings, env: Mapping[str, str] | None = None)
         raise
     tools = ToolRegistry(builtin_tools())
     service = ChatService(store, providers, EngineConfig.from_settings(settings), tools)
-    return Runtime(settings, store, providers, service)
+    runtime = Runtime(settings, store, providers, service)
+    runtime.sweeper = asyncio.create_task(sweep_leases(store, settings.turn_lease_s / 2))
+    return runtime

@@ -83,12 +83,12 @@ async def test_events_start_with_ids_and_end_with_the_stored_turn(service: ChatS
 
 async def test_user_message_is_stored_before_the_reply_streams(service: ChatService) -> None:
     seen_while_streaming = None
-    async for event in service.turn("s1", "hello [fake: chunks=3]"):
+    async for event in service.turn("s1", "hello [fake: chunks=3 delay_ms=100]"):
         if isinstance(event, TextDelta) and seen_while_streaming is None:
             seen_while_streaming = await service.store.list_turns("local", "s1")
     assert seen_while_streaming is not None
     assert [t.state for t in seen_while_streaming] == [TurnState.STREAMING]
-    assert seen_while_streaming[0].messages[0].text == "hello [fake: chunks=3]"
+    assert seen_while_streaming[0].messages[0].text == "hello [fake: chunks=3 delay_ms=100]"
 
 
 async def test_turn_is_stored_before_the_last_event_is_handed_on(service: ChatService) -> None:
@@ -223,12 +223,33 @@ async def test_provider_without_key_names_the_variable(service: ChatService) -> 
         await run(service, "s3", "hi", provider="groq")
 
 
-async def test_consumer_leaving_mid_reply_stores_an_interrupted_turn(service: ChatService) -> None:
-    stream = service.turn("s1", "hello [fake: chunks=4 delay_ms=20]")
+async def leave_after_first_delta(service: ChatService, text: str, **opts: object) -> str:
+    """Start a turn, walk away after its first text chunk, and return the turn id."""
+    stream = service.turn("s1", text, TurnOptions(**opts))  # type: ignore[arg-type]
+    turn_id = ""
     async for event in stream:
+        if isinstance(event, TurnStarted):
+            turn_id = event.turn_id
         if isinstance(event, TextDelta):
             break
     await stream.aclose()  # type: ignore[attr-defined]
+    return turn_id
+
+
+async def test_consumer_leaving_mid_reply_does_not_cancel_the_turn(service: ChatService) -> None:
+    turn_id = await leave_after_first_delta(service, "hello [fake: chunks=4 delay_ms=30]")
+    assert await service.wait_idle(10)
+    turn = (await service.store.list_turns("local", "s1"))[-1]
+    assert turn.id == turn_id
+    assert turn.state is TurnState.COMPLETE
+    assert 'You said: "hello"' in turn.messages[-1].text
+    assert await context_size(service, "s1") == 2
+
+
+async def test_abort_policy_stores_the_partial_reply_as_interrupted(service: ChatService) -> None:
+    await leave_after_first_delta(
+        service, "hello [fake: chunks=4 delay_ms=30]", on_disconnect="abort"
+    )
     turn = (await service.store.list_turns("local", "s1"))[-1]
     assert turn.state is TurnState.INTERRUPTED
     assert turn.messages[-1].text

@@ -36,7 +36,8 @@ from chatd.types import (
 
 ALICE, BOB = "alice", "bob"
 # At most one turn streams per session, so a test that wants one of each ends on it.
-STATES_STREAMING_LAST = [*(s for s in TurnState if s is not TurnState.STREAMING), TurnState.STREAMING]
+STATES_STREAMING_LAST = [s for s in TurnState if s is not TurnState.STREAMING]
+STATES_STREAMING_LAST.append(TurnState.STREAMING)
 
 
 def sqlite_url(directory: Path) -> str:

@@ -1,0 +1,151 @@
+"""The portable session document: lossless export and validated import; pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chatd.errors import InputError
+from chatd.store.codec import message_from_dict, message_to_dict
+from chatd.types import (
+    GenerationParams,
+    Role,
+    SessionInfo,
+    StopReason,
+    TurnRecord,
+    TurnState,
+    Usage,
+)
+
+FORMAT = "chatd.session/1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Usage(_Strict):
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+
+
+class _Params(_Strict):
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stop: list[str] | None = None
+
+
+class _Turn(_Strict):
+    state: TurnState
+    stop_reason: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: _Usage = Field(default_factory=lambda: _Usage())
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class _Doc(_Strict):
+    format: Literal["chatd.session/1"]
+    session_id: str
+    system_prompt: str | None = None
+    provider: str | None = None
+    params: _Params = Field(default_factory=lambda: _Params())
+    turns: list[_Turn] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExport:
+    """A whole session as values, ready to import."""
+
+    session_id: str
+    system_prompt: str | None
+    provider: str | None
+    params: GenerationParams
+    turns: tuple[TurnRecord, ...]
+
+
+def export_doc(info: SessionInfo, turns: Sequence[TurnRecord]) -> dict[str, Any]:
+    """Return the JSON-ready document of a session and all its turns."""
+    p = info.params
+    return {
+        "format": FORMAT,
+        "session_id": info.id,
+        "system_prompt": info.system_prompt,
+        "provider": info.provider,
+        "params": {
+            "model": p.model,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "stop": None if p.stop is None else list(p.stop),
+        },
+        "turns": [
+            {
+                "state": t.state.value,
+                "stop_reason": t.stop_reason.value if t.stop_reason else None,
+                "model": t.model,
+                "provider": t.provider,
+                "usage": {
+                    "input_tokens": t.usage.input_tokens,
+                    "output_tokens": t.usage.output_tokens,
+                    "cache_read_tokens": t.usage.cache_read_tokens,
+                    "cache_write_tokens": t.usage.cache_write_tokens,
+                },
+                "latency_ms": t.latency_ms,
+                "ttft_ms": t.ttft_ms,
+                "error": t.error,
+                "created_at": t.created_at.isoformat(),
+                "messages": [message_to_dict(m) for m in t.messages],
+            }
+            for t in turns
+        ],
+    }
+
+
+def parse_doc(data: Any) -> SessionExport:
+    """Validate a session document; InputError naming the first problem if it is malformed."""
+    try:
+        doc = _Doc.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "document"
+        raise InputError(f"not a valid chatd session file: {where}: {first['msg']}") from None
+    turns = []
+    for n, t in enumerate(doc.turns, start=1):
+        messages = tuple(message_from_dict(m) for m in t.messages)
+        if messages[0].role is not Role.USER:
+            raise InputError(
+                f"not a valid chatd session file: turn {n} must start with a user message"
+            )
+        turns.append(
+            TurnRecord(
+                id="",
+                session_id=doc.session_id,
+                seq=n,
+                state=t.state,
+                messages=messages,
+                stop_reason=StopReason.parse(t.stop_reason) if t.stop_reason else None,
+                usage=Usage(**t.usage.model_dump()),
+                model=t.model,
+                provider=t.provider,
+                created_at=t.created_at or datetime.now(UTC),
+                latency_ms=t.latency_ms,
+                ttft_ms=t.ttft_ms,
+                error=t.error,
+            )
+        )
+    p = doc.params
+    params = GenerationParams(
+        p.model, p.max_tokens, p.temperature, None if p.stop is None else tuple(p.stop)
+    )
+    return SessionExport(doc.session_id, doc.system_prompt, doc.provider, params, tuple(turns))

@@ -1,0 +1,208 @@
+"""TurnRun: one turn's model calls and tool rounds, run as a task of its own until stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chatd.errors import ChatdError, NotFound, StoreUnavailable, ToolRoundsExceeded
+from chatd.ports import Store
+from chatd.providers.base import Provider
+from chatd.providers.retry import stream_with_retries
+from chatd.types import (
+    ChatRequest,
+    Message,
+    Part,
+    Role,
+    StopReason,
+    TextDelta,
+    TextPart,
+    ToolCallEvent,
+    ToolCallPart,
+    ToolResultEvent,
+    TurnEnded,
+    TurnEvent,
+    TurnState,
+    Usage,
+    UsageEvent,
+)
+
+if TYPE_CHECKING:
+    from chatd.engine import EngineConfig
+    from chatd.tools import ToolRegistry
+
+log = logging.getLogger("chatd.engine")
+
+# What the run hands its consumer: events, then either TurnEnded or the error that ended it.
+Outcome = TurnEvent | BaseException
+
+_STATE_FOR_STOP = {
+    StopReason.MAX_TOKENS: TurnState.TRUNCATED,
+    StopReason.CONTEXT_WINDOW_EXCEEDED: TurnState.TRUNCATED,
+    StopReason.REFUSAL: TurnState.REFUSED,
+}
+
+
+@dataclass
+class Progress:
+    """What a turn has produced so far, so a failure can store the partial reply."""
+
+    started: float = field(default_factory=time.monotonic)
+    messages: list[Message] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    calls: list[ToolCallPart] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    stop: StopReason | None = None
+    ttft: float | None = None
+
+    def flush(self) -> Message | None:
+        """Close the assistant message being streamed and keep it."""
+        parts: list[Part] = [TextPart("".join(self.text))] if self.text else []
+        parts.extend(self.calls)
+        self.text, self.calls = [], []
+        if not parts:
+            return None
+        message = Message(Role.ASSISTANT, tuple(parts))
+        self.messages.append(message)
+        return message
+
+    def ms_since_start(self) -> float:
+        """Return milliseconds since the turn started."""
+        return (time.monotonic() - self.started) * 1000
+
+
+@dataclass
+class TurnRun:
+    """Everything one in-flight turn needs; `run` drives it to a stored final state."""
+
+    turn_id: str
+    store: Store
+    provider: Provider
+    tools: ToolRegistry
+    config: EngineConfig
+    base: ChatRequest
+    messages: list[Message]
+    outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
+    progress: Progress = field(default_factory=Progress)
+
+    async def run(self) -> None:
+        """Call the model (and tools) to the end, store the turn, then post TurnEnded."""
+        keeper = asyncio.create_task(self._keep_lease(asyncio.current_task()))
+        try:
+            try:
+                async for event in self._rounds():
+                    self.outbox.put_nowait(event)
+            finally:
+                keeper.cancel()
+        except asyncio.CancelledError:
+            await self._finish_quietly(TurnState.INTERRUPTED, "the reply was stopped")
+            raise
+        except Exception as exc:
+            await self._finish_quietly(TurnState.FAILED, _describe(exc))
+            self.outbox.put_nowait(exc)
+            return
+        stop = self.progress.stop or StopReason.UNKNOWN
+        try:
+            end = await self._finish(_STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
+        except ChatdError as exc:
+            self.outbox.put_nowait(exc)
+            return
+        self.outbox.put_nowait(end)
+
+    async def _rounds(self) -> AsyncIterator[TurnEvent]:
+        cfg, base, progress = self.config, self.base, self.progress
+        for round_no in range(cfg.max_tool_rounds + 1):
+            request = ChatRequest(
+                model=base.model,
+                messages=tuple(cfg.policy.select(base.system, self.messages)),
+                max_tokens=base.max_tokens,
+                system=base.system,
+                temperature=base.temperature,
+                stop=base.stop,
+                tools=base.tools,
+            )
+            async for event in stream_with_retries(self.provider, request, cfg.retry):
+                if isinstance(event, TextDelta):
+                    if progress.ttft is None:
+                        progress.ttft = progress.ms_since_start()
+                    progress.text.append(event.text)
+                elif isinstance(event, ToolCallEvent):
+                    progress.calls.append(event.call)
+                elif isinstance(event, UsageEvent):
+                    progress.usage = progress.usage + event.usage
+                else:
+                    progress.stop = event.reason
+                    continue
+                yield event
+            assistant = progress.flush()
+            if assistant is None or not assistant.tool_calls:
+                return
+            self.messages.append(assistant)
+            if round_no == cfg.max_tool_rounds:
+                raise ToolRoundsExceeded(
+                    f"the model asked for more than {cfg.max_tool_rounds} rounds of tool calls"
+                )
+            results = await asyncio.gather(
+                *(self.tools.run(c, cfg.tool_timeout_s) for c in assistant.tool_calls)
+            )
+            for result in results:
+                yield ToolResultEvent(result)
+            tool_message = Message(Role.USER, tuple(results))
+            progress.messages.append(tool_message)
+            self.messages.append(tool_message)
+
+    async def _keep_lease(self, runner: asyncio.Task[None] | None) -> None:
+        # Renew well before expiry; a lease lost to another process's sweep means this turn
+        # was already recorded as interrupted, so stop spending tokens on it.
+        every = self.config.lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                kept = await self.store.renew_lease(self.turn_id, self.config.lease_s)
+            except StoreUnavailable as exc:
+                log.warning("could not renew the lease of turn %s: %s", self.turn_id, exc)
+                continue
+            if not kept and runner is not None:
+                runner.cancel()
+                return
+
+    async def _finish(self, state: TurnState, error: str | None = None) -> TurnEnded:
+        progress = self.progress
+        progress.flush()
+        try:
+            await self.store.finish_turn(
+                self.turn_id,
+                state=state,
+                messages=progress.messages,
+                stop_reason=progress.stop,
+                usage=progress.usage,
+                latency_ms=progress.ms_since_start(),
+                ttft_ms=progress.ttft,
+                error=error,
+            )
+        except NotFound:
+            raise StoreUnavailable(
+                "the turn's lease ran out before its reply could be stored"
+            ) from None
+        text = "".join(m.text for m in progress.messages if m.role is Role.ASSISTANT)
+        return TurnEnded(
+            self.turn_id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
+        )
+
+    async def _finish_quietly(self, state: TurnState, error: str) -> None:
+        # The turn is already ending badly; a store failure here leaves it to the lease sweep.
+        try:
+            await self._finish(state, error)
+        except ChatdError as exc:
+            log.warning("could not store the end of turn %s: %s", self.turn_id, exc.message)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ChatdError):
+        return exc.message
+    log.exception("turn failed unexpectedly", exc_info=exc)
+    return f"internal error: {type(exc).__name__}"
