@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from chatd.config import Settings
-from chatd.errors import ChatdError
+from chatd.cli_common import fail, load_settings, plain_errors, setup_logging
+from chatd.cli_sessions import app as sessions_app
 
 app = typer.Typer(
     help="chatd: a chatbot server with memory, streaming, tools and limits.",
@@ -24,38 +20,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one plain line to stderr and exit."""
-    typer.echo(f"chatd: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def plain_errors() -> Iterator[None]:
-    """Turn chatd's own errors and bad settings into one line and a non-zero exit."""
-    try:
-        yield
-    except ChatdError as exc:
-        fail(exc.message)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"CHATD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        fail(f"bad configuration: {problems}")
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, with command-line flags on top."""
-    base = Settings()
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_validate({**base.model_dump(), **given}) if given else base
-
-
-def setup_logging() -> None:
-    """Send chatd's log lines to stderr as plain text."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+app.add_typer(sessions_app, name="sessions")
 
 
 def is_loopback(host: str) -> bool:

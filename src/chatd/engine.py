@@ -191,20 +191,21 @@ class ChatService:
             lease_s=cfg.lease_s,
             idempotency_key=opts.idempotency_key,
         )
-        yield TurnStarted(session_id, record.id)
         if record.state is not TurnState.STREAMING:
-            for event in _replay(record):
+            for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
         run = TurnRun(
             record.id, self.store, provider, self.tools, cfg, base, [*history, user_message]
         )
-        # The turn runs as a task of its own, so a consumer that goes away does not cancel it.
+        # The turn runs as a task of its own, started before anything is handed on, so a
+        # consumer that goes away at any point does not cancel it.
         task = asyncio.create_task(run.run(), name=f"turn-{record.id}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         ended = False
         try:
+            yield TurnStarted(session_id, record.id)
             while True:
                 outcome = await run.outbox.get()
                 if isinstance(outcome, BaseException):

@@ -9,6 +9,7 @@ ChatdError                      500  anything we did not foresee
 ├── NotFound                    404  no such session (or not the caller's)
 ├── AlreadyExists               409  importing over an existing session
 ├── SessionBusy                 409  a turn is already in flight on this session
+├── TurnStopped                 503  the server stopped the turn (shutting down)
 ├── StoreUnavailable            503  the database cannot be reached
 └── UpstreamError               502  the model provider misbehaved
     ├── UpstreamAuthError       502  the provider refused our key
@@ -74,6 +75,12 @@ class SessionBusy(ChatdError):
     """Another turn is in flight on the same session."""
 
     status = 409
+
+
+class TurnStopped(ChatdError):
+    """The server stopped a turn before it finished, e.g. while shutting down."""
+
+    status = 503
 
 
 class StoreUnavailable(ChatdError):

@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from chatd.errors import ChatdError, NotFound, StoreUnavailable, ToolRoundsExceeded
+from chatd.errors import (
+    ChatdError,
+    NotFound,
+    StoreUnavailable,
+    ToolRoundsExceeded,
+    TurnStopped,
+)
 from chatd.ports import Store
 from chatd.providers.base import Provider
 from chatd.providers.retry import stream_with_retries
@@ -39,6 +45,11 @@ log = logging.getLogger("chatd.engine")
 
 # What the run hands its consumer: events, then either TurnEnded or the error that ended it.
 Outcome = TurnEvent | BaseException
+
+LEASE_LOST = (
+    "this turn's lease ran out (the database was unreachable for too long), "
+    "so it was recorded as interrupted"
+)
 
 _STATE_FOR_STOP = {
     StopReason.MAX_TOKENS: TurnState.TRUNCATED,
@@ -88,6 +99,7 @@ class TurnRun:
     messages: list[Message]
     outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
     progress: Progress = field(default_factory=Progress)
+    lost_lease: bool = False
 
     async def run(self) -> None:
         """Call the model (and tools) to the end, store the turn, then post TurnEnded."""
@@ -99,7 +111,10 @@ class TurnRun:
             finally:
                 keeper.cancel()
         except asyncio.CancelledError:
-            await self._finish_quietly(TurnState.INTERRUPTED, "the reply was stopped")
+            why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
+            await self._finish_quietly(TurnState.INTERRUPTED, why)
+            # Whoever still listens learns why the reply ends here.
+            self.outbox.put_nowait(StoreUnavailable(why) if self.lost_lease else TurnStopped(why))
             raise
         except Exception as exc:
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
@@ -167,6 +182,7 @@ class TurnRun:
                 log.warning("could not renew the lease of turn %s: %s", self.turn_id, exc)
                 continue
             if not kept and runner is not None:
+                self.lost_lease = True
                 runner.cancel()
                 return
 
