@@ -1,0 +1,94 @@
+"""Route dependencies as Annotated aliases: the runtime's parts, the caller, validated inputs."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Header, Path, Request
+
+from chatd.api.schemas import SESSION_ID_PATTERN
+from chatd.config import Settings
+from chatd.engine import ChatService
+from chatd.errors import ConfigError
+from chatd.ports import DEFAULT_USER, Store
+from chatd.runtime import Runtime
+
+# Dependencies are async on purpose: FastAPI runs plain functions in a thread pool.
+
+
+async def get_runtime(request: Request) -> Runtime:
+    """Return the runtime the lifespan opened."""
+    return cast(Runtime, request.app.state.runtime)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_service(runtime: RuntimeDep) -> ChatService:
+    """Return the engine."""
+    return runtime.service
+
+
+async def get_store(runtime: RuntimeDep) -> Store:
+    """Return the store."""
+    return runtime.store
+
+
+async def get_settings(runtime: RuntimeDep) -> Settings:
+    """Return the settings the app was built with."""
+    return runtime.settings
+
+
+async def current_user() -> str:
+    """Return who is calling; every read and write is scoped to this id.
+
+    Auth is not built yet, so everyone is the single local user; the auth work replaces this
+    one function.
+    """
+    return DEFAULT_USER
+
+
+Service = Annotated[ChatService, Depends(get_service)]
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CurrentUser = Annotated[str, Depends(current_user)]
+
+SessionPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=SESSION_ID_PATTERN,
+        description="1-128 characters of letters, digits and . _ : -",
+        examples=["support-42"],
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="a retried send with the same key returns the first result, not a new turn",
+    ),
+]
+
+
+def resolve_model(
+    runtime: Runtime, model: str | None, provider: str | None
+) -> tuple[str | None, str | None]:
+    """Return (provider, model) for a request; ConfigError (400) if either cannot work.
+
+    A model may be written "provider/model"; a prefix that is no provider's name is part of
+    a bare model name, which goes to the default provider (or the one named alongside).
+    """
+    if model is not None and provider is None:
+        head, slash, rest = model.partition("/")
+        if slash and rest and head in runtime.providers.registry.names():
+            provider, model = head, rest
+    name = runtime.providers.get(provider).name
+    allowed = runtime.settings.models
+    if model is not None and allowed and model not in allowed and f"{name}/{model}" not in allowed:
+        raise ConfigError(f"unknown model {model!r} for {name}; available: {', '.join(allowed)}")
+    return provider, model

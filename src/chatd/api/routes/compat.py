@@ -1,0 +1,171 @@
+"""The compatibility surface (DESIGN.md §5a): exact paths, bodies and shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from fastapi import APIRouter, HTTPException
+
+from chatd.api.deps import CurrentUser, IdempotencyKey, Service, SessionPath, SettingsDep, StoreDep
+from chatd.api.schemas import (
+    ChatIn,
+    ChatOut,
+    HistoryOut,
+    MessageIn,
+    ResetOut,
+    ServiceStatus,
+    SessionsOut,
+    SessionSummary,
+    StatsOut,
+    StatusOut,
+)
+from chatd.api.sse import EventStream
+from chatd.api.streams import (
+    encode,
+    ndjson_chunk,
+    ndjson_failure,
+    started,
+    text_chunk,
+    text_failure,
+)
+from chatd.api.views import history, strip_controls
+from chatd.engine import TurnOptions, clean_message
+from chatd.ports import Store
+
+router = APIRouter(tags=["compatibility"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such session"},
+    409: {"description": "a turn is already in flight on this session"},
+    413: {"description": "message or body over its cap"},
+    422: {"description": "empty message, bad session id, malformed body"},
+    429: {"description": "the provider rate limited us (Retry-After says when to retry)"},
+    502: {"description": "the provider failed"},
+    503: {"description": "the provider or the database is unavailable (Retry-After)"},
+}
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {k: v for k, v in ERRORS.items() if int(k) < 429}
+
+
+@router.get("/")
+async def root() -> ServiceStatus:
+    """Answer that the service is up."""
+    return ServiceStatus(status="ok", service="chatd")
+
+
+async def _prepare(
+    store: Store, user: str, body: ChatIn, max_chars: int, key: str | None = None
+) -> TurnOptions:
+    # Refuse a bad message before the system prompt is written anywhere.
+    clean_message(body.message, max_chars)
+    prompt = None if body.system_prompt is None else strip_controls(body.system_prompt)
+    if prompt is not None and body.session_id is not None:
+        # The prompt given with a message applies to the session from now on.
+        found = await store.get_session(user, body.session_id)
+        if found is not None and found.system_prompt != prompt:
+            await store.update_session(user, body.session_id, system_prompt=prompt)
+    return TurnOptions(user_id=user, system_prompt=prompt, idempotency_key=key)
+
+
+@router.post("/chat", responses=ERRORS)
+async def chat(
+    body: ChatIn,
+    service: Service,
+    store: StoreDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    idempotency_key: IdempotencyKey = None,
+) -> ChatOut:
+    """Send a message and get the whole reply; the session is created on first use."""
+    session_id = body.session_id or uuid4().hex
+    options = await _prepare(store, user, body, settings.max_message_chars, idempotency_key)
+    end = await service.reply(session_id, body.message, options)
+    info = await store.get_session(user, session_id)
+    return ChatOut(
+        response=end.text,
+        session_id=session_id,
+        timestamp=datetime.now(UTC),
+        turn_count=info.turn_count if info else 0,
+    )
+
+
+@router.post(
+    "/chat-stream",
+    response_class=EventStream,
+    responses={200: {"content": {"text/plain": {}}}, **STREAM_ERRORS},
+)
+async def chat_stream(
+    body: ChatIn, service: Service, store: StoreDep, settings: SettingsDep, user: CurrentUser
+) -> EventStream:
+    """Stream the reply's text as plain-text chunks; a failure ends it with an [error] line."""
+    options = await _prepare(store, user, body, settings.max_message_chars)
+    events = service.turn(body.session_id or uuid4().hex, body.message, options)
+    first = await started(events)
+    return EventStream(
+        encode(first, events, text_chunk, text_failure), media_type="text/plain; charset=utf-8"
+    )
+
+
+@router.post(
+    "/chat/{session_id}",
+    response_class=EventStream,
+    responses={200: {"content": {"application/x-ndjson": {}}}, **STREAM_ERRORS},
+)
+async def chat_session(
+    session_id: SessionPath, body: MessageIn, service: Service, user: CurrentUser
+) -> EventStream:
+    """Stream the reply as NDJSON {"delta": ...} lines; a failure ends it with {"error": ...}."""
+    events = service.turn(session_id, body.message, TurnOptions(user_id=user))
+    first = await started(events)
+    return EventStream(
+        encode(first, events, ndjson_chunk, ndjson_failure), media_type="application/x-ndjson"
+    )
+
+
+@router.get("/history/{session_id}", responses={404: ERRORS[404]})
+async def get_history(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> HistoryOut:
+    """Return the session's complete exchanges; 404 if there is no such session."""
+    info = await store.get_session(user, session_id)
+    if info is None:
+        raise HTTPException(404, f"no session {session_id!r}")
+    messages = await store.context_messages(user, session_id)
+    return HistoryOut(session_id=session_id, messages=history(messages), turn_count=info.turn_count)
+
+
+@router.delete("/history/{session_id}")
+async def delete_history(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> StatusOut:
+    """Delete the session and its history."""
+    gone = await store.delete_session(user, session_id)
+    return StatusOut(status="cleared" if gone else "not_found", session_id=session_id)
+
+
+@router.get("/sessions")
+async def sessions(store: StoreDep, user: CurrentUser) -> SessionsOut:
+    """List the caller's sessions, oldest first."""
+    found = await store.list_sessions(user)
+    return SessionsOut(
+        sessions=[
+            SessionSummary(session_id=s.id, turns=s.turn_count, created_at=s.created_at)
+            for s in found
+        ]
+    )
+
+
+@router.post("/reset/{session_id}")
+async def reset(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> ResetOut:
+    """Empty the session's history; the session itself stays."""
+    info = await store.get_session(user, session_id)
+    if info is None or await store.reset_session(user, session_id) is None:
+        return ResetOut(status="not_found", session_id=session_id)
+    return ResetOut(status="reset", session_id=session_id, previous_turns=info.turn_count)
+
+
+@router.get("/stats")
+async def stats(store: StoreDep, user: CurrentUser) -> StatsOut:
+    """Count the caller's sessions and the messages of their complete exchanges."""
+    found = await store.list_sessions(user)
+    messages = sum(2 * s.turn_count for s in found)
+    average = round(messages / len(found), 2) if found else 0.0
+    return StatsOut(
+        total_sessions=len(found), total_messages=messages, avg_messages_per_session=average
+    )

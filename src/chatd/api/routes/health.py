@@ -1,0 +1,50 @@
+"""Liveness, readiness and request counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from chatd.api.deps import RuntimeDep
+from chatd.api.middleware import prometheus_text
+from chatd.api.schemas import HealthOut, ReadyOut
+from chatd.errors import ChatdError
+from chatd.store.schema import schema_is_current
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> HealthOut:
+    """Answer that the process is alive."""
+    return HealthOut()
+
+
+@router.get("/readyz", responses={503: {"model": ReadyOut}})
+async def readyz(runtime: RuntimeDep, response: Response) -> ReadyOut:
+    """Check the database answers, its schema is current, and the provider is configured."""
+    checks: dict[str, str] = {}
+    try:
+        await runtime.store.ping()
+        checks["database"] = "ok"
+        current = await schema_is_current(runtime.store.engine)
+        checks["migrations"] = "ok" if current else "not applied: run `chatd db upgrade`"
+    except ChatdError as exc:
+        checks["database"] = exc.message
+    try:
+        checks["provider"] = f"ok: {runtime.providers.get().name}"
+    except ChatdError as exc:
+        checks["provider"] = exc.message
+    ready = all(v.startswith("ok") for v in checks.values()) and "migrations" in checks
+    if not ready:
+        response.status_code = 503
+    return ReadyOut(status="ready" if ready else "not_ready", checks=checks)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Return HTTP response counts by method and status, in the Prometheus text format."""
+    counts: Counter[tuple[str, int]] = request.app.state.response_counts
+    return PlainTextResponse(prometheus_text(counts), media_type="text/plain; version=0.0.4")

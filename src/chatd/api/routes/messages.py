@@ -1,0 +1,109 @@
+"""/v1 messages of a session: list every turn with its state; send one (JSON or SSE)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from chatd.api.deps import (
+    CurrentUser,
+    IdempotencyKey,
+    RuntimeDep,
+    SessionPath,
+    StoreDep,
+    resolve_model,
+)
+from chatd.api.schemas import ErrorOut, ReplyOut, SendIn, TurnPage
+from chatd.api.sse import SSE_HEADERS, EventStream
+from chatd.api.streams import encode, sse_chunk, sse_failure, started
+from chatd.api.views import reply_out, turn_out
+from chatd.engine import TurnOptions
+from chatd.errors import ChatdError
+from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+SSE_DOC = """Server-sent events, each `event: NAME` with a JSON `data:` line:
+`message_start` {session_id, turn_id}, `delta` {text}, `tool_call` {id, name, input},
+`tool_result` {tool_call_id, content, is_error}, `usage` {input_tokens, output_tokens, ...},
+then exactly one of `message_end` {turn_id, state, stop_reason, usage, truncated} or
+`error` {type, message, retry_after?}. Lines starting with `:` are keep-alive pings."""
+SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": SSE_DOC},
+    **{
+        code: {"model": ErrorOut, "description": text}
+        for code, text in {
+            400: "unknown or unconfigured model, provider or tool",
+            409: "a turn is already in flight on this session",
+            413: "message over the configured cap",
+            422: "empty message, bad id, unknown field",
+            429: "rate limited upstream; Retry-After says when to retry",
+            502: "the provider failed",
+            503: "the provider or the database is unavailable; Retry-After",
+        }.items()
+    },
+}
+
+
+@router.get("/sessions/{session_id}/messages", responses={404: {"model": ErrorOut}})
+async def list_messages(
+    session_id: SessionPath,
+    store: StoreDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,12}$", description="next_cursor of a page")
+    ] = None,
+) -> TurnPage:
+    """List every turn, failed ones included, with its state, usage and messages."""
+    after = int(cursor) if cursor else 0
+    page, next_seq = await store.page_turns(user, session_id, limit=limit, after_seq=after)
+    return TurnPage(
+        data=[turn_out(t) for t in page],
+        next_cursor=None if next_seq is None else str(next_seq),
+    )
+
+
+@router.post("/sessions/{session_id}/messages", response_model=ReplyOut, responses=SEND_RESPONSES)
+async def send_message(
+    session_id: SessionPath,
+    body: SendIn,
+    request: Request,
+    runtime: RuntimeDep,
+    user: CurrentUser,
+    idempotency_key: IdempotencyKey = None,
+) -> ReplyOut | EventStream:
+    """Send a message; the reply is JSON, or SSE with `stream` or Accept: text/event-stream.
+
+    The session is created with default settings if it does not exist yet.
+    """
+    provider, model = resolve_model(runtime, body.model, body.provider)
+    options = TurnOptions(
+        user_id=user,
+        params=GenerationParams(
+            model,
+            body.max_tokens,
+            body.temperature,
+            None if body.stop is None else tuple(body.stop),
+        ),
+        provider=provider,
+        tools=None if body.tools is None else tuple(body.tools),
+        idempotency_key=idempotency_key,
+    )
+    events = runtime.service.turn(session_id, body.content, options)
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        first = await started(events)
+        return EventStream(
+            encode(first, events, sse_chunk, sse_failure),
+            media_type="text/event-stream",
+            ping_s=runtime.settings.sse_ping_s,
+            headers=SSE_HEADERS,
+        )
+    calls: list[ToolCallPart] = []
+    async for event in events:
+        if isinstance(event, ToolCallEvent):
+            calls.append(event.call)
+        elif isinstance(event, TurnEnded):
+            return reply_out(session_id, event, calls)
+    raise ChatdError("the turn ended without a final event")

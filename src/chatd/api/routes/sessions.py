@@ -1,0 +1,153 @@
+"""/v1 sessions as resources: create, list, get, update, delete, reset, export, import, usage."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import uuid4
+
+from fastapi import APIRouter, Body, Query
+
+from chatd.api.deps import CurrentUser, RuntimeDep, SessionPath, StoreDep, resolve_model
+from chatd.api.schemas import (
+    ErrorOut,
+    ResetV1Out,
+    SessionCreate,
+    SessionOut,
+    SessionPage,
+    SessionSettings,
+    UsageTotalsOut,
+)
+from chatd.api.views import session_out, strip_controls, usage_out
+from chatd.engine import check_session_id
+from chatd.errors import AlreadyExists, NotFound
+from chatd.store.export import export_doc, parse_doc
+from chatd.types import GenerationParams
+
+router = APIRouter(prefix="/v1", tags=["sessions"])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+def _params(body: SessionSettings, model: str | None) -> GenerationParams:
+    stop = None if body.stop is None else tuple(body.stop)
+    return GenerationParams(model, body.max_tokens, body.temperature, stop)
+
+
+def _prompt(text: str | None) -> str | None:
+    return None if text is None else strip_controls(text)
+
+
+@router.post("/sessions", status_code=201, responses=_errors(400, 409, 422))
+async def create_session(body: SessionCreate, runtime: RuntimeDep, user: CurrentUser) -> SessionOut:
+    """Create a session with its system prompt, model and generation settings."""
+    provider, model = resolve_model(runtime, body.model, body.provider)
+    session_id = body.id or uuid4().hex
+    store = runtime.store
+    if await store.get_session(user, session_id) is not None:
+        raise AlreadyExists(f"session {session_id!r} already exists")
+    info = await store.ensure_session(
+        user,
+        session_id,
+        system_prompt=_prompt(body.system_prompt),
+        params=_params(body, model),
+        provider=provider,
+    )
+    return session_out(info)
+
+
+@router.get("/sessions", responses=_errors(422))
+async def list_sessions(
+    store: StoreDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of a page")
+    ] = None,
+) -> SessionPage:
+    """List the caller's sessions, oldest first, a page at a time."""
+    page, next_cursor = await store.page_sessions(user, limit=limit, after=cursor)
+    return SessionPage(data=[session_out(s) for s in page], next_cursor=next_cursor)
+
+
+@router.get("/sessions/{session_id}", responses=_errors(404, 422))
+async def get_session(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> SessionOut:
+    """Return one session."""
+    info = await store.get_session(user, session_id)
+    if info is None:
+        raise NotFound(f"no session {session_id!r}")
+    return session_out(info)
+
+
+@router.patch("/sessions/{session_id}", responses=_errors(400, 404, 422))
+async def update_session(
+    session_id: SessionPath, body: SessionSettings, runtime: RuntimeDep, user: CurrentUser
+) -> SessionOut:
+    """Change the given settings; fields left out stay as they are."""
+    provider, model = resolve_model(runtime, body.model, body.provider)
+    info = await runtime.store.update_session(
+        user,
+        session_id,
+        system_prompt=_prompt(body.system_prompt),
+        params=_params(body, model),
+        provider=provider,
+    )
+    return session_out(info)
+
+
+@router.delete("/sessions/{session_id}", status_code=204, responses=_errors(404, 422))
+async def delete_session(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> None:
+    """Delete the session and all its turns."""
+    if not await store.delete_session(user, session_id):
+        raise NotFound(f"no session {session_id!r}")
+
+
+@router.post("/sessions/{session_id}/reset", responses=_errors(404, 422))
+async def reset_session(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> ResetV1Out:
+    """Delete every turn but keep the session and its settings."""
+    info = await store.get_session(user, session_id)
+    if info is None or await store.reset_session(user, session_id) is None:
+        raise NotFound(f"no session {session_id!r}")
+    return ResetV1Out(session_id=session_id, previous_turns=info.turn_count)
+
+
+@router.get("/sessions/{session_id}/export", responses=_errors(404, 422))
+async def export_session(
+    session_id: SessionPath, store: StoreDep, user: CurrentUser
+) -> dict[str, Any]:
+    """Return the session and every turn as a portable document (format chatd.session/1)."""
+    info = await store.get_session(user, session_id)
+    if info is None:
+        raise NotFound(f"no session {session_id!r}")
+    return export_doc(info, await store.list_turns(user, session_id))
+
+
+@router.post("/sessions/import", status_code=201, responses=_errors(409, 413, 422))
+async def import_session(
+    document: Annotated[
+        dict[str, Any],
+        Body(description="a document from GET /v1/sessions/{id}/export"),
+    ],
+    store: StoreDep,
+    user: CurrentUser,
+) -> SessionOut:
+    """Create a session from an exported document; 409 if its id is taken."""
+    doc = parse_doc(document)
+    check_session_id(doc.session_id)
+    info = await store.import_session(
+        user,
+        doc.session_id,
+        system_prompt=doc.system_prompt,
+        params=doc.params,
+        provider=doc.provider,
+        turns=doc.turns,
+    )
+    return session_out(info)
+
+
+@router.get("/usage", tags=["usage"])
+async def usage(store: StoreDep, user: CurrentUser) -> UsageTotalsOut:
+    """Return the caller's token usage over every stored turn."""
+    turns, total = await store.usage_totals(user)
+    return UsageTotalsOut(turns=turns, **usage_out(total).model_dump())

@@ -1,0 +1,306 @@
+"""Request and response bodies of the compatibility routes and /v1, with OpenAPI examples."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from chatd.types import StopReason, TurnState
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+SessionId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN),
+    Field(examples=["support-42"]),
+]
+# Whole-body caps bound these too; the field caps keep one field from taking all of it.
+SystemPrompt = Annotated[str, Field(max_length=100_000, examples=["You are a terse assistant."])]
+ModelName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=255,
+        description='"provider/model", or a bare model name for the default provider',
+        examples=["anthropic/claude-sonnet-4-5"],
+    ),
+]
+ProviderName = Annotated[str, Field(min_length=1, max_length=64, examples=["anthropic"])]
+MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+StopList = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=8)
+]
+
+
+class Strict(BaseModel):
+    """A /v1 request body: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# Compatibility surface (DESIGN.md §5a): exact field names, unknown fields ignored.
+
+
+class ServiceStatus(BaseModel):
+    """The compatibility root's answer."""
+
+    status: str = Field(examples=["ok"])
+    service: str = Field(examples=["chatd"])
+
+
+class ChatIn(BaseModel):
+    """A message for /chat and /chat-stream; a session is created on first use."""
+
+    message: str = Field(examples=["What is the capital of France?"])
+    session_id: SessionId | None = Field(
+        default=None, description="created on first use; a new id is made up when omitted"
+    )
+    system_prompt: SystemPrompt | None = None
+
+
+class MessageIn(BaseModel):
+    """A message for POST /chat/{session_id}."""
+
+    message: str = Field(examples=["And of Italy?"])
+
+
+class ChatOut(BaseModel):
+    """The reply of /chat."""
+
+    response: str
+    session_id: str
+    timestamp: datetime
+    turn_count: int = Field(description="completed user→assistant exchanges")
+
+
+class HistoryMessage(BaseModel):
+    """One message of the visible history."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class HistoryOut(BaseModel):
+    """A session's complete exchanges."""
+
+    session_id: str
+    messages: list[HistoryMessage]
+    turn_count: int
+
+
+class StatusOut(BaseModel):
+    """What DELETE /history did."""
+
+    status: Literal["cleared", "not_found"]
+    session_id: str
+
+
+class ResetOut(BaseModel):
+    """What POST /reset did."""
+
+    status: Literal["reset", "not_found"]
+    session_id: str
+    previous_turns: int = Field(default=0, description="completed exchanges before the reset")
+
+
+class SessionSummary(BaseModel):
+    """One line of GET /sessions."""
+
+    session_id: str
+    turns: int
+    created_at: datetime
+
+
+class SessionsOut(BaseModel):
+    """Every session of the caller."""
+
+    sessions: list[SessionSummary]
+
+
+class StatsOut(BaseModel):
+    """Totals over the caller's sessions."""
+
+    total_sessions: int
+    total_messages: int
+    avg_messages_per_session: float
+
+
+# /v1 (DESIGN.md §5b).
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    type: str = Field(examples=["input_error"])
+    message: str = Field(examples=["message is empty"])
+
+
+class ErrorOut(BaseModel):
+    """The one error shape of /v1."""
+
+    error: ErrorDetail
+
+
+class SessionSettings(Strict):
+    """Settings a session can be created or updated with."""
+
+    system_prompt: SystemPrompt | None = None
+    model: ModelName | None = None
+    provider: ProviderName | None = None
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    stop: StopList | None = None
+
+
+class SessionCreate(SessionSettings):
+    """A new session; the id is made up when omitted."""
+
+    id: SessionId | None = None
+
+
+class SessionOut(BaseModel):
+    """A session and its settings."""
+
+    id: str
+    system_prompt: str | None
+    model: str | None
+    provider: str | None
+    max_tokens: int | None
+    temperature: float | None
+    stop: list[str] | None
+    turn_count: int = Field(description="completed user→assistant exchanges")
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionPage(BaseModel):
+    """One page of sessions; pass next_cursor as `cursor` for the next."""
+
+    data: list[SessionOut]
+    next_cursor: str | None
+
+
+class UsageOut(BaseModel):
+    """Token counts."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class TextPartOut(BaseModel):
+    """Text."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolCallOut(BaseModel):
+    """A tool call the model made."""
+
+    type: Literal["tool_call"] = "tool_call"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultOut(BaseModel):
+    """What a tool returned."""
+
+    type: Literal["tool_result"] = "tool_result"
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+PartOut = Annotated[TextPartOut | ToolCallOut | ToolResultOut, Field(discriminator="type")]
+
+
+class MessageOut(BaseModel):
+    """One stored message: its text and every part."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(description="the text parts joined")
+    parts: list[PartOut]
+
+
+class TurnOut(BaseModel):
+    """One turn: the user's message, what came back, and how it ended."""
+
+    id: str
+    seq: int
+    state: TurnState
+    stop_reason: StopReason | None
+    truncated: bool
+    model: str | None
+    provider: str | None
+    usage: UsageOut
+    created_at: datetime
+    latency_ms: float | None
+    ttft_ms: float | None
+    error: str | None
+    messages: list[MessageOut]
+
+
+class TurnPage(BaseModel):
+    """One page of turns; pass next_cursor as `cursor` for the next."""
+
+    data: list[TurnOut]
+    next_cursor: str | None
+
+
+class SendIn(Strict):
+    """A user message; the reply comes as JSON, or as SSE with stream (or Accept)."""
+
+    content: str = Field(examples=["Summarise our conversation so far."])
+    stream: bool = False
+    model: ModelName | None = None
+    provider: ProviderName | None = None
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    stop: StopList | None = None
+    tools: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
+        default=None, max_length=32, description="built-in tools to offer; the server's by default"
+    )
+
+
+class ReplyOut(BaseModel):
+    """How a turn ended."""
+
+    session_id: str
+    turn_id: str
+    state: TurnState
+    stop_reason: StopReason
+    truncated: bool
+    text: str
+    usage: UsageOut
+    tool_calls: list[ToolCallOut]
+
+
+class ResetV1Out(BaseModel):
+    """What a reset removed."""
+
+    session_id: str
+    previous_turns: int = Field(description="completed exchanges before the reset")
+
+
+class UsageTotalsOut(UsageOut):
+    """The caller's usage over every stored turn."""
+
+    turns: int
+
+
+class ReadyOut(BaseModel):
+    """Readiness and what was checked."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
+
+
+class HealthOut(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"] = "ok"

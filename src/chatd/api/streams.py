@@ -1,0 +1,131 @@
+"""Engine events as the bytes of each streaming route: plain text, NDJSON, /v1 SSE.
+
+A route first runs the turn up to its start (`started`), so whatever is refused before the
+user's message is stored still gets its HTTP status; from then on failures travel in-stream,
+and every stream ends with exactly one terminal line or event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+import orjson
+
+from chatd.api.errors import error_type, retry_after
+from chatd.api.sse import sse
+from chatd.api.views import tool_call_out, usage_out
+from chatd.errors import ChatdError
+from chatd.types import (
+    TextDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnEnded,
+    TurnEvent,
+    TurnStarted,
+    UsageEvent,
+)
+
+log = logging.getLogger("chatd.api")
+
+Encoder = Callable[[TurnEvent], bytes | None]
+Failure = Callable[[BaseException], bytes]
+
+
+async def started(events: AsyncIterator[TurnEvent]) -> TurnEvent:
+    """Pull the turn's first event; errors before it (nothing stored yet) raise here."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        raise ChatdError("the turn ended before it started") from None
+
+
+async def close(events: AsyncIterator[object]) -> None:
+    """Close an event source early (the client left, or the stream failed)."""
+    if isinstance(events, AsyncGenerator):
+        await events.aclose()
+
+
+async def encode(
+    first: TurnEvent, events: AsyncIterator[TurnEvent], each: Encoder, failure: Failure
+) -> AsyncGenerator[bytes, None]:
+    """Yield the encoded events, then one failure chunk if the turn fails mid-way."""
+    ended = isinstance(first, TurnEnded)
+    try:
+        chunk = each(first)
+        if chunk:
+            yield chunk
+        async for event in events:
+            chunk = each(event)
+            if chunk:
+                yield chunk
+            ended = ended or isinstance(event, TurnEnded)
+        if not ended:
+            yield failure(ChatdError("the turn ended without a final event"))
+    except Exception as exc:
+        if not isinstance(exc, ChatdError):
+            log.error("stream failed", exc_info=exc)
+        yield failure(exc)
+    finally:
+        await close(events)
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ChatdError) else "internal server error"
+
+
+def text_chunk(event: TurnEvent) -> bytes | None:
+    """Encode /chat-stream: the reply's text as it comes."""
+    return event.text.encode() if isinstance(event, TextDelta) and event.text else None
+
+
+def text_failure(exc: BaseException) -> bytes:
+    """End /chat-stream with one plain error line."""
+    return f"\n[error] {_message(exc)}\n".encode()
+
+
+def ndjson_chunk(event: TurnEvent) -> bytes | None:
+    """Encode POST /chat/{id}: one {"delta"} line per text chunk."""
+    if isinstance(event, TextDelta) and event.text:
+        return orjson.dumps({"delta": event.text}) + b"\n"
+    return None
+
+
+def ndjson_failure(exc: BaseException) -> bytes:
+    """End POST /chat/{id} with one {"error"} line."""
+    return orjson.dumps({"error": _message(exc)}) + b"\n"
+
+
+def sse_chunk(event: TurnEvent) -> bytes | None:
+    """Encode a /v1 send's event as SSE (DESIGN.md §5b)."""
+    if isinstance(event, TextDelta):
+        return sse("delta", {"text": event.text}) if event.text else None
+    if isinstance(event, TurnStarted):
+        return sse("message_start", {"session_id": event.session_id, "turn_id": event.turn_id})
+    if isinstance(event, ToolCallEvent):
+        return sse("tool_call", tool_call_out(event.call).model_dump())
+    if isinstance(event, ToolResultEvent):
+        r = event.result
+        body = {"tool_call_id": r.tool_call_id, "content": r.content, "is_error": r.is_error}
+        return sse("tool_result", body)
+    if isinstance(event, UsageEvent):
+        return sse("usage", usage_out(event.usage).model_dump())
+    return sse(
+        "message_end",
+        {
+            "turn_id": event.turn_id,
+            "state": event.state.value,
+            "stop_reason": event.stop_reason.value,
+            "usage": usage_out(event.usage).model_dump(),
+            "truncated": event.truncated,
+        },
+    )
+
+
+def sse_failure(exc: BaseException) -> bytes:
+    """End a /v1 stream with one error event."""
+    body: dict[str, object] = {"type": error_type(exc), "message": _message(exc)}
+    wait = retry_after(exc)
+    if wait is not None:
+        body["retry_after"] = wait
+    return sse("error", body)
