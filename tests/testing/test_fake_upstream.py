@@ -558,6 +558,120 @@ def test_drop_after_breaks_the_connection(claude: anthropic.Anthropic, gpt: open
     assert ask_claude(claude, "still alive").stop_reason == "end_turn"
 
 
+# ---- Compatibility directives ------------------------------------------------------------------
+
+
+def test_unknown_event_wire_puts_annotation_and_ping_after_first_delta(raw: httpx.Client) -> None:
+    body = {
+        "model": CLAUDE,
+        "max_tokens": 500,
+        "stream": True,
+        "messages": [{"role": "user", "content": "new events [fake: unknown_event=1 chunks=3]"}],
+    }
+    frames = sse_frames(raw.post("/v1/messages", json=body, headers={"x-api-key": "k"}).text)
+    assert [name for name, _ in frames] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_annotation",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert json.loads(frames[4][1]) == {
+        "type": "content_block_annotation",
+        "index": 0,
+        "note": "future",
+    }
+
+
+def test_anthropic_sdk_yields_unknown_event_as_a_mistyped_model(
+    claude: anthropic.Anthropic,
+) -> None:
+    text = "new events [fake: unknown_event=1 chunks=3]"
+    events = list(
+        claude.messages.create(
+            model=CLAUDE, max_tokens=500, stream=True, messages=[{"role": "user", "content": text}]
+        )
+    )
+    # Pings are dropped; the unknown event is yielded, not skipped.
+    assert [event.type for event in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_annotation",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    unknown: Any = events[3]
+    # The SDK builds it, unvalidated, as the union's first member: isinstance dispatch misfires,
+    # dispatch on .type is safe. Its own fields land in model_extra.
+    assert isinstance(unknown, anthropic.types.RawMessageStartEvent)
+    assert unknown.message is None
+    assert unknown.model_extra == {"index": 0, "note": "future"}
+    streamed = "".join(
+        e.delta.text
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "text_delta"
+    )
+    assert streamed == claude_text(ask_claude(claude, text))
+
+    # The accumulating helper passes it through too and still builds the whole message.
+    with claude.messages.stream(
+        model=CLAUDE, max_tokens=500, messages=[{"role": "user", "content": text}]
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "content_block_annotation" in kinds
+    assert claude_text(final) == streamed
+    assert final.stop_reason == "end_turn"
+
+
+def test_openai_unknown_top_level_field_is_harmless(gpt: openai.OpenAI) -> None:
+    text = "new fields [fake: unknown_event=1]"
+    chunks = drain(ask_gpt(gpt, text, stream=True, stream_options={"include_usage": True}))
+    assert all(chunk.model_extra == {"x_future": {"a": 1}} for chunk in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == ask_gpt(gpt, text).choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(streamed.split())
+    with pytest.raises(openai.BadRequestError, match="unknown_event"):
+        ask_gpt(gpt, "[fake: unknown_event=yes]")
+
+
+def test_reject_stream_options_mimics_older_servers(gpt: openai.OpenAI) -> None:
+    text = "old server [fake: reject_stream_options=1]"
+    with pytest.raises(openai.BadRequestError) as info:
+        ask_gpt(gpt, text, stream=True, stream_options={"include_usage": True})
+    assert info.value.response.json() == {
+        "error": {
+            "message": "Unrecognized request argument supplied: stream_options",
+            "type": "invalid_request_error",
+            "param": "stream_options",
+            "code": None,
+        }
+    }
+    assert info.value.param == "stream_options"
+    # The rejection comes before any fault directive.
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        ask_gpt(
+            gpt, text + " [fake: status=500]", stream=True, stream_options={"include_usage": True}
+        )
+
+    chunks = drain(ask_gpt(gpt, text, stream=True))
+    assert all(chunk.choices and chunk.usage is None for chunk in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == ask_gpt(gpt, text).choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 # ---- Protocol edges ----------------------------------------------------------------------------
 
 

@@ -74,6 +74,17 @@ Unknown keys are ignored; a malformed value is a 400 invalid_request_error.
                           report these usage numbers verbatim (OpenAI: cache_read is
                           prompt_tokens_details.cached_tokens; cache_write is not reported)
     no_usage=1            OpenAI stream: never send the usage chunk, even if asked
+    unknown_event=1       streamed only, for testing that clients tolerate wire additions:
+                          Anthropic gets ``event: content_block_annotation`` with data
+                          ``{"type":"content_block_annotation","index":0,"note":"future"}`` and
+                          an extra ``ping`` after the first text delta (at the end of the head if
+                          there is no text); every OpenAI chunk gets ``"x_future": {"a": 1}``
+    reject_stream_options=1
+                          OpenAI: a body with a ``stream_options`` key (even null) gets 400
+                          invalid_request_error "Unrecognized request argument supplied:
+                          stream_options" (param stream_options), as older OpenAI-compatible
+                          servers answer, before any fault directive; a body without it is
+                          served normally (so a stream has no usage chunk)
 """
 
 from __future__ import annotations
@@ -92,7 +103,25 @@ import orjson
 import uvicorn
 
 from chatd.testing import fake_wire as wire
-from chatd.testing.fake_wire import Directives, Provider, StreamPlan, WireError
+from chatd.testing.fake_anthropic import (
+    anthropic_conversation,
+    anthropic_error,
+    anthropic_message,
+    anthropic_model,
+    anthropic_models,
+    anthropic_reply,
+    anthropic_stream,
+)
+from chatd.testing.fake_directives import Directives, WireError
+from chatd.testing.fake_openai import (
+    openai_completion,
+    openai_conversation,
+    openai_error,
+    openai_models,
+    openai_reply,
+    openai_stream,
+)
+from chatd.testing.fake_wire import Provider, StreamPlan
 
 __all__ = ["FakeApp", "FakeUpstream", "RecordedRequest", "create_app", "run"]
 
@@ -175,7 +204,7 @@ class FakeApp:
         try:
             await _ROUTES[route](self, body, send, provider)
         except WireError as err:
-            await _error(send, provider, 400, err.message)
+            await _error(send, provider, 400, err.message, param=err.param)
 
     async def _control(self, method: str, send: Send) -> None:
         if method == "GET":
@@ -198,12 +227,19 @@ class FakeApp:
         return attempt < directives.fail_times
 
     async def _complete(self, body: Any, send: Send, provider: Provider) -> None:
-        model = wire.require_model(provider, body)
-        conv = (
-            wire.anthropic_conversation if provider == "anthropic" else wire.openai_conversation
-        )(body)
+        if provider == "anthropic":
+            model = anthropic_model(body)
+            conv = anthropic_conversation(body)
+            path = "/v1/messages"
+        else:
+            model = wire.require_model(body)
+            conv = openai_conversation(body)
+            path = "/v1/chat/completions"
         d = conv.directives
-        path = "/v1/messages" if provider == "anthropic" else "/v1/chat/completions"
+        if d.reject_stream_options and provider == "openai" and "stream_options" in body:
+            raise WireError(
+                "Unrecognized request argument supplied: stream_options", param="stream_options"
+            )
         if not self._failing(path, body, d):
             d = d.without_faults()
         stream = body.get("stream") is True
@@ -217,31 +253,36 @@ class FakeApp:
             await _error(send, provider, 500, "Internal server error (fake stream_error_after).")
             return
 
-        reply = wire.plan_reply(provider, body, conv)
+        reply = (anthropic_reply if provider == "anthropic" else openai_reply)(body, conv)
         if stream:
             if provider == "anthropic":
-                plan = wire.anthropic_stream(model, reply)
+                plan = anthropic_stream(model, reply, unknown_event=d.unknown_event)
             else:
                 options = body.get("stream_options")
                 asked = isinstance(options, dict) and options.get("include_usage") is True
-                plan = wire.openai_stream(model, reply, include_usage=asked and not d.no_usage)
+                plan = openai_stream(
+                    model,
+                    reply,
+                    include_usage=asked and not d.no_usage,
+                    unknown_event=d.unknown_event,
+                )
             await _write_stream(send, provider, plan, d)
             return
         if d.delay_ms:
             await asyncio.sleep(len(reply.pieces) * d.delay_ms / 1000)
         if provider == "anthropic":
-            await _send_json(send, 200, wire.anthropic_message(model, reply), _request_id(provider))
+            await _send_json(send, 200, anthropic_message(model, reply), _request_id(provider))
         else:
-            await _send_json(send, 200, wire.openai_completion(model, reply), _request_id(provider))
+            await _send_json(send, 200, openai_completion(model, reply), _request_id(provider))
 
     async def _count_tokens(self, body: Any, send: Send, provider: Provider) -> None:
-        conv = wire.anthropic_conversation(body)
+        conv = anthropic_conversation(body)
         usage_in = conv.directives.usage_in
         tokens = usage_in if usage_in is not None else wire.estimate_input_tokens(body)
         await _send_json(send, 200, {"input_tokens": tokens}, _request_id(provider))
 
     async def _models(self, body: Any, send: Send, provider: Provider) -> None:
-        models = wire.anthropic_models() if provider == "anthropic" else wire.openai_models()
+        models = anthropic_models() if provider == "anthropic" else openai_models()
         await _send_json(send, 200, models, _request_id(provider))
 
 
@@ -328,12 +369,13 @@ async def _error(
     message: str,
     *,
     quota: bool = False,
+    param: str | None = None,
     extra: Headers | None = None,
 ) -> None:
     if provider == "anthropic":
-        payload = wire.anthropic_error(status, message, quota=quota)
+        payload = anthropic_error(status, message, quota=quota)
     else:
-        payload = wire.openai_error(status, message, quota=quota)
+        payload = openai_error(status, message, quota=quota, param=param)
     await _send_json(send, status, payload, [*_request_id(provider), *(extra or [])])
 
 
