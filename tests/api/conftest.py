@@ -1,0 +1,118 @@
+"""The real app under uvicorn on a free port, its provider pointed at the fake upstream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from chatd.api.app import create_app
+from chatd.config import Settings
+from chatd.testing.fake_upstream import FakeUpstream
+
+COMPLETIONS_CAP = 2 * 1024 * 1024
+ALLOWED_ORIGIN = "http://allowed.test"
+
+
+@dataclass
+class Server:
+    """A running chatd: its base URL and the settings it was built with."""
+
+    url: str
+    settings: Settings
+
+
+def provider_env(upstream: FakeUpstream) -> dict[str, str]:
+    """Return the environment that points the Anthropic provider at the fake upstream."""
+    return {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": upstream.url}
+
+
+@contextmanager
+def running(settings: Settings, env: dict[str, str]) -> Iterator[Server]:
+    """Run the app under uvicorn in a thread until the block ends."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings, env=env), log_level="warning", ws="none", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("chatd did not start")
+        time.sleep(0.01)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def make_settings(db: Path, **overrides: Any) -> Settings:
+    """Return test settings: Anthropic at the fake upstream, no retries, a SQLite file."""
+    values: dict[str, Any] = {
+        "provider": "anthropic",
+        "model": "test-model",
+        "database_url": f"sqlite+aiosqlite:///{db}",
+        "retry_max_attempts": 1,
+        "cors_origins": [ALLOWED_ORIGIN],
+        "max_completions_body_bytes": COMPLETIONS_CAP,
+        "sse_ping_s": 0.2,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def server(
+    _fake_upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Yield one chatd for the whole session; tests keep apart by using their own session ids."""
+    db = tmp_path_factory.mktemp("api") / "chatd.db"
+    with running(make_settings(db), provider_env(_fake_upstream_server)) as started:
+        yield started
+
+
+@pytest.fixture
+def make_server(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Yield a factory of servers with settings of their own, stopped after the test."""
+    stack: list[Any] = []
+
+    def factory(**overrides: Any) -> Server:
+        context = running(
+            make_settings(tmp_path / f"chatd{len(stack)}.db", **overrides),
+            provider_env(fake_upstream),
+        )
+        stack.append(context)
+        return context.__enter__()
+
+    yield factory
+    for context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(server: Server, fake_upstream: FakeUpstream) -> Iterator[httpx.Client]:
+    """Yield an HTTP client of the shared server (the fake upstream's log cleared)."""
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def sid() -> str:
+    """Return a session id no other test uses."""
+    return f"t-{uuid.uuid4().hex[:12]}"
