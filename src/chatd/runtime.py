@@ -44,8 +44,9 @@ class Runtime:
 
 
 async def sweep_leases(store: Store, every_s: float) -> None:
-    """Mark turns orphaned by a dead process as interrupted, now and every so often."""
+    """Mark turns orphaned by a dead process as interrupted, every so often."""
     while True:
+        await asyncio.sleep(every_s)
         try:
             expired = await store.expire_leases()
         except StoreUnavailable as exc:
@@ -53,7 +54,6 @@ async def sweep_leases(store: Store, every_s: float) -> None:
         else:
             if expired:
                 log.warning("marked %d orphaned turn(s) interrupted", expired)
-        await asyncio.sleep(every_s)
 
 
 async def open_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
@@ -66,6 +66,8 @@ async def open_runtime(settings: Settings, env: Mapping[str, str] | None = None)
         raise
     tools = ToolRegistry(builtin_tools())
     service = ChatService(store, providers, EngineConfig.from_settings(settings), tools)
+    # Once before serving, so what a crashed process left behind reads right from the start.
+    await store.expire_leases()
     runtime = Runtime(settings, store, providers, service)
     runtime.sweeper = asyncio.create_task(sweep_leases(store, settings.turn_lease_s / 2))
     return runtime

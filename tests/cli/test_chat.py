@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,45 +17,10 @@ import pytest
 from chatd.testing.fake_upstream import FakeUpstream
 
 CHATD = [sys.executable, "-m", "chatd"]
-PROVIDER_VARS = ("ANTHROPIC_", "OPENAI_", "GROQ_", "TOGETHER_", "VLLM_", "CHATD_")
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """Return a clean environment: demo provider, a private SQLite file, no keys."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(PROVIDER_VARS)}
-    clean.update(
-        HOME=str(tmp_path),
-        CHATD_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
-        CHATD_DEMO_DELAY_MS="0",
-        CHATD_RETRY_BASE_DELAY_S="0.01",
-        PYTHONUNBUFFERED="1",
-    )
-    return clean
-
-
-@pytest.fixture
-def anthropic_env(env: dict[str, str], fake_upstream: FakeUpstream) -> dict[str, str]:
-    """Return an environment whose provider is Anthropic at the fake upstream."""
-    return {
-        **env,
-        "CHATD_PROVIDER": "anthropic",
-        "CHATD_MODEL": "test-model",
-        "ANTHROPIC_API_KEY": "test-key",
-        "ANTHROPIC_BASE_URL": fake_upstream.url,
-    }
-
-
-def chatd(
-    env: dict[str, str], *args: str, stdin: str = "", cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run chatd to completion with piped input."""
-    return subprocess.run(
-        [*CHATD, *args], input=stdin, env=env, capture_output=True, text=True, timeout=60, cwd=cwd
-    )
-
-
-def test_chat_remembers_across_processes(env: dict[str, str]) -> None:
+def test_chat_remembers_across_processes(env: dict[str, str], chatd: Run) -> None:
     first = chatd(env, "chat", "--session", "mem", stdin="my name is Ada\n")
     assert first.returncode == 0, first.stderr
     assert 'You said: "my name is Ada"' in first.stdout
@@ -66,14 +31,14 @@ def test_chat_remembers_across_processes(env: dict[str, str]) -> None:
     assert "my name is Ada" not in other.stdout
 
 
-def test_chat_says_which_provider_it_picked(env: dict[str, str]) -> None:
+def test_chat_says_which_provider_it_picked(env: dict[str, str], chatd: Run) -> None:
     result = chatd(env, "chat", stdin="hi\n")
     assert "using provider demo" in result.stderr
     assert "ANTHROPIC_API_KEY" in result.stderr
 
 
 def test_chat_streams_a_real_provider_through_its_sdk(
-    anthropic_env: dict[str, str], fake_upstream: FakeUpstream
+    anthropic_env: dict[str, str], fake_upstream: FakeUpstream, chatd: Run
 ) -> None:
     result = chatd(anthropic_env, "chat", "--system", "Be terse.", stdin="hello\nagain\n")
     assert result.returncode == 0, result.stderr
@@ -84,7 +49,7 @@ def test_chat_streams_a_real_provider_through_its_sdk(
     assert bodies[-1]["messages"][0]["content"] == "hello"
 
 
-def test_missing_key_names_the_variable(env: dict[str, str]) -> None:
+def test_missing_key_names_the_variable(env: dict[str, str], chatd: Run) -> None:
     result = chatd({**env, "CHATD_PROVIDER": "anthropic"}, "chat", stdin="hi\n")
     assert result.returncode == 2
     assert "ANTHROPIC_API_KEY" in result.stderr
@@ -101,7 +66,7 @@ def test_missing_key_names_the_variable(env: dict[str, str]) -> None:
     ],
 )
 def test_bad_configuration_is_one_plain_line(
-    env: dict[str, str], extra: dict[str, str], args: list[str], message: str
+    env: dict[str, str], extra: dict[str, str], args: list[str], message: str, chatd: Run
 ) -> None:
     result = chatd({**env, **extra}, "chat", *args, stdin="hi\n")
     assert result.returncode == 2
@@ -109,7 +74,9 @@ def test_bad_configuration_is_one_plain_line(
     assert "Traceback" not in result.stderr
 
 
-def test_unreachable_database_is_a_plain_error(env: dict[str, str], tmp_path: Path) -> None:
+def test_unreachable_database_is_a_plain_error(
+    env: dict[str, str], tmp_path: Path, chatd: Run
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     url = f"sqlite+aiosqlite:///{blocker / 'sub' / 'chat.db'}"
@@ -119,7 +86,7 @@ def test_unreachable_database_is_a_plain_error(env: dict[str, str], tmp_path: Pa
 
 
 def test_unreachable_provider_says_so_and_leaves_no_half_turn(
-    anthropic_env: dict[str, str],
+    anthropic_env: dict[str, str], chatd: Run
 ) -> None:
     dead = {**anthropic_env, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
     result = chatd(dead, "chat", stdin="hello\n")
@@ -134,7 +101,7 @@ def test_unreachable_provider_says_so_and_leaves_no_half_turn(
     assert "to 1 message." in retry.stdout  # the failed turn is not in the model's context
 
 
-def test_slash_commands(env: dict[str, str], tmp_path: Path) -> None:
+def test_slash_commands(env: dict[str, str], tmp_path: Path, chatd: Run) -> None:
     saved = tmp_path / "conv.json"
     script = "\n".join(
         ["/system You are a pirate.", "ahoy", "/history", f"/save {saved}", "/reset", "/history"]
@@ -153,7 +120,7 @@ def test_slash_commands(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_load_rejects_a_malformed_file_and_changes_nothing(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, chatd: Run
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
@@ -223,13 +190,13 @@ def test_serve_starts_with_no_configuration_and_answers(env: dict[str, str]) -> 
     assert "using provider demo" in err
 
 
-def test_serve_refuses_a_public_address_without_auth(env: dict[str, str]) -> None:
+def test_serve_refuses_a_public_address_without_auth(env: dict[str, str], chatd: Run) -> None:
     result = chatd(env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0" in result.stderr
 
 
-def test_db_upgrade_creates_the_database(env: dict[str, str], tmp_path: Path) -> None:
+def test_db_upgrade_creates_the_database(env: dict[str, str], tmp_path: Path, chatd: Run) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'sub' / 'up.db'}"
     result = chatd({**env, "CHATD_DATABASE_URL": url}, "db", "upgrade")
     assert result.returncode == 0, result.stderr
