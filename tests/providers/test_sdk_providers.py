@@ -327,3 +327,23 @@ async def test_openai_asks_for_usage_and_copes_without_it(
 
 def test_usage_adds_up() -> None:
     assert Usage(1, 2, 3, 4) + Usage(10, 20, 30, 40) == Usage(11, 22, 33, 44)
+
+
+async def test_unknown_stream_events_are_tolerated(provider: Provider) -> None:
+    events = await collect(provider, request("hi [fake: chunks=4 unknown_event=1]"))
+    assert 'You said: "hi"' in text_of(events)
+    assert stop_of(events) is StopReason.END_TURN
+
+
+async def test_servers_that_reject_stream_options_still_work(
+    fake_upstream: FakeUpstream, make_sdk_provider: ProviderFactory
+) -> None:
+    provider = make_sdk_provider("openai", fake_upstream.url)
+    for text in ("hi [fake: reject_stream_options=1]", "again [fake: reject_stream_options=1]"):
+        events = await collect(provider, request(text))
+        assert stop_of(events) is StopReason.END_TURN
+        usage = next(e.usage for e in events if isinstance(e, UsageEvent))
+        assert usage.output_tokens > 0
+    sent = [r.body for r in fake_upstream.requests]
+    # Asked once, refused, then never again for this provider.
+    assert ["stream_options" in b for b in sent] == [True, False, False]
