@@ -1,12 +1,17 @@
-"""Shared fixtures: the fake LLM upstream."""
+"""Shared fixtures: the fake LLM upstream and a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from chatd.testing.fake_upstream import FakeUpstream
+from chatd.testing.postgres import PostgresServer
+
+_database_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +25,30 @@ def fake_upstream(_fake_upstream_server: FakeUpstream) -> FakeUpstream:
     """Yield the session's fake upstream with no recorded requests or fail_times counts."""
     _fake_upstream_server.clear()
     return _fake_upstream_server
+
+
+@pytest.fixture(scope="session")
+def postgres_installed() -> None:
+    """Skip the test when PostgreSQL is not installed; in CI (CI=true) fail it instead."""
+    if PostgresServer.available():
+        return
+    reason = "PostgreSQL binaries not found (apt-get install postgresql)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run the PostgreSQL tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_installed: None) -> Iterator[PostgresServer]:
+    """Yield one PostgreSQL server for the whole test session."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """Yield the URL of a fresh, empty database on the session's server; dropped afterwards."""
+    name = f"test_{next(_database_numbers)}"
+    yield postgres_server.create_database(name)
+    if postgres_server.running:
+        postgres_server.drop_database(name)

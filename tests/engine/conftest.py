@@ -1,4 +1,4 @@
-"""A ChatService on a real SQLite file, talking to the fake upstream through the SDKs."""
+"""A ChatService on a real database (SQLite file, PostgreSQL), talking to the fake upstream."""
 
 from __future__ import annotations
 
@@ -29,17 +29,21 @@ def provider_env(kind: str, url: str) -> dict[str, str]:
     return {"CHATD_DEMO_DELAY_MS": "0"}
 
 
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    """Yield a migrated SQLite store in a fresh file."""
-    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    """Yield a migrated store on each database: a fresh SQLite file, a fresh PostgreSQL one."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    store = await open_store(url)
     yield store
     await store.close()
 
 
 @pytest.fixture
 async def make_service(
-    sqlite_store: SqlStore, fake_upstream: FakeUpstream
+    db_store: SqlStore, fake_upstream: FakeUpstream
 ) -> AsyncIterator[ServiceFactory]:
     """Yield a factory of services on the test's store; providers are closed afterwards."""
     pools: list[ProviderPool] = []
@@ -54,7 +58,7 @@ async def make_service(
             retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05),
             **config,  # type: ignore[arg-type]
         )
-        return ChatService(sqlite_store, pool, engine_config, ToolRegistry(builtin_tools()))
+        return ChatService(db_store, pool, engine_config, ToolRegistry(builtin_tools()))
 
     yield factory
     for pool in pools:

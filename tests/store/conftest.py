@@ -1,7 +1,8 @@
 """Store fixtures: `store` runs a test on every backend, `sql_store` on every SQL one.
 
-To add a backend (e.g. PostgreSQL), write an async factory taking the fixture request and add
-it to STORES (and SQL_STORES if it is SQL); every store test then runs on it too.
+To add a backend, write an async factory taking the fixture request and add it to STORES (and
+SQL_STORES if it is SQL); every store test then runs on it too. PostgreSQL runs on the session's
+server (tests/conftest.py), one fresh database per test.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ async def _sqlite(request: pytest.FixtureRequest) -> SqlStore:
     return await open_store(f"sqlite+aiosqlite:///{tmp_path / 'chatd.db'}")
 
 
+async def _postgres(request: pytest.FixtureRequest) -> SqlStore:
+    url: str = request.getfixturevalue("postgres_url")
+    return await open_store(url)
+
+
 SQL_STORES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[SqlStore]]] = {
     "sqlite": _sqlite,
+    "postgres": _postgres,
 }
 STORES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[Store]]] = {
     "memory": _memory,

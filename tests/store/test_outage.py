@@ -1,0 +1,174 @@
+"""PostgreSQL going away under an open store: StoreUnavailable promptly, nothing partial, recovery.
+
+These run on a server of their own (not the session's), since they stop it. (SQLite has no
+outage worth testing: with the file's directory removed, open connections keep writing to the
+unlinked file, and as root nothing is unreadable.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from chatd.errors import StoreUnavailable
+from chatd.store.db import open_store
+from chatd.store.repo import SqlStore
+from chatd.testing.postgres import PostgresServer
+from chatd.types import Message, StopReason, TurnRecord, TurnState, Usage
+
+USER = "alice"
+# Every call must fail (or succeed) well within this; a hang is a bug, not a slow test.
+PROMPT_S = 5.0
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def server(postgres_installed: None) -> Iterator[PostgresServer]:
+    with PostgresServer() as pg:
+        yield pg
+
+
+@pytest.fixture
+async def db(server: PostgresServer) -> AsyncIterator[str]:
+    """Yield the name of a fresh database on the outage server."""
+    name = f"outage_{next(_numbers)}"
+    server.create_database(name)
+    yield name
+    if not server.running:
+        server.start()
+    server.drop_database(name)
+
+
+def snapshot(server: PostgresServer, dbname: str) -> dict[str, Any]:
+    """Return every row of every chatd table, in a stable order, read with psql."""
+    tables = server.sql(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+        "AND table_name <> 'alembic_version' ORDER BY table_name",
+        dbname,
+    ).split()
+    assert tables
+    return {
+        table: server.sql(
+            f"SELECT coalesce(json_agg(t ORDER BY t::text), '[]') FROM {table} t", dbname
+        )
+        for table in tables
+    }
+
+
+async def finish(store: SqlStore, turn: TurnRecord, text: str) -> TurnRecord:
+    return await store.finish_turn(
+        turn.id,
+        state=TurnState.COMPLETE,
+        messages=[Message.assistant(text)],
+        stop_reason=StopReason.END_TURN,
+        usage=Usage(3, 4),
+        latency_ms=12.0,
+        ttft_ms=3.0,
+    )
+
+
+async def begin(store: SqlStore, session_id: str, text: str) -> TurnRecord:
+    return await store.begin_turn(
+        USER, session_id, Message.user(text), model="test-model", provider="demo"
+    )
+
+
+async def history(store: SqlStore) -> dict[str, Any]:
+    """What the store itself reports: both sessions' turns and contexts."""
+    return {
+        sid: (await store.list_turns(USER, sid), await store.context_messages(USER, sid))
+        for sid in ("done", "busy")
+    }
+
+
+async def seeded(url: str) -> tuple[SqlStore, TurnRecord]:
+    """Open a store with one finished turn (session done) and one in flight (session busy)."""
+    store = await open_store(url)
+    for sid in ("done", "busy"):
+        await store.ensure_session(USER, sid)
+    await finish(store, await begin(store, "done", "first"), "first reply")
+    return store, await begin(store, "busy", "in flight")
+
+
+async def test_postgres_down_gives_store_unavailable_fast_then_the_store_recovers(
+    server: PostgresServer, db: str
+) -> None:
+    store, in_flight = await seeded(server.url(db))
+    try:
+        before_rows, before = snapshot(server, db), await history(store)
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "get_session": lambda: store.get_session(USER, "done"),
+            "context_messages": lambda: store.context_messages(USER, "done"),
+            "list_turns": lambda: store.list_turns(USER, "done"),
+            "begin_turn": lambda: begin(store, "done", "during the outage"),
+            "finish_turn": lambda: finish(store, in_flight, "during the outage"),
+            "ensure_session": lambda: store.ensure_session(USER, "new"),
+        }
+        with server.outage():
+            for name, call in calls.items():
+                with pytest.raises(StoreUnavailable) as caught:
+                    async with asyncio.timeout(PROMPT_S):
+                        await call()
+                assert "\n" not in str(caught.value), name
+
+        assert snapshot(server, db) == before_rows
+        # The same store object works again: the pool drops its dead connections.
+        assert await history(store) == before
+        await finish(store, in_flight, "after the outage")
+        await begin(store, "done", "after the outage")
+        assert [t.state for t in await store.list_turns(USER, "busy")] == [TurnState.COMPLETE]
+    finally:
+        await store.close()
+
+
+async def test_a_restart_between_calls_goes_unnoticed(server: PostgresServer, db: str) -> None:
+    # A restart cuts every pooled connection; pre-ping must notice rather than fail the call.
+    store, in_flight = await seeded(server.url(db))
+    try:
+        server.restart()
+        async with asyncio.timeout(PROMPT_S):
+            assert await store.get_session(USER, "done") is not None
+            await finish(store, in_flight, "after a restart")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("call", ["begin_turn", "finish_turn"])
+async def test_postgres_dying_mid_transaction_writes_nothing(
+    server: PostgresServer, db: str, call: str
+) -> None:
+    store, in_flight = await seeded(server.url(db))
+    try:
+        before_rows, before = snapshot(server, db), await history(store)
+        statements: list[str] = []
+
+        # Stop the server between the write's statements: after its first INSERT/UPDATE ran.
+        # (Fast, not immediate: with synchronous_commit off a crash may lose recent commits.)
+        def stop_after_first_write(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            statements.append(statement)
+            is_write = statement.lstrip().upper().startswith(("INSERT", "UPDATE"))
+            if is_write and server.running:
+                server.stop(keep=True)
+
+        event.listen(store.engine.sync_engine, "after_cursor_execute", stop_after_first_write)
+        write = (
+            begin(store, "done", "half")
+            if call == "begin_turn"
+            else finish(store, in_flight, "half")
+        )
+        with pytest.raises(StoreUnavailable):
+            async with asyncio.timeout(PROMPT_S):
+                await write
+        event.remove(store.engine.sync_engine, "after_cursor_execute", stop_after_first_write)
+        assert not server.running, statements
+
+        server.start()
+        assert snapshot(server, db) == before_rows
+        assert await history(store) == before
+    finally:
+        await store.close()
