@@ -180,7 +180,6 @@ class ChatService:
             stop=params.stop or (),
             tools=specs,
         )
-        history = list(await self.store.context_messages(opts.user_id, session_id))
         user_message = Message.user(text)
         record = await self.store.begin_turn(
             opts.user_id,
@@ -195,9 +194,7 @@ class ChatService:
             for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
-        run = TurnRun(
-            record.id, self.store, provider, self.tools, cfg, base, [*history, user_message]
-        )
+        run = TurnRun(record, opts.user_id, self.store, provider, self.tools, cfg, base)
         # The turn runs as a task of its own, started before anything is handed on, so a
         # consumer that goes away at any point does not cancel it.
         task = asyncio.create_task(run.run(), name=f"turn-{record.id}")

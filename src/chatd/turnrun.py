@@ -32,6 +32,7 @@ from chatd.types import (
     ToolResultEvent,
     TurnEnded,
     TurnEvent,
+    TurnRecord,
     TurnState,
     Usage,
     UsageEvent,
@@ -90,13 +91,14 @@ class Progress:
 class TurnRun:
     """Everything one in-flight turn needs; `run` drives it to a stored final state."""
 
-    turn_id: str
+    record: TurnRecord
+    user_id: str
     store: Store
     provider: Provider
     tools: ToolRegistry
     config: EngineConfig
     base: ChatRequest
-    messages: list[Message]
+    messages: list[Message] = field(default_factory=list)
     outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
     progress: Progress = field(default_factory=Progress)
     lost_lease: bool = False
@@ -106,6 +108,10 @@ class TurnRun:
         keeper = asyncio.create_task(self._keep_lease(asyncio.current_task()))
         try:
             try:
+                # Read only now that this turn holds the session: no other turn can complete
+                # in between, so the model sees exactly the history this turn is stored after.
+                history = await self.store.context_messages(self.user_id, self.record.session_id)
+                self.messages = [*history, self.record.messages[0]]
                 async for event in self._rounds():
                     self.outbox.put_nowait(event)
             finally:
@@ -177,9 +183,9 @@ class TurnRun:
         while True:
             await asyncio.sleep(every)
             try:
-                kept = await self.store.renew_lease(self.turn_id, self.config.lease_s)
+                kept = await self.store.renew_lease(self.record.id, self.config.lease_s)
             except StoreUnavailable as exc:
-                log.warning("could not renew the lease of turn %s: %s", self.turn_id, exc)
+                log.warning("could not renew the lease of turn %s: %s", self.record.id, exc)
                 continue
             if not kept and runner is not None:
                 self.lost_lease = True
@@ -191,7 +197,7 @@ class TurnRun:
         progress.flush()
         try:
             await self.store.finish_turn(
-                self.turn_id,
+                self.record.id,
                 state=state,
                 messages=progress.messages,
                 stop_reason=progress.stop,
@@ -206,7 +212,7 @@ class TurnRun:
             ) from None
         text = "".join(m.text for m in progress.messages if m.role is Role.ASSISTANT)
         return TurnEnded(
-            self.turn_id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
+            self.record.id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
         )
 
     async def _finish_quietly(self, state: TurnState, error: str) -> None:
@@ -214,7 +220,7 @@ class TurnRun:
         try:
             await self._finish(state, error)
         except ChatdError as exc:
-            log.warning("could not store the end of turn %s: %s", self.turn_id, exc.message)
+            log.warning("could not store the end of turn %s: %s", self.record.id, exc.message)
 
 
 def _describe(exc: BaseException) -> str:

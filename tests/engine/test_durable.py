@@ -9,6 +9,7 @@ import pytest
 
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
+from chatd.store.repo import SqlStore
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import Message, Role, TextDelta, TurnEnded, TurnEvent, TurnState
 
@@ -29,7 +30,7 @@ def last(events: list[TurnEvent]) -> TurnEnded:
 async def test_concurrent_sends_let_exactly_one_through(service: ChatService) -> None:
     await run(service, "warm up")
     outcomes = await asyncio.gather(
-        *(run(service, f"message {i} [fake: chunks=3 delay_ms=30]") for i in range(8)),
+        *(run(service, f"message {i} [fake: chunks=3 delay_ms=200]") for i in range(8)),
         return_exceptions=True,
     )
     done = [o for o in outcomes if isinstance(o, list)]
@@ -182,3 +183,17 @@ async def test_shutdown_past_the_grace_period_interrupts_the_turn(service: ChatS
     await service.aclose(grace_s=0.2)
     turns = await service.store.list_turns("local", "s")
     assert [t.state for t in turns] == [TurnState.INTERRUPTED]
+
+
+async def test_no_database_connection_is_held_while_the_model_talks(
+    service: ChatService,
+) -> None:
+    assert isinstance(service.store, SqlStore)
+    pool = service.store.engine.sync_engine.pool
+    held = []
+    async for event in service.turn("s", "hello [fake: chunks=4 delay_ms=50]"):
+        if isinstance(event, TextDelta):
+            held.append(pool.checkedout())  # type: ignore[attr-defined]
+    # After the last chunk the turn is being stored, which rightly takes a connection.
+    assert len(held) == 4
+    assert held[:3] == [0, 0, 0]

@@ -65,8 +65,10 @@ def create_engine(database_url: str) -> AsyncEngine:
         _check_sqlite_file(url)
     else:
         options["pool_pre_ping"] = True
-        # Fail in seconds rather than asyncpg's default minute when the server is unreachable.
-        options["connect_args"] = {"timeout": 10}
+        # Fail in seconds rather than asyncpg's default minute when the server is unreachable,
+        # and bound every statement (the pool's pre-ping too) so a frozen server or a dead
+        # network path ends in StoreUnavailable, not a hang.
+        options["connect_args"] = {"timeout": 5, "command_timeout": 15}
     try:
         engine = create_async_engine(url, **options)
     except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
