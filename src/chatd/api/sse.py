@@ -18,6 +18,20 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 PING = b": ping\n\n"
+
+
+def event_schema(names: list[str] | None = None) -> dict[str, object]:
+    """Return the OpenAPI schema of one SSE event: its name and its JSON data line."""
+    event: dict[str, object] = {"type": "string"}
+    if names:
+        event["enum"] = names
+    return {
+        "type": "object",
+        "properties": {"event": event, "data": {"type": "string"}},
+        "required": ["data"],
+    }
+
+
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -41,8 +55,9 @@ class EventStream(StreamingResponse):
         media_type: str,
         ping_s: float | None = None,
         headers: Mapping[str, str] | None = None,
+        status_code: int = 200,
     ) -> None:
-        super().__init__(chunks, media_type=media_type, headers=headers)
+        super().__init__(chunks, status_code, headers, media_type)
         self.source = chunks
         self.ping_s = ping_s
 

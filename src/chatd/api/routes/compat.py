@@ -36,6 +36,7 @@ from chatd.ports import Store
 
 router = APIRouter(tags=["compatibility"])
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not valid UTF-8 JSON"},
     404: {"description": "no such session"},
     409: {"description": "a turn is already in flight on this session"},
     413: {"description": "message or body over its cap"},

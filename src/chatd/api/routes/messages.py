@@ -15,7 +15,7 @@ from chatd.api.deps import (
     resolve_model,
 )
 from chatd.api.schemas import ErrorOut, ReplyOut, SendIn, TurnPage
-from chatd.api.sse import SSE_HEADERS, EventStream
+from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
 from chatd.api.streams import encode, sse_chunk, sse_failure, started
 from chatd.api.views import reply_out, turn_out
 from chatd.engine import TurnOptions
@@ -24,13 +24,17 @@ from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
+EVENTS = ["message_start", "delta", "tool_call", "tool_result", "usage", "message_end", "error"]
 SSE_DOC = """Server-sent events, each `event: NAME` with a JSON `data:` line:
 `message_start` {session_id, turn_id}, `delta` {text}, `tool_call` {id, name, input},
 `tool_result` {tool_call_id, content, is_error}, `usage` {input_tokens, output_tokens, ...},
 then exactly one of `message_end` {turn_id, state, stop_reason, usage, truncated} or
 `error` {type, message, retry_after?}. Lines starting with `:` are keep-alive pings."""
 SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": SSE_DOC},
+    200: {
+        "content": {"text/event-stream": {"schema": event_schema(EVENTS)}},
+        "description": SSE_DOC,
+    },
     **{
         code: {"model": ErrorOut, "description": text}
         for code, text in {

@@ -16,7 +16,7 @@ from chatd.api.deps import CurrentUser, IdempotencyKey, RuntimeDep, resolve_mode
 from chatd.api.openai_schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
 from chatd.api.openai_wire import Reply, collect, content_text, stream, to_chatd, tool_specs
 from chatd.api.schemas import SESSION_ID_PATTERN
-from chatd.api.sse import SSE_HEADERS, EventStream
+from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
 from chatd.api.streams import started
 from chatd.engine import CompletionOptions, TurnOptions
 from chatd.errors import ConfigError, InputError
@@ -35,7 +35,10 @@ SessionHeader = Annotated[
     ),
 ]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    200: {
+        "content": {"text/event-stream": {"schema": event_schema()}},
+        "description": "the completion; with `stream`, SSE chunks ending `data: [DONE]`",
+    },
     **{code: {"model": OpenAIError} for code in (400, 409, 413, 429, 502, 503)},
 }
 

@@ -39,7 +39,7 @@ def _prompt(text: str | None) -> str | None:
     return None if text is None else strip_controls(text)
 
 
-@router.post("/sessions", status_code=201, responses=_errors(400, 409, 422))
+@router.post("/sessions", status_code=201, responses=_errors(400, 409, 413, 422))
 async def create_session(body: SessionCreate, runtime: RuntimeDep, user: CurrentUser) -> SessionOut:
     """Create a session with its system prompt, model and generation settings."""
     provider, model = resolve_model(runtime, body.model, body.provider)
@@ -80,7 +80,7 @@ async def get_session(session_id: SessionPath, store: StoreDep, user: CurrentUse
     return session_out(info)
 
 
-@router.patch("/sessions/{session_id}", responses=_errors(400, 404, 422))
+@router.patch("/sessions/{session_id}", responses=_errors(400, 404, 413, 422))
 async def update_session(
     session_id: SessionPath, body: SessionSettings, runtime: RuntimeDep, user: CurrentUser
 ) -> SessionOut:
@@ -123,7 +123,7 @@ async def export_session(
     return export_doc(info, await store.list_turns(user, session_id))
 
 
-@router.post("/sessions/import", status_code=201, responses=_errors(409, 413, 422))
+@router.post("/sessions/import", status_code=201, responses=_errors(400, 409, 413, 422))
 async def import_session(
     document: Annotated[
         dict[str, Any],
