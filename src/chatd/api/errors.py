@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from chatd.errors import ChatdError, UpstreamError
+from chatd.errors import ChatdError, UpstreamBadRequest, UpstreamError
 
 log = logging.getLogger("chatd.api")
 
@@ -95,6 +95,9 @@ async def chatd_error(request: Request, exc: Exception) -> Response:
     """Answer a chatd error with its status."""
     assert isinstance(exc, ChatdError)
     status = exc.status
+    if isinstance(exc, UpstreamBadRequest) and exc.upstream_status == 404:
+        # The provider knows no such model (or endpoint): a setting to fix, not an outage.
+        status = 400
     if status >= 500 and not isinstance(exc, UpstreamError) and status != 503:
         log.error("request failed: %s", exc.message)
     return error_response(
