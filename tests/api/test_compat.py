@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import httpx
 import orjson
@@ -171,10 +172,8 @@ def test_reset_of_an_unknown_session_is_not_found(client: httpx.Client, sid: str
     assert response.json() == {"status": "not_found", "session_id": sid, "previous_turns": 0}
 
 
-def test_sessions_and_stats_count_complete_exchanges(
-    make_server: object, fake_upstream: FakeUpstream
-) -> None:
-    server = make_server()  # type: ignore[operator]
+def test_sessions_and_stats_count_complete_exchanges(make_server: Any) -> None:
+    server = make_server()
     with httpx.Client(base_url=server.url) as c:
         assert c.get("/sessions").json() == {"sessions": []}
         assert c.get("/stats").json() == {
