@@ -84,6 +84,7 @@ class EventStream(StreamingResponse):
             await asyncio.gather(watcher, return_exceptions=True)
 
     async def _watch(self, receive: Receive, send: Send, state: _State) -> None:
+        # Waiting on receive is how an ASGI app learns the client left (spec 2.3 sends no error).
         while True:
             timeout = None
             if self.ping_s is not None:
@@ -108,6 +109,7 @@ class _State:
         self._lock = asyncio.Lock()
 
     async def send(self, send: Send, body: bytes, *, more: bool = True) -> None:
+        """Send one body chunk unless the client is gone; note when it turns out to be."""
         async with self._lock:
             if self.gone:
                 return
