@@ -54,7 +54,11 @@ def test_client_hanging_up_after_the_first_chunk_leaves_the_server_healthy(
     assert client.get("/healthz").status_code == 200
     other = client.post("/chat", json={"message": "meanwhile", "session_id": sid + "-other"})
     assert other.status_code == 200
-    assert "streaming" not in settled(client, sid)
+    # The turn went on without its client and was stored whole (CHATD_ON_DISCONNECT=finish).
+    assert settled(client, sid) == ["complete"]
+    history = client.get(f"/history/{sid}").json()["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert 'You said: "hi"' in history[1]["content"]
     after = client.post("/chat", json={"message": "next", "session_id": sid})
     assert after.status_code == 200
 
