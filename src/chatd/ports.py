@@ -153,6 +153,10 @@ class Store(Protocol):
         """Return how many turns the user has, and their usage summed."""
         ...
 
+    async def ping(self) -> None:
+        """Check the store answers; StoreUnavailable if not."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
