@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -12,8 +11,11 @@ from chatd.errors import ProviderNotConfigured, UpstreamError, UpstreamStreamErr
 from chatd.providers.base import (
     ProviderOptions,
     ProviderPlugin,
+    after_output,
     connection_error,
     error_for_status,
+    is_transport_error,
+    parse_tool_input,
     redact,
 )
 from chatd.types import (
@@ -119,14 +121,13 @@ class AnthropicProvider:
         except anthropic.APIStatusError as exc:
             raise self._status_error(exc, emitted) from None
         except (anthropic.APIConnectionError, OSError) as exc:
-            raise _after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), emitted) from None
         except UpstreamError as exc:
-            raise _after_output(exc, emitted) from None
+            raise after_output(exc, emitted) from None
         except Exception as exc:
-            # The SDK lets transport errors of its HTTP library through mid-stream.
-            if type(exc).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore"):
+            if not is_transport_error(exc):
                 raise
-            raise _after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), emitted) from None
 
     def _status_error(self, exc: anthropic.APIStatusError, emitted: bool) -> UpstreamError:
         status = exc.status_code
@@ -137,15 +138,7 @@ class AnthropicProvider:
         error = error_for_status(
             self.name, status, str(detail), exc.response.headers, quota_spent=quota
         )
-        return _after_output(error, emitted)
-
-
-def _after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
-    if not emitted:
-        return error
-    return UpstreamStreamError(
-        f"the reply broke off: {error.message}", upstream_status=error.upstream_status
-    )
+        return after_output(error, emitted)
 
 
 async def _normalize(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent]:
@@ -174,7 +167,7 @@ async def _normalize(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent]:
                 tool["json"].append(delta.partial_json)
         elif kind == "content_block_stop" and tool is not None:
             raw = "".join(tool["json"])
-            yield ToolCallEvent(ToolCallPart(tool["id"], tool["name"], _parse_input(raw)))
+            yield ToolCallEvent(ToolCallPart(tool["id"], tool["name"], parse_tool_input(raw)))
             tool = None
         elif kind == "message_delta":
             stop = StopReason.parse(event.delta.stop_reason)
@@ -193,16 +186,6 @@ async def _normalize(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent]:
         raise UpstreamStreamError("anthropic ended the stream without a stop reason")
     yield UsageEvent(usage)
     yield StopEvent(stop)
-
-
-def _parse_input(raw: str) -> dict[str, Any]:
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"_invalid_json": raw}
-    return value if isinstance(value, dict) else {"_invalid_json": raw}
 
 
 def _resolve(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatd.errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
     UpstreamRateLimited,
+    UpstreamStreamError,
     UpstreamUnavailable,
 )
 from chatd.types import ChatRequest, StreamEvent
@@ -123,6 +125,31 @@ def error_for_status(
 def redact(text: str, secret: str | None) -> str:
     """Remove a secret from text."""
     return text.replace(secret, "[redacted]") if secret else text
+
+
+def after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
+    """Return the error to raise: once reply text went out, a stream error nobody retries."""
+    if not emitted:
+        return error
+    return UpstreamStreamError(
+        f"the reply broke off: {error.message}", upstream_status=error.upstream_status
+    )
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Tell whether exc comes from the SDKs' HTTP stack (they let some through mid-stream)."""
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")
+
+
+def parse_tool_input(raw: str) -> dict[str, Any]:
+    """Parse a tool call's JSON arguments; keep what does not parse so validation can say so."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_invalid_json": raw}
+    return value if isinstance(value, dict) else {"_invalid_json": raw}
 
 
 def connection_error(provider: str, exc: BaseException) -> UpstreamUnavailable:

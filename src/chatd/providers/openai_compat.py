@@ -22,8 +22,11 @@ from chatd.errors import (
 from chatd.providers.base import (
     ProviderOptions,
     ProviderPlugin,
+    after_output,
     connection_error,
     error_for_status,
+    is_transport_error,
+    parse_tool_input,
     redact,
 )
 from chatd.types import (
@@ -183,19 +186,18 @@ class OpenAICompatProvider:
                     emitted = emitted or isinstance(event, TextDelta | ToolCallEvent)
                     yield event
         except openai.APIStatusError as exc:
-            raise _after_output(self._status_error(exc), emitted) from None
+            raise after_output(self._status_error(exc), emitted) from None
         except openai.APIConnectionError as exc:
-            raise _after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), emitted) from None
         except openai.APIError as exc:  # an error object inside the stream
             error = UpstreamUnavailable(f"{self.name} reported an error mid-stream: {exc.message}")
-            raise _after_output(error, emitted) from None
+            raise after_output(error, emitted) from None
         except UpstreamError as exc:
-            raise _after_output(exc, emitted) from None
+            raise after_output(exc, emitted) from None
         except Exception as exc:
-            # The SDK lets transport errors of its HTTP library through mid-stream.
-            if type(exc).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore"):
+            if not is_transport_error(exc):
                 raise
-            raise _after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), emitted) from None
 
     async def _open(self, request: ChatRequest) -> Any:
         try:
@@ -212,14 +214,6 @@ class OpenAICompatProvider:
         return error_for_status(
             self.name, exc.status_code, detail, exc.response.headers, quota_spent=quota
         )
-
-
-def _after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
-    if not emitted:
-        return error
-    return UpstreamStreamError(
-        f"the reply broke off: {error.message}", upstream_status=error.upstream_status
-    )
 
 
 async def _normalize(
@@ -259,22 +253,10 @@ async def _normalize(
         raise UpstreamStreamError("the stream ended without a finish_reason")
     for index in sorted(calls):
         slot = calls[index]
-        yield ToolCallEvent(
-            ToolCallPart(slot["id"] or f"call_{index}", slot["name"], _parse_args(slot["args"]))
-        )
+        arguments = parse_tool_input("".join(slot["args"]))
+        yield ToolCallEvent(ToolCallPart(slot["id"] or f"call_{index}", slot["name"], arguments))
     yield UsageEvent(usage if usage is not None else _estimate(request, out_chars))
     yield StopEvent(FINISH_REASONS.get(finish, StopReason.UNKNOWN))
-
-
-def _parse_args(pieces: list[str]) -> dict[str, Any]:
-    raw = "".join(pieces)
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {"_invalid_json": raw}
-    return value if isinstance(value, dict) else {"_invalid_json": raw}
 
 
 def _estimate(request: ChatRequest, out_chars: int) -> Usage:
