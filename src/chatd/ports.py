@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from chatd.keys import ApiKey, KeyLimits
 from chatd.types import (
     GenerationParams,
     Message,
@@ -157,6 +158,46 @@ class Store(Protocol):
         """Check the store answers; StoreUnavailable if not."""
         ...
 
+    async def session_stats(self, user_id: str | None) -> tuple[int, int]:
+        """Return how many sessions there are and how many turns of them are in context.
+
+        Counts one user's, or every user's when user_id is None.
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class KeyStore(Protocol):
+    """API keys, stored by the SHA-256 of the key; the key itself is never kept."""
+
+    async def create_key(
+        self,
+        user_id: str,
+        key_hash: str,
+        prefix: str,
+        *,
+        admin: bool = False,
+        limits: KeyLimits | None = None,
+        expires_at: datetime | None = None,
+    ) -> ApiKey:
+        """Store a new key and return it."""
+        ...
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        """Return the key with this hash (revoked and expired ones too), or None."""
+        ...
+
+    async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
+        """Return every key (or one user's), oldest first."""
+        ...
+
+    async def revoke_key(self, ref: str) -> ApiKey:
+        """Revoke the key with this id or display prefix; NotFound, or InputError if ambiguous."""
+        ...
+
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        """Record that the key was used at this time."""
         ...

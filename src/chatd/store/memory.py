@@ -303,6 +303,11 @@ class MemoryStore:
         turns = [t for (user, _), s in self._sessions.items() if user == user_id for t in s.turns]
         return len(turns), sum((t.usage for t in turns), Usage())
 
+    async def session_stats(self, user_id: str | None) -> tuple[int, int]:
+        """Return how many sessions there are (one user's, or all) and their turns in context."""
+        found = [s for (user, _), s in self._sessions.items() if user_id in (None, user)]
+        return len(found), sum(1 for s in found for t in s.turns if t.state.in_context)
+
     async def ping(self) -> None:
         """Do nothing: memory is always there."""
 

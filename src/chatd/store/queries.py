@@ -174,6 +174,24 @@ MESSAGES_OF_TURNS = (
     .order_by(messages.c.seq)
 )
 # Parameter: user_id.
+# Sessions, and their turns that are in context; filtered by user, or not at all.
+SESSION_STATS = select(
+    select(func.count()).select_from(sessions).scalar_subquery(),
+    select(func.count())
+    .select_from(turns)
+    .where(turns.c.state.in_(IN_CONTEXT_STATES))
+    .scalar_subquery(),
+)
+USER_SESSION_STATS = select(
+    select(func.count())
+    .select_from(sessions)
+    .where(sessions.c.user_id == bindparam("user_id"))
+    .scalar_subquery(),
+    select(func.count())
+    .select_from(turns.join(sessions, sessions.c.id == turns.c.session_pk))
+    .where(sessions.c.user_id == bindparam("user_id"), turns.c.state.in_(IN_CONTEXT_STATES))
+    .scalar_subquery(),
+)
 USAGE_TOTALS = (
     select(
         func.count(),

@@ -360,6 +360,13 @@ class SqlStore:
             count, *tokens = (await conn.execute(q.USAGE_TOTALS, {"user_id": user_id})).one()
         return count, Usage(*(int(t) for t in tokens))
 
+    async def session_stats(self, user_id: str | None) -> tuple[int, int]:
+        """Return how many sessions there are (one user's, or all) and their turns in context."""
+        statement = q.SESSION_STATS if user_id is None else q.USER_SESSION_STATS
+        async with self._read() as conn:
+            count, turns = (await conn.execute(statement, {"user_id": user_id})).one()
+        return int(count), int(turns)
+
     async def ping(self) -> None:
         """Check the database answers; StoreUnavailable if not."""
         async with self._read() as conn:
