@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     context_max_tokens: int = Field(default=16000, ge=1)
 
     max_message_chars: int = Field(default=32000, ge=1)
+    # Requests asking for more output than this are refused (422), not clamped; None: no cap.
+    max_tokens_ceiling: int | None = Field(default=16384, ge=1)
     max_tool_rounds: int = Field(default=8, ge=0)
     tool_timeout_s: float = Field(default=30.0, gt=0)
     tools: list[str] = Field(default_factory=list)
@@ -61,3 +63,22 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(default=15.0, gt=0)
     # Models a request may name ("provider/model" or a bare model); empty allows any.
     models: list[str] = Field(default_factory=list)
+
+    # Auth, limits and prices. Default limits apply to keys that set none of their own, and to
+    # the local user when auth is off; None means unlimited.
+    limit_rpm: int | None = Field(default=None, ge=1)
+    limit_tpm: int | None = Field(default=None, ge=1)
+    limit_tokens_per_day: int | None = Field(default=None, ge=1)
+    limit_budget_usd_per_day: float | None = Field(default=None, gt=0)
+    # How long a looked-up key is trusted before it is read again (a revocation's delay).
+    key_cache_s: float = Field(default=1.0, ge=0, le=1)
+    # USD per million tokens by model, over the shipped table: {"model": {"input", "output"}}.
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    prices_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _max_tokens_under_ceiling(self) -> Settings:
+        ceiling = self.max_tokens_ceiling
+        if ceiling is not None and self.max_tokens > ceiling:
+            raise ValueError(f"max_tokens {self.max_tokens} is over max_tokens_ceiling {ceiling}")
+        return self

@@ -17,7 +17,7 @@ from chatd.ports import DEFAULT_USER, Store
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryPolicy, stream_with_retries
 from chatd.tools import ToolRegistry
-from chatd.turnrun import TurnRun
+from chatd.turnrun import TurnRun, UsageSink
 from chatd.types import (
     ChatRequest,
     GenerationParams,
@@ -32,6 +32,8 @@ from chatd.types import (
     TurnRecord,
     TurnStarted,
     TurnState,
+    Usage,
+    UsageEvent,
 )
 
 log = logging.getLogger("chatd.engine")
@@ -66,6 +68,12 @@ def clean_message(text: str, max_chars: int) -> str:
     return text
 
 
+def check_max_tokens(value: int | None, ceiling: int | None) -> None:
+    """Refuse (InputError, 422) a max_tokens over the server's ceiling; never clamp silently."""
+    if value is not None and ceiling is not None and value > ceiling:
+        raise InputError(f"max_tokens {value} is over this server's ceiling of {ceiling}")
+
+
 class ProviderSource(Protocol):
     """Where the engine gets providers by name; `ProviderPool` is the real one."""
 
@@ -86,6 +94,7 @@ class EngineConfig:
     max_tool_rounds: int = 8
     tool_timeout_s: float = 30.0
     max_message_chars: int = 32000
+    max_tokens_ceiling: int | None = None
     tools: tuple[str, ...] = ()
     lease_s: float = 30.0
     on_disconnect: DisconnectPolicy = "finish"
@@ -109,6 +118,7 @@ class EngineConfig:
             max_tool_rounds=s.max_tool_rounds,
             tool_timeout_s=s.tool_timeout_s,
             max_message_chars=s.max_message_chars,
+            max_tokens_ceiling=s.max_tokens_ceiling,
             tools=tuple(s.tools),
             lease_s=s.turn_lease_s,
             on_disconnect=s.on_disconnect,
@@ -126,6 +136,7 @@ class TurnOptions:
     tools: tuple[str, ...] | None = None
     idempotency_key: str | None = None
     on_disconnect: DisconnectPolicy | None = None
+    usage_sink: UsageSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,7 @@ class CompletionOptions:
     system: str | None = None
     provider: str | None = None
     tools: tuple[ToolSpec, ...] = ()
+    usage_sink: UsageSink | None = None
 
 
 class ChatService:
@@ -162,6 +174,7 @@ class ChatService:
         cfg = self.config
         check_session_id(session_id)
         text = clean_message(text, cfg.max_message_chars)
+        check_max_tokens(opts.params.max_tokens, cfg.max_tokens_ceiling)
         session = await self.store.get_session(opts.user_id, session_id)
         # Resolve everything that can be refused before a new session is written.
         provider = self.providers.get(opts.provider or (session.provider if session else None))
@@ -171,6 +184,8 @@ class ChatService:
                 opts.user_id, session_id, system_prompt=opts.system_prompt, provider=opts.provider
             )
         params = opts.params.over(session.params).over(cfg.defaults)
+        # A session's stored max_tokens may predate a lower ceiling.
+        check_max_tokens(params.max_tokens, cfg.max_tokens_ceiling)
         base = ChatRequest(
             model=params.model or provider.default_model,
             messages=(),
@@ -195,6 +210,7 @@ class ChatService:
                 yield event
             return
         run = TurnRun(record, opts.user_id, self.store, provider, self.tools, cfg, base)
+        run.usage_sink = opts.usage_sink
         # The turn runs as a task of its own, started before anything is handed on, so a
         # consumer that goes away at any point does not cancel it.
         task = asyncio.create_task(run.run(), name=f"turn-{record.id}")
@@ -241,6 +257,7 @@ class ChatService:
             raise InputError("messages must not be empty")
         provider = self.providers.get(opts.provider)
         params = opts.params.over(self.config.defaults)
+        check_max_tokens(params.max_tokens, self.config.max_tokens_ceiling)
         request = ChatRequest(
             model=params.model or provider.default_model,
             messages=tuple(messages),
@@ -250,8 +267,16 @@ class ChatService:
             stop=params.stop or (),
             tools=opts.tools,
         )
-        async for event in stream_with_retries(provider, request, self.config.retry):
-            yield event
+        total = Usage()
+        try:
+            async for event in stream_with_retries(provider, request, self.config.retry):
+                if isinstance(event, UsageEvent):
+                    total = total + event.usage
+                yield event
+        finally:
+            # Also when the caller stops early: what the provider reported so far counts.
+            if opts.usage_sink is not None and total != Usage():
+                await opts.usage_sink(total, request.model)
 
     async def reply(
         self, session_id: str, text: str, options: TurnOptions | None = None

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from chatd.errors import (
     ChatdError,
@@ -51,6 +51,16 @@ LEASE_LOST = (
     "this turn's lease ran out (the database was unreachable for too long), "
     "so it was recorded as interrupted"
 )
+
+
+
+class UsageSink(Protocol):
+    """Told a turn's (or a call's) total usage once it ends: how quotas are charged."""
+
+    async def __call__(self, usage: Usage, model: str) -> None:
+        """Record the usage the provider reported for this model."""
+        ...
+
 
 _STATE_FOR_STOP = {
     StopReason.MAX_TOKENS: TurnState.TRUNCATED,
@@ -102,6 +112,7 @@ class TurnRun:
     outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
     progress: Progress = field(default_factory=Progress)
     lost_lease: bool = False
+    usage_sink: UsageSink | None = None
 
     async def run(self) -> None:
         """Call the model (and tools) to the end, store the turn, then post TurnEnded."""
@@ -119,20 +130,34 @@ class TurnRun:
         except asyncio.CancelledError:
             why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
             await self._finish_quietly(TurnState.INTERRUPTED, why)
+            await self._report_usage()
             # Whoever still listens learns why the reply ends here.
             self.outbox.put_nowait(StoreUnavailable(why) if self.lost_lease else TurnStopped(why))
             raise
         except Exception as exc:
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
+            await self._report_usage()
             self.outbox.put_nowait(exc)
             return
         stop = self.progress.stop or StopReason.UNKNOWN
         try:
             end = await self._finish(_STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
         except ChatdError as exc:
+            await self._report_usage()
             self.outbox.put_nowait(exc)
             return
+        # Charged before the end goes out, so the caller's next request sees this usage.
+        await self._report_usage()
         self.outbox.put_nowait(end)
+
+    async def _report_usage(self) -> None:
+        # Whatever the provider reported counts, however the turn ended; never fails the turn.
+        if self.usage_sink is None:
+            return
+        try:
+            await self.usage_sink(self.progress.usage, self.base.model)
+        except Exception:
+            log.exception("could not report the usage of turn %s", self.record.id)
 
     async def _rounds(self) -> AsyncIterator[TurnEvent]:
         cfg, base, progress = self.config, self.base, self.progress
