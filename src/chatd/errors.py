@@ -6,6 +6,8 @@ ChatdError                      500  anything we did not foresee
 ├── InputError                  422  empty message, bad id, malformed file
 │   ├── InputTooLarge           413  over a configured cap
 │   └── IdempotencyConflict     422  an idempotency key reused with another message
+├── Unauthorized                401  no API key, or one that is unknown, revoked or expired
+├── Forbidden                   403  an admin route called with a key that is not an admin's
 ├── NotFound                    404  no such session (or not the caller's)
 ├── AlreadyExists               409  importing over an existing session
 ├── SessionBusy                 409  a turn is already in flight on this session
@@ -57,6 +59,18 @@ class InputTooLarge(InputError):
 
 class IdempotencyConflict(InputError):
     """An idempotency key was sent again with a different message."""
+
+
+class Unauthorized(ChatdError):
+    """The request carries no usable API key."""
+
+    status = 401
+
+
+class Forbidden(ChatdError):
+    """The caller's key may not do this."""
+
+    status = 403
 
 
 class AlreadyExists(ChatdError):

@@ -234,4 +234,3 @@ def open_limiter(redis_url: str | None, prices: PriceTable) -> Limiter:
         socket_connect_timeout=2,
     )
     return Limiter(storage, prices)
-

@@ -53,7 +53,6 @@ LEASE_LOST = (
 )
 
 
-
 class UsageSink(Protocol):
     """Told a turn's (or a call's) total usage once it ends: how quotas are charged."""
 

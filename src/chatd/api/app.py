@@ -10,10 +10,16 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from chatd.api import errors
+from chatd.api.auth import Authenticate, KeyCache, redact_access_logs
+from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
-from chatd.api.routes import compat, health, messages, openai, sessions
+from chatd.api.routes import admin, compat, health, messages, openai, sessions
 from chatd.config import Settings
+from chatd.keys import KeyLimits
+from chatd.prices import load_prices
+from chatd.quotas import open_limiter
 from chatd.runtime import open_runtime
+from chatd.store.keys import SqlKeyStore
 
 DESCRIPTION = """\
 chatd's HTTP API. The compatibility routes keep the common "Chat API" shapes; /v1 is chatd's
@@ -24,26 +30,46 @@ default provider.
 """
 
 
+def default_limits(settings: Settings) -> KeyLimits:
+    """Return the configured limits: for keys that set none, and the local user with auth off."""
+    return KeyLimits(
+        settings.limit_rpm,
+        settings.limit_tpm,
+        settings.limit_tokens_per_day,
+        settings.limit_budget_usd_per_day,
+    )
+
+
 def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> FastAPI:
     """Build the app; nothing is opened until the lifespan starts.
 
-    `env` is where provider keys are read from (the process environment by default).
+    `env` is where provider keys are read from (the process environment by default). Auth is
+    on only with `auth="on"`: "auto" depends on the address the server binds, which only
+    `chatd serve` knows; it resolves it before building the app.
     """
+    prices = load_prices(settings.prices, settings.prices_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_access_logs()
         runtime = await open_runtime(settings, env)
         app.state.runtime = runtime
+        app.state.key_cache = KeyCache(SqlKeyStore(runtime.store.engine), settings.key_cache_s)
+        app.state.limiter = open_limiter(settings.redis_url, prices)
         try:
             yield
         finally:
-            await runtime.aclose()
+            try:
+                await runtime.aclose()
+            finally:
+                await app.state.key_cache.aclose()
+                await app.state.limiter.aclose()
 
     app = FastAPI(title="chatd", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     counts: Counter[tuple[str, int]] = Counter()
     app.state.response_counts = counts
     errors.install(app)
-    for module in (compat, sessions, messages, openai, health):
+    for module in (compat, sessions, messages, openai, admin, health):
         app.include_router(module.router)
     # Added innermost first: CORS sees a request first, the body cap last.
     big = settings.max_completions_body_bytes
@@ -52,18 +78,37 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         default=settings.max_body_bytes,
         per_path={"/v1/chat/completions": big, "/v1/sessions/import": big},
     )
+    # Who is calling comes first; then their limits; then the body is read.
+    app.add_middleware(RateLimit)
+    app.add_middleware(
+        Authenticate, enabled=settings.auth == "on", default_limits=default_limits(settings)
+    )
     app.add_middleware(SecurityHeaders, counts=counts)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Chatd-Session"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Api-Key",
+                "X-Chatd-Session",
+            ],
+            expose_headers=["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
             max_age=600,
         )
     return app
 
 
 def app_from_env() -> FastAPI:
-    """Build the app from CHATD_* settings (the uvicorn factory for `chatd serve`)."""
-    return create_app(Settings())
+    """Build the app from CHATD_* settings (the uvicorn factory for `chatd serve`).
+
+    `chatd serve` sets CHATD_AUTH to on or off for its workers; any other server running this
+    factory cannot know its bind address, so "auto" means on here.
+    """
+    settings = Settings()
+    if settings.auth == "auto":
+        settings = settings.model_copy(update={"auth": "on"})
+    return create_app(settings)

@@ -6,12 +6,16 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Header, Path, Request
 
+from chatd.api.auth import Principal, local_principal, principal_of
+from chatd.api.limits import charge_of
 from chatd.api.schemas import SESSION_ID_PATTERN
 from chatd.config import Settings
 from chatd.engine import ChatService
-from chatd.errors import ConfigError
-from chatd.ports import DEFAULT_USER, Store
+from chatd.errors import ConfigError, Forbidden
+from chatd.keys import KeyLimits
+from chatd.ports import Store
 from chatd.runtime import Runtime
+from chatd.turnrun import UsageSink
 
 # Dependencies are async on purpose: FastAPI runs plain functions in a thread pool.
 
@@ -39,19 +43,42 @@ async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
-async def current_user() -> str:
-    """Return who is calling; every read and write is scoped to this id.
+_NOBODY = local_principal(KeyLimits())
 
-    Auth is not built yet, so everyone is the single local user; the auth work replaces this
-    one function.
-    """
-    return DEFAULT_USER
+
+async def current_principal(request: Request) -> Principal:
+    """Return who is calling, as the auth middleware found (the local user without it)."""
+    return principal_of(request.scope) or _NOBODY
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def current_user(principal: PrincipalDep) -> str:
+    """Return who is calling; every read and write is scoped to this id."""
+    return principal.user_id
+
+
+async def admin_principal(principal: PrincipalDep) -> Principal:
+    """Return the caller if their key is an admin's; Forbidden (403) otherwise."""
+    if not principal.admin:
+        raise Forbidden(
+            "this route needs an admin key (create one with `chatd keys create --admin`)"
+        )
+    return principal
+
+
+async def usage_sink(request: Request) -> UsageSink | None:
+    """Return where a metered request's usage is charged (None when the key has no quotas)."""
+    return charge_of(request.scope)
 
 
 Service = Annotated[ChatService, Depends(get_service)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentUser = Annotated[str, Depends(current_user)]
+Admin = Annotated[Principal, Depends(admin_principal)]
+Meter = Annotated[UsageSink | None, Depends(usage_sink)]
 
 SessionPath = Annotated[
     str,

@@ -8,7 +8,16 @@ from uuid import uuid4
 
 from fastapi import APIRouter, HTTPException
 
-from chatd.api.deps import CurrentUser, IdempotencyKey, Service, SessionPath, SettingsDep, StoreDep
+from chatd.api.deps import (
+    CurrentUser,
+    IdempotencyKey,
+    Meter,
+    PrincipalDep,
+    Service,
+    SessionPath,
+    SettingsDep,
+    StoreDep,
+)
 from chatd.api.schemas import (
     ChatIn,
     ChatOut,
@@ -33,6 +42,7 @@ from chatd.api.streams import (
 from chatd.api.views import history, strip_controls
 from chatd.engine import TurnOptions, clean_message
 from chatd.ports import Store
+from chatd.turnrun import UsageSink
 
 router = APIRouter(tags=["compatibility"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -55,7 +65,12 @@ async def root() -> ServiceStatus:
 
 
 async def _prepare(
-    store: Store, user: str, body: ChatIn, max_chars: int, key: str | None = None
+    store: Store,
+    user: str,
+    body: ChatIn,
+    max_chars: int,
+    meter: UsageSink | None,
+    key: str | None = None,
 ) -> TurnOptions:
     # Refuse a bad message before the system prompt is written anywhere.
     clean_message(body.message, max_chars)
@@ -65,7 +80,7 @@ async def _prepare(
         found = await store.get_session(user, body.session_id)
         if found is not None and found.system_prompt != prompt:
             await store.update_session(user, body.session_id, system_prompt=prompt)
-    return TurnOptions(user_id=user, system_prompt=prompt, idempotency_key=key)
+    return TurnOptions(user_id=user, system_prompt=prompt, idempotency_key=key, usage_sink=meter)
 
 
 @router.post("/chat", responses=ERRORS)
@@ -75,11 +90,12 @@ async def chat(
     store: StoreDep,
     settings: SettingsDep,
     user: CurrentUser,
+    meter: Meter,
     idempotency_key: IdempotencyKey = None,
 ) -> ChatOut:
     """Send a message and get the whole reply; the session is created on first use."""
     session_id = body.session_id or uuid4().hex
-    options = await _prepare(store, user, body, settings.max_message_chars, idempotency_key)
+    options = await _prepare(store, user, body, settings.max_message_chars, meter, idempotency_key)
     end = await service.reply(session_id, body.message, options)
     info = await store.get_session(user, session_id)
     return ChatOut(
@@ -96,10 +112,15 @@ async def chat(
     responses={200: {"content": {"text/plain": {}}}, **STREAM_ERRORS},
 )
 async def chat_stream(
-    body: ChatIn, service: Service, store: StoreDep, settings: SettingsDep, user: CurrentUser
+    body: ChatIn,
+    service: Service,
+    store: StoreDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    meter: Meter,
 ) -> EventStream:
     """Stream the reply's text as plain-text chunks; a failure ends it with an [error] line."""
-    options = await _prepare(store, user, body, settings.max_message_chars)
+    options = await _prepare(store, user, body, settings.max_message_chars, meter)
     events = service.turn(body.session_id or uuid4().hex, body.message, options)
     first = await started(events)
     return EventStream(
@@ -113,10 +134,11 @@ async def chat_stream(
     responses={200: {"content": {"application/x-ndjson": {}}}, **STREAM_ERRORS},
 )
 async def chat_session(
-    session_id: SessionPath, body: MessageIn, service: Service, user: CurrentUser
+    session_id: SessionPath, body: MessageIn, service: Service, user: CurrentUser, meter: Meter
 ) -> EventStream:
     """Stream the reply as NDJSON {"delta": ...} lines; a failure ends it with {"error": ...}."""
-    events = service.turn(session_id, body.message, TurnOptions(user_id=user))
+    options = TurnOptions(user_id=user, usage_sink=meter)
+    events = service.turn(session_id, body.message, options)
     first = await started(events)
     return EventStream(
         encode(first, events, ndjson_chunk, ndjson_failure), media_type="application/x-ndjson"
@@ -162,11 +184,9 @@ async def reset(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> 
 
 
 @router.get("/stats")
-async def stats(store: StoreDep, user: CurrentUser) -> StatsOut:
-    """Count the caller's sessions and the messages of their complete exchanges."""
-    found = await store.list_sessions(user)
-    messages = sum(2 * s.turn_count for s in found)
-    average = round(messages / len(found), 2) if found else 0.0
-    return StatsOut(
-        total_sessions=len(found), total_messages=messages, avg_messages_per_session=average
-    )
+async def stats(store: StoreDep, principal: PrincipalDep) -> StatsOut:
+    """Count sessions and the messages of their complete exchanges: an admin's key sees all."""
+    count, turns = await store.session_stats(None if principal.admin else principal.user_id)
+    messages = 2 * turns
+    average = round(messages / count, 2) if count else 0.0
+    return StatsOut(total_sessions=count, total_messages=messages, avg_messages_per_session=average)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from chatd.api.deps import (
     CurrentUser,
     IdempotencyKey,
+    Meter,
     RuntimeDep,
     SessionPath,
     StoreDep,
@@ -76,6 +77,7 @@ async def send_message(
     request: Request,
     runtime: RuntimeDep,
     user: CurrentUser,
+    meter: Meter,
     idempotency_key: IdempotencyKey = None,
 ) -> ReplyOut | EventStream:
     """Send a message; the reply is JSON, or SSE with `stream` or Accept: text/event-stream.
@@ -94,6 +96,7 @@ async def send_message(
         provider=provider,
         tools=None if body.tools is None else tuple(body.tools),
         idempotency_key=idempotency_key,
+        usage_sink=meter,
     )
     events = runtime.service.turn(session_id, body.content, options)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):

@@ -12,7 +12,7 @@ from uuid import uuid4
 
 from fastapi import APIRouter, Header
 
-from chatd.api.deps import CurrentUser, IdempotencyKey, RuntimeDep, resolve_model
+from chatd.api.deps import CurrentUser, IdempotencyKey, Meter, RuntimeDep, resolve_model
 from chatd.api.openai_schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
 from chatd.api.openai_wire import Reply, collect, content_text, stream, to_chatd, tool_specs
 from chatd.api.schemas import SESSION_ID_PATTERN
@@ -48,6 +48,7 @@ async def chat_completions(
     body: CompletionRequest,
     runtime: RuntimeDep,
     user: CurrentUser,
+    meter: Meter,
     session_id: SessionHeader = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Completion | EventStream:
@@ -64,7 +65,8 @@ async def chat_completions(
     if session_id is None:
         system, messages = to_chatd(body.messages)
         tools = tool_specs(body.tools, body.tool_choice)
-        events: Any = service.complete(messages, CompletionOptions(params, system, provider, tools))
+        options = CompletionOptions(params, system, provider, tools, usage_sink=meter)
+        events: Any = service.complete(messages, options)
         reply = Reply(f"chatcmpl-{uuid4().hex}", body.model, stateless=True)
     else:
         last = body.messages[-1]
@@ -75,10 +77,15 @@ async def chat_completions(
         system = "\n\n".join(
             content_text(m.content) for m in body.messages if m.role in ("system", "developer")
         )
-        options = TurnOptions(
-            user, params, system or None, provider, idempotency_key=idempotency_key
+        turn_options = TurnOptions(
+            user,
+            params,
+            system or None,
+            provider,
+            idempotency_key=idempotency_key,
+            usage_sink=meter,
         )
-        events = service.turn(session_id, content_text(last.content), options)
+        events = service.turn(session_id, content_text(last.content), turn_options)
         reply = Reply("", body.model, stateless=False)
     first = await started(events)
     if isinstance(first, TurnStarted):

@@ -18,7 +18,7 @@ from chatd.api.schemas import (
     UsageTotalsOut,
 )
 from chatd.api.views import session_out, strip_controls, usage_out
-from chatd.engine import check_session_id
+from chatd.engine import check_max_tokens, check_session_id
 from chatd.errors import AlreadyExists, NotFound
 from chatd.store.export import export_doc, parse_doc
 from chatd.types import GenerationParams
@@ -30,7 +30,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in codes}
 
 
-def _params(body: SessionSettings, model: str | None) -> GenerationParams:
+def _params(body: SessionSettings, model: str | None, ceiling: int | None) -> GenerationParams:
+    check_max_tokens(body.max_tokens, ceiling)
     stop = None if body.stop is None else tuple(body.stop)
     return GenerationParams(model, body.max_tokens, body.temperature, stop)
 
@@ -51,7 +52,7 @@ async def create_session(body: SessionCreate, runtime: RuntimeDep, user: Current
         user,
         session_id,
         system_prompt=_prompt(body.system_prompt),
-        params=_params(body, model),
+        params=_params(body, model, runtime.settings.max_tokens_ceiling),
         provider=provider,
     )
     return session_out(info)
@@ -90,7 +91,7 @@ async def update_session(
         user,
         session_id,
         system_prompt=_prompt(body.system_prompt),
-        params=_params(body, model),
+        params=_params(body, model, runtime.settings.max_tokens_ceiling),
         provider=provider,
     )
     return session_out(info)
