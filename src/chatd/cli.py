@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import sys
 from typing import Annotated
 
 import typer
 
 from chatd.cli_common import fail, load_settings, plain_errors, setup_logging
+from chatd.cli_keys import app as keys_app
 from chatd.cli_sessions import app as sessions_app
 
 app = typer.Typer(
@@ -21,6 +23,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(keys_app, name="keys")
 
 
 def is_loopback(host: str) -> bool:
@@ -31,6 +34,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def resolve_auth(mode: str, host: str) -> str:
+    """Return "on" or "off": auto is off on a loopback address and on anywhere else."""
+    if mode == "auto":
+        return "off" if is_loopback(host) else "on"
+    return mode
 
 
 @app.command()
@@ -45,14 +55,18 @@ def serve(
     setup_logging()
     with plain_errors():
         settings = load_settings()
-    if not is_loopback(host):
-        # Promise 3: never listen beyond loopback without auth, and API keys are not built yet.
+    auth = resolve_auth(settings.auth, host)
+    if auth == "off" and not is_loopback(host):
+        # Promise 3: without keys, anyone who can reach the port would be the local user.
         fail(
-            f"refusing to listen on {host}: this chatd has no API-key auth yet, so it only "
-            "binds to a loopback address (127.0.0.1, ::1, localhost)"
+            f"refusing to listen on {host} with auth off (CHATD_AUTH=off): anyone who can "
+            "reach it could read and spend everything. Bind a loopback address "
+            "(127.0.0.1, ::1, localhost), or turn auth on (CHATD_AUTH=on or auto) and "
+            "create keys with `chatd keys create`"
         )
-    if settings.auth == "on":
-        fail("CHATD_AUTH=on, but this chatd has no API-key auth yet; unset it or use auto/off")
+    typer.echo(f"chatd: auth is {auth} (CHATD_AUTH={settings.auth}, host {host})", err=True)
+    # The workers build the app from the environment: hand them the resolved mode.
+    os.environ["CHATD_AUTH"] = auth
     uvicorn.run(
         "chatd.api.app:app_from_env",
         factory=True,

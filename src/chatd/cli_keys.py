@@ -1,0 +1,95 @@
+"""`chatd keys …`: create, list and revoke API keys in the configured database."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chatd.cli_common import plain_errors
+from chatd.cli_sessions import parse_duration, with_store
+from chatd.keys import ApiKey, KeyLimits, new_key, user_name
+from chatd.store.keys import SqlKeyStore
+
+app = typer.Typer(help="API keys (used when auth is on).", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    user: Annotated[str, typer.Option(help="Who the key belongs to.")],
+    admin: Annotated[bool, typer.Option(help="May manage users and keys over /v1/admin.")] = False,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    tokens_per_day: Annotated[int | None, typer.Option(min=1, help="Tokens per day.")] = None,
+    budget_usd_per_day: Annotated[
+        float | None, typer.Option(min=0.000001, help="Cost per day, in USD.")
+    ] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 2w.")] = None,
+) -> None:
+    """Create a key and print it (alone, on stdout): it is shown this once only."""
+    with plain_errors():
+        owner = user_name(user)
+        until = None if expires is None else datetime.now(UTC) + parse_duration(expires)
+    limits = KeyLimits(rpm, tpm, tokens_per_day, budget_usd_per_day)
+    key, digest, prefix = new_key()
+    made = with_store(
+        lambda store: SqlKeyStore(store.engine).create_key(
+            owner, digest, prefix, admin=admin, limits=limits, expires_at=until
+        )
+    )
+    typer.echo(key)
+    kind = "admin key" if admin else "key"
+    typer.echo(
+        f"created {kind} {made.prefix}… (id {made.id}) for {owner}; "
+        "store it now: it cannot be shown again",
+        err=True,
+    )
+
+
+@app.command("list")
+def list_keys(
+    user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+) -> None:
+    """List keys: prefix, user, admin, limits, created, last used, expiry, revoked."""
+    keys: Sequence[ApiKey] = with_store(lambda store: SqlKeyStore(store.engine).list_keys(user))
+    table = Table(
+        "prefix", "id", "user", "admin", "limits", "created", "last used", "expires", "revoked"
+    )
+    for k in keys:
+        table.add_row(
+            k.prefix,
+            k.id,
+            k.user_id,
+            "yes" if k.admin else "",
+            _limits(k.limits),
+            _when(k.created_at),
+            _when(k.last_used_at),
+            _when(k.expires_at),
+            _when(k.revoked_at),
+        )
+    Console(width=200).print(table)
+
+
+@app.command("revoke")
+def revoke(ref: Annotated[str, typer.Argument(help="The key's prefix or id.")]) -> None:
+    """Revoke a key: every server stops accepting it within a second."""
+    revoked = with_store(lambda store: SqlKeyStore(store.engine).revoke_key(ref))
+    typer.echo(f"revoked {revoked.prefix}… (id {revoked.id}) of {revoked.user_id}", err=True)
+
+
+def _limits(limits: KeyLimits) -> str:
+    parts = [
+        f"{limits.rpm} rpm" if limits.rpm else "",
+        f"{limits.tpm} tpm" if limits.tpm else "",
+        f"{limits.tokens_per_day} tokens/day" if limits.tokens_per_day else "",
+        f"${limits.budget_usd_per_day:g}/day" if limits.budget_usd_per_day else "",
+    ]
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
