@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake LLM upstream and a real PostgreSQL server."""
+"""Shared fixtures: the fake LLM upstream and real PostgreSQL and Redis servers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.testing.postgres import PostgresServer
+from chatd.testing.redis import RedisServer
 
 _database_numbers = itertools.count(1)
 
@@ -52,3 +53,22 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     yield postgres_server.create_database(name)
     if postgres_server.running:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """Yield one Redis server for the whole session; skip (fail in CI) if not installed."""
+    if not RedisServer.available():
+        reason = "redis-server not found (apt-get install redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the Redis tests", pytrace=False)
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """Return the URL of the session's Redis server, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url
