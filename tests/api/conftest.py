@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -18,6 +19,9 @@ import uvicorn
 
 from chatd.api.app import create_app
 from chatd.config import Settings
+from chatd.keys import KeyLimits, new_key
+from chatd.store.db import open_store
+from chatd.store.keys import SqlKeyStore
 from chatd.testing.fake_upstream import FakeUpstream
 
 COMPLETIONS_CAP = 2 * 1024 * 1024
@@ -116,3 +120,42 @@ def client(server: Server, fake_upstream: FakeUpstream) -> Iterator[httpx.Client
 def sid() -> str:
     """Return a session id no other test uses."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def create_key(server: Server, user: str, **options: Any) -> str:
+    """Store a key for user in the server's database (as `chatd keys create` would); return it."""
+    return asyncio.run(_create_key(server.settings.database_url, user, **options))
+
+
+async def _create_key(database_url: str, user: str, **options: Any) -> str:
+    limit_names = ("rpm", "tpm", "tokens_per_day", "budget_usd_per_day")
+    limits = KeyLimits(**{k: options.pop(k) for k in limit_names if k in options})
+    key, digest, prefix = new_key()
+    store = await open_store(database_url)
+    try:
+        await SqlKeyStore(store.engine).create_key(user, digest, prefix, limits=limits, **options)
+    finally:
+        await store.close()
+    return key
+
+
+KeyMaker = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def make_key() -> KeyMaker:
+    """Return create_key: make_key(server, user, admin=..., rpm=..., expires_at=...) -> key."""
+    return create_key
+
+
+ServerStarter = Callable[..., Any]
+
+
+@pytest.fixture(scope="session")
+def start_server(_fake_upstream_server: FakeUpstream) -> ServerStarter:
+    """Return start(db, **settings): a context manager running a chatd on the fake upstream."""
+
+    def start(db: Path, **overrides: Any) -> Any:
+        return running(make_settings(db, **overrides), provider_env(_fake_upstream_server))
+
+    return start
