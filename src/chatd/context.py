@@ -94,3 +94,16 @@ class TokenBudget:
         if best is None:
             return _fallback(messages, sorted(cuts))
         return messages[best:]
+
+
+DEFAULT_WINDOW_MESSAGES = 50
+DEFAULT_BUDGET_TOKENS = 16000
+
+
+def policy_for(kind: str | None, limit: int | None, fallback: ContextPolicy) -> ContextPolicy:
+    """Return the policy a session asks for, or the server's when it asks for none."""
+    if kind == "window":
+        return SlidingWindow(limit or DEFAULT_WINDOW_MESSAGES)
+    if kind == "tokens":
+        return TokenBudget(limit or DEFAULT_BUDGET_TOKENS)
+    return fallback

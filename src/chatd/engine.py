@@ -7,11 +7,11 @@ import logging
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from chatd.config import Settings
-from chatd.context import ContextPolicy, SlidingWindow, TokenBudget
+from chatd.context import ContextPolicy, SlidingWindow, TokenBudget, policy_for
 from chatd.errors import ChatdError, InputError, InputTooLarge
 from chatd.ports import DEFAULT_USER, Store
 from chatd.providers.base import Provider
@@ -95,7 +95,6 @@ class EngineConfig:
     tool_timeout_s: float = 30.0
     max_message_chars: int = 32000
     max_tokens_ceiling: int | None = None
-    tools: tuple[str, ...] = ()
     lease_s: float = 30.0
     on_disconnect: DisconnectPolicy = "finish"
 
@@ -109,7 +108,11 @@ class EngineConfig:
         )
         return cls(
             defaults=GenerationParams(
-                model=s.model, max_tokens=s.max_tokens, temperature=s.temperature, stop=()
+                model=s.model,
+                max_tokens=s.max_tokens,
+                temperature=s.temperature,
+                stop=(),
+                tools=tuple(s.tools),
             ),
             policy=policy,
             retry=RetryPolicy(
@@ -119,7 +122,6 @@ class EngineConfig:
             tool_timeout_s=s.tool_timeout_s,
             max_message_chars=s.max_message_chars,
             max_tokens_ceiling=s.max_tokens_ceiling,
-            tools=tuple(s.tools),
             lease_s=s.turn_lease_s,
             on_disconnect=s.on_disconnect,
         )
@@ -178,12 +180,13 @@ class ChatService:
         session = await self.store.get_session(opts.user_id, session_id)
         # Resolve everything that can be refused before a new session is written.
         provider = self.providers.get(opts.provider or (session.provider if session else None))
-        specs = self.tools.specs(cfg.tools if opts.tools is None else opts.tools)
+        asked = opts.params if opts.tools is None else replace(opts.params, tools=opts.tools)
+        params = asked.over(session.params if session else GenerationParams()).over(cfg.defaults)
+        specs = self.tools.specs(params.tools or ())
         if session is None:
             session = await self.store.ensure_session(
                 opts.user_id, session_id, system_prompt=opts.system_prompt, provider=opts.provider
             )
-        params = opts.params.over(session.params).over(cfg.defaults)
         # A session's stored max_tokens may predate a lower ceiling.
         check_max_tokens(params.max_tokens, cfg.max_tokens_ceiling)
         base = ChatRequest(
@@ -209,7 +212,8 @@ class ChatService:
             for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
-        run = TurnRun(record, opts.user_id, self.store, provider, self.tools, cfg, base)
+        policy = policy_for(params.context_policy, params.context_limit, cfg.policy)
+        run = TurnRun(record, opts.user_id, self.store, provider, self.tools, cfg, base, policy)
         run.usage_sink = opts.usage_sink
         # The turn runs as a task of its own, started before anything is handed on, so a
         # consumer that goes away at any point does not cancel it.

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from chatd.context import ContextPolicy
 from chatd.errors import (
     ChatdError,
     NotFound,
@@ -107,6 +108,7 @@ class TurnRun:
     tools: ToolRegistry
     config: EngineConfig
     base: ChatRequest
+    policy: ContextPolicy
     messages: list[Message] = field(default_factory=list)
     outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
     progress: Progress = field(default_factory=Progress)
@@ -163,7 +165,7 @@ class TurnRun:
         for round_no in range(cfg.max_tool_rounds + 1):
             request = ChatRequest(
                 model=base.model,
-                messages=tuple(cfg.policy.select(base.system, self.messages)),
+                messages=tuple(self.policy.select(base.system, self.messages)),
                 max_tokens=base.max_tokens,
                 system=base.system,
                 temperature=base.temperature,

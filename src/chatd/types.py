@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -156,15 +156,16 @@ class GenerationParams:
     max_tokens: int | None = None
     temperature: float | None = None
     stop: tuple[str, ...] | None = None
+    tools: tuple[str, ...] | None = None
+    context_policy: Literal["window", "tokens"] | None = None
+    context_limit: int | None = None
 
     def over(self, base: GenerationParams) -> GenerationParams:
         """Return these params with unset fields taken from base."""
-        return GenerationParams(
-            model=self.model if self.model is not None else base.model,
-            max_tokens=self.max_tokens if self.max_tokens is not None else base.max_tokens,
-            temperature=self.temperature if self.temperature is not None else base.temperature,
-            stop=self.stop if self.stop is not None else base.stop,
-        )
+        unset = {
+            f.name: getattr(base, f.name) for f in fields(self) if getattr(self, f.name) is None
+        }
+        return replace(self, **unset)
 
 
 @dataclass(frozen=True, slots=True)

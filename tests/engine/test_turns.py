@@ -275,3 +275,19 @@ async def test_demo_truncates_at_max_tokens(make_service: ServiceFactory) -> Non
     assert end.truncated
     assert end.stop_reason is StopReason.MAX_TOKENS
     assert len(end.text.split()) == 3
+
+
+async def test_a_session_keeps_its_own_tools_and_context_policy(
+    service: ChatService, fake_upstream: FakeUpstream
+) -> None:
+    settings = GenerationParams(tools=("calculate",), context_policy="window", context_limit=2)
+    await service.store.ensure_session("local", "own", params=settings)
+    for n in range(3):
+        ended(await run(service, "own", f"question {n}"))
+    body = fake_upstream.requests[-1].body
+    names = [t.get("name") or t["function"]["name"] for t in body["tools"]]
+    assert names == ["calculate"]
+    # A window of 2 messages holds only the newest whole turn: this question alone.
+    assert [m["content"] for m in body["messages"]] == ["question 2"]
+    await run(service, "own", "and now?", tools=())
+    assert "tools" not in fake_upstream.requests[-1].body

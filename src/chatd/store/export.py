@@ -40,6 +40,9 @@ class _Params(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     stop: list[str] | None = None
+    tools: list[str] | None = None
+    context_policy: Literal["window", "tokens"] | None = None
+    context_limit: int | None = Field(default=None, ge=1)
 
 
 class _Turn(_Strict):
@@ -88,6 +91,9 @@ def export_doc(info: SessionInfo, turns: Sequence[TurnRecord]) -> dict[str, Any]
             "max_tokens": p.max_tokens,
             "temperature": p.temperature,
             "stop": None if p.stop is None else list(p.stop),
+            "tools": None if p.tools is None else list(p.tools),
+            "context_policy": p.context_policy,
+            "context_limit": p.context_limit,
         },
         "turns": [
             {
@@ -146,6 +152,12 @@ def parse_doc(data: Any) -> SessionExport:
         )
     p = doc.params
     params = GenerationParams(
-        p.model, p.max_tokens, p.temperature, None if p.stop is None else tuple(p.stop)
+        model=p.model,
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        stop=None if p.stop is None else tuple(p.stop),
+        tools=None if p.tools is None else tuple(p.tools),
+        context_policy=p.context_policy,
+        context_limit=p.context_limit,
     )
     return SessionExport(doc.session_id, doc.system_prompt, doc.provider, params, tuple(turns))

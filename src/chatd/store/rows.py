@@ -55,6 +55,9 @@ def param_values(params: GenerationParams) -> dict[str, Any]:
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
         "stop": None if params.stop is None else list(params.stop),
+        "tools": None if params.tools is None else list(params.tools),
+        "context_policy": params.context_policy,
+        "context_limit": params.context_limit,
     }
 
 
@@ -113,6 +116,9 @@ def session_info(row: Mapping[Any, Any]) -> SessionInfo:
             max_tokens=row["max_tokens"],
             temperature=row["temperature"],
             stop=None if row["stop"] is None else tuple(row["stop"]),
+            tools=None if row["tools"] is None else tuple(row["tools"]),
+            context_policy=row["context_policy"],
+            context_limit=row["context_limit"],
         ),
         provider=row["provider"],
         created_at=row["created_at"],

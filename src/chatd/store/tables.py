@@ -87,6 +87,9 @@ class SessionRow(Base):
     max_tokens: Mapped[int | None] = mapped_column(Integer)
     temperature: Mapped[float | None] = mapped_column(Float)
     stop: Mapped[list[str] | None] = mapped_column(JSON)
+    tools: Mapped[list[str] | None] = mapped_column(JSON)
+    context_policy: Mapped[str | None] = mapped_column(String(16))
+    context_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
