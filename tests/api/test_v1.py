@@ -264,3 +264,29 @@ def test_unknown_provider_or_model_prefix_is_400(
         assert response.status_code == 400
         assert response.json()["error"]["type"] in ("config_error", "provider_not_configured")
     assert client.get(url).status_code == 404
+
+
+def test_session_tools_and_context_policy_are_kept_and_used(
+    client: httpx.Client, sid: str, fake_upstream: FakeUpstream
+) -> None:
+    body = {"id": sid, "tools": ["calculate"], "context": {"policy": "window", "limit": 2}}
+    created = client.post("/v1/sessions", json=body)
+    assert created.status_code == 201
+    assert created.json()["tools"] == ["calculate"]
+    assert created.json()["context"] == {"policy": "window", "limit": 2}
+    for n in range(2):
+        sent = client.post(f"/v1/sessions/{sid}/messages", json={"content": f"q{n}"})
+        assert sent.status_code == 200
+    request = fake_upstream.requests[-1].body
+    assert [t["name"] for t in request["tools"]] == ["calculate"]
+    assert [m["content"] for m in request["messages"]] == ["q1"]
+    assert client.get(f"/v1/sessions/{sid}").json()["context"]["policy"] == "window"
+
+
+def test_unknown_tool_or_bad_context_is_refused_at_create(client: httpx.Client, sid: str) -> None:
+    unknown = client.post("/v1/sessions", json={"id": sid, "tools": ["rm_rf"]})
+    assert unknown.status_code == 400
+    assert "rm_rf" in unknown.json()["error"]["message"]
+    bad = client.post("/v1/sessions", json={"id": sid, "context": {"policy": "everything"}})
+    assert bad.status_code == 422
+    assert client.get(f"/v1/sessions/{sid}").status_code == 404

@@ -143,6 +143,25 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+ToolNames = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+    Field(
+        max_length=32, description="built-in tools offered to the model", examples=[["calculate"]]
+    ),
+]
+
+
+class ContextSettings(Strict):
+    """Which part of the history the model sees."""
+
+    policy: Literal["window", "tokens"] = Field(
+        description="window: the newest N messages; tokens: the newest turns within N tokens"
+    )
+    limit: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="N; the server's default when omitted"
+    )
+
+
 class SessionSettings(Strict):
     """Settings a session can be created or updated with."""
 
@@ -152,6 +171,8 @@ class SessionSettings(Strict):
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     stop: StopList | None = None
+    tools: ToolNames | None = None
+    context: ContextSettings | None = None
 
 
 class SessionCreate(SessionSettings):
@@ -170,6 +191,8 @@ class SessionOut(BaseModel):
     max_tokens: int | None
     temperature: float | None
     stop: list[str] | None
+    tools: list[str] | None
+    context: ContextSettings | None
     turn_count: int = Field(description="completed user→assistant exchanges")
     created_at: datetime
     updated_at: datetime

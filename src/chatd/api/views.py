@@ -6,6 +6,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from chatd.api.schemas import (
+    ContextSettings,
     HistoryMessage,
     MessageOut,
     PartOut,
@@ -57,6 +58,10 @@ def session_out(info: SessionInfo) -> SessionOut:
         max_tokens=p.max_tokens,
         temperature=p.temperature,
         stop=None if p.stop is None else list(p.stop),
+        tools=None if p.tools is None else list(p.tools),
+        context=None
+        if p.context_policy is None
+        else ContextSettings(policy=p.context_policy, limit=p.context_limit),
         turn_count=info.turn_count,
         created_at=info.created_at,
         updated_at=info.updated_at,

@@ -20,6 +20,7 @@ from chatd.api.schemas import (
 from chatd.api.views import session_out, strip_controls, usage_out
 from chatd.engine import check_max_tokens, check_session_id
 from chatd.errors import AlreadyExists, NotFound
+from chatd.runtime import Runtime
 from chatd.store.export import export_doc, parse_doc
 from chatd.types import GenerationParams
 
@@ -30,10 +31,20 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in codes}
 
 
-def _params(body: SessionSettings, model: str | None, ceiling: int | None) -> GenerationParams:
-    check_max_tokens(body.max_tokens, ceiling)
-    stop = None if body.stop is None else tuple(body.stop)
-    return GenerationParams(model, body.max_tokens, body.temperature, stop)
+def _params(body: SessionSettings, model: str | None, runtime: Runtime) -> GenerationParams:
+    check_max_tokens(body.max_tokens, runtime.settings.max_tokens_ceiling)
+    tools = None if body.tools is None else tuple(body.tools)
+    runtime.service.tools.specs(tools or ())  # an unknown tool is a 400 now, not at a send
+    context = body.context
+    return GenerationParams(
+        model=model,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        stop=None if body.stop is None else tuple(body.stop),
+        tools=tools,
+        context_policy=None if context is None else context.policy,
+        context_limit=None if context is None else context.limit,
+    )
 
 
 def _prompt(text: str | None) -> str | None:
@@ -52,7 +63,7 @@ async def create_session(body: SessionCreate, runtime: RuntimeDep, user: Current
         user,
         session_id,
         system_prompt=_prompt(body.system_prompt),
-        params=_params(body, model, runtime.settings.max_tokens_ceiling),
+        params=_params(body, model, runtime),
         provider=provider,
     )
     return session_out(info)
@@ -91,7 +102,7 @@ async def update_session(
         user,
         session_id,
         system_prompt=_prompt(body.system_prompt),
-        params=_params(body, model, runtime.settings.max_tokens_ceiling),
+        params=_params(body, model, runtime),
         provider=provider,
     )
     return session_out(info)
