@@ -191,9 +191,10 @@ def test_serve_starts_with_no_configuration_and_answers(env: dict[str, str]) -> 
 
 
 def test_serve_refuses_a_public_address_without_auth(env: dict[str, str], chatd: Run) -> None:
-    result = chatd(env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    off = {**env, "CHATD_AUTH": "off"}
+    result = chatd(off, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert result.returncode == 2
-    assert "refusing to listen on 0.0.0.0" in result.stderr
+    assert "refusing to listen on 0.0.0.0 with auth off" in result.stderr
 
 
 def test_db_upgrade_creates_the_database(env: dict[str, str], tmp_path: Path, chatd: Run) -> None:
