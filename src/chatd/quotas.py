@@ -21,10 +21,12 @@ import math
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.errors import StorageError
+from redis.exceptions import RedisError
 
 from chatd.errors import ChatdError
 from chatd.keys import KeyLimits
@@ -105,6 +107,7 @@ class Limiter:
     def __init__(self, storage: Storage, prices: PriceTable) -> None:
         self.storage = storage
         self.prices = prices
+        self._bridge = _pipelinable(storage)
 
     def _counters(self, key_id: str, limits: KeyLimits, metered: bool) -> list[_Counter]:
         now = time.time()
@@ -157,11 +160,12 @@ class Limiter:
         return statuses, Charge(self, key_id, limits, held)
 
     async def _incr(self, changes: Sequence[tuple[str, int, int]]) -> list[int]:
-        # Concurrently: against Redis the counters cost one round trip of latency, not one each.
-        calls: list[Awaitable[int]] = [self.storage.incr(k, e, amount=a) for k, e, a in changes]
         try:
+            if self._bridge is not None and len(changes) > 1:
+                return await _pipelined(self._bridge, changes)
+            calls: list[Awaitable[int]] = [self.storage.incr(k, e, amount=a) for k, e, a in changes]
             return list(await asyncio.gather(*calls))
-        except StorageError as exc:
+        except (StorageError, RedisError, OSError) as exc:
             raise LimiterUnavailable(f"the rate limit store is unavailable: {exc}") from None
 
     async def aclose(self) -> None:
@@ -174,6 +178,28 @@ class Limiter:
             client = getattr(self.storage.bridge, "storage", None)
             if client is not None:
                 await client.aclose()
+
+
+def _pipelinable(storage: Storage) -> Any:
+    """Return the redis-py bridge of a RedisStorage whose increments can be pipelined, or None.
+
+    `limits` has no call that counts several keys at once, and one call per counter costs a
+    round trip (and a pooled connection) each. Its redis-py bridge exposes the very script its
+    `incr` runs, so the counters of a request go in one pipeline: one round trip, each
+    increment still atomic. Should a later `limits` move these, counting falls back to `incr`.
+    """
+    bridge = getattr(storage, "bridge", None)
+    needed = ("lua_incr_expire", "prefixed_key", "get_connection")
+    if isinstance(storage, RedisStorage) and all(hasattr(bridge, n) for n in needed):
+        return bridge
+    return None
+
+
+async def _pipelined(bridge: Any, changes: Sequence[tuple[str, int, int]]) -> list[int]:
+    pipe = bridge.get_connection().pipeline(transaction=False)
+    for key, expiry, amount in changes:
+        await bridge.lua_incr_expire([bridge.prefixed_key(key)], [expiry, amount], client=pipe)
+    return [int(n) for n in await pipe.execute()]
 
 
 @dataclass
