@@ -168,6 +168,13 @@ class Limiter:
         except (StorageError, RedisError, OSError) as exc:
             raise LimiterUnavailable(f"the rate limit store is unavailable: {exc}") from None
 
+    async def ping(self) -> bool:
+        """Tell whether the storage answers (always, in memory)."""
+        try:
+            return bool(await self.storage.check())
+        except (StorageError, RedisError, OSError):
+            return False
+
     async def aclose(self) -> None:
         """Release the storage's connections and timers."""
         if isinstance(self.storage, MemoryStorage):

@@ -223,3 +223,11 @@ def test_max_tokens_over_the_ceiling_is_refused_not_clamped(servers: Any) -> Non
         assert openai.status_code == 400
         assert "ceiling of 100" in openai.json()["error"]["message"]
         assert c.post(COMPLETIONS, json=completion("hi", max_tokens=100)).status_code == 200
+
+
+def test_readiness_checks_the_shared_limit_store(servers: Any, redis_url: str) -> None:
+    up = httpx.get(f"{servers(redis_url=redis_url).url}/readyz")
+    assert (up.status_code, up.json()["checks"]["limits"]) == (200, "ok: redis")
+    down = httpx.get(f"{servers(redis_url='redis://127.0.0.1:1/0').url}/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["limits"].startswith("redis unreachable")

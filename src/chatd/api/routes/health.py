@@ -23,8 +23,8 @@ async def healthz() -> HealthOut:
 
 
 @router.get("/readyz", responses={503: {"model": ReadyOut}})
-async def readyz(runtime: RuntimeDep, response: Response) -> ReadyOut:
-    """Check the database answers, its schema is current, and the provider is configured."""
+async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> ReadyOut:
+    """Check the database, its schema, the provider, and Redis when limits are shared there."""
     checks: dict[str, str] = {}
     try:
         await runtime.store.ping()
@@ -37,6 +37,9 @@ async def readyz(runtime: RuntimeDep, response: Response) -> ReadyOut:
         checks["provider"] = f"ok: {runtime.providers.get().name}"
     except ChatdError as exc:
         checks["provider"] = exc.message
+    if runtime.settings.redis_url:
+        reachable = await request.app.state.limiter.ping()
+        checks["limits"] = "ok: redis" if reachable else "redis unreachable: CHATD_REDIS_URL"
     ready = all(v.startswith("ok") for v in checks.values()) and "migrations" in checks
     if not ready:
         response.status_code = 503
