@@ -231,3 +231,9 @@ def test_readiness_checks_the_shared_limit_store(servers: Any, redis_url: str) -
     down = httpx.get(f"{servers(redis_url='redis://127.0.0.1:1/0').url}/readyz")
     assert down.status_code == 503
     assert down.json()["checks"]["limits"].startswith("redis unreachable")
+
+
+def test_admin_routes_need_auth_on(servers: Any) -> None:
+    response = httpx.get(f"{servers().url}/v1/admin/keys")
+    assert response.status_code == 403
+    assert "CHATD_AUTH=on" in response.json()["error"]["message"]

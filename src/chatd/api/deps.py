@@ -61,6 +61,8 @@ async def current_user(principal: PrincipalDep) -> str:
 
 async def admin_principal(principal: PrincipalDep) -> Principal:
     """Return the caller if their key is an admin's; Forbidden (403) otherwise."""
+    if principal.key_id is None:
+        raise Forbidden("admin routes need auth on (CHATD_AUTH=on) and an admin key")
     if not principal.admin:
         raise Forbidden(
             "this route needs an admin key (create one with `chatd keys create --admin`)"
