@@ -5,6 +5,7 @@ max_tokens ceiling, and one limit shared by two servers through Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -237,3 +238,23 @@ def test_admin_routes_need_auth_on(servers: Any) -> None:
     response = httpx.get(f"{servers().url}/v1/admin/keys")
     assert response.status_code == 403
     assert "CHATD_AUTH=on" in response.json()["error"]["message"]
+
+
+def test_a_client_that_leaves_mid_stream_is_still_charged(servers: Any, make_key: Any) -> None:
+    srv = servers(auth="on")
+    key = make_key(srv, "ann", tokens_per_day=10_000)
+    text = "x [fake: chunks=20 delay_ms=20 usage_in=700 usage_out=77]"
+    with httpx.Client(base_url=srv.url, headers={"x-api-key": key}, timeout=30) as c:
+        body = {"content": text, "stream": True}
+        with c.stream("POST", "/v1/sessions/d/messages", json=body) as r:
+            next(r.iter_bytes())  # the first event, then hang up
+        # The turn finishes on its own and settles what the provider reported.
+        deadline = time.monotonic() + 10
+        while True:
+            probe = c.get("/v1/sessions/d/messages").json()["data"]
+            if probe and probe[-1]["state"] != "streaming":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        after = c.post(COMPLETIONS, json=completion("y"))
+        assert int(after.headers["ratelimit-remaining"]) == 10_000 - 777 - 1
