@@ -197,6 +197,7 @@ def test_auth_off_has_no_limits_unless_configured(servers: Any) -> None:
     limited = servers(limit_rpm=2)
     codes = [httpx.get(f"{limited.url}/sessions").status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+    assert httpx.get(f"{limited.url}/healthz").status_code == 200
 
 
 def test_configured_limits_apply_to_keys_without_their_own(servers: Any, make_key: Any) -> None:

@@ -122,9 +122,11 @@ class Authenticate:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        if not self.enabled:
+        if scope["path"] in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD"):
+            pass  # health checks are nobody's requests: no key, no limits
+        elif not self.enabled:
             state[PRINCIPAL] = self.local
-        elif not (scope["path"] in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD")):
+        else:
             principal, problem = await self._check(scope)
             if principal is None:
                 response = error_response(scope["path"], 401, "unauthorized", problem)
