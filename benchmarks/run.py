@@ -1,0 +1,479 @@
+"""The benchmark harness: one command, every arm side by side, medians of interleaved runs.
+
+    python -m benchmarks.run            # the full run (about 6-8 minutes on 2 cores)
+    python -m benchmarks.run --quick    # a smoke run (under a minute)
+
+See benchmarks/README.md for what is measured, how, and the latest figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+from benchmarks import arms as A
+from benchmarks import report, tests
+from benchmarks.client import Conn
+from benchmarks.procs import Server
+from benchmarks.workload import MAIN_HISTORY, PLAIN, SessionPool
+
+
+@dataclass
+class Plan:
+    """How much of each test to run."""
+
+    runs: int = 3
+    warm: int = 20
+    lat_n: int = 200  # requests per arm per run (measurement 1)
+    lat_blocks: int = 4  # interleaving blocks per run
+    stream_n: int = 3  # streams per arm per run, one at a time (measurement 2)
+    stream_conc: int = 1
+    stream_chunks: int = 64
+    stream_delay_ms: int = 20
+    tp_conns: int = 64  # measurement 3
+    tp_warm_s: float = 1.0
+    tp_s: float = 4.0
+    tp_sessions_per_conn: int = 6
+    open_levels: tuple[int, ...] = (100, 250, 500, 1000)  # measurement 4
+    open_delay_ms: int = 100  # 10 chunks/s
+    open_ramp_rate: float = 50.0  # streams opened per second
+    open_hold_s: float = 4.0  # how long all of a level's streams are open together
+    open_restart: bool = True  # restart servers first, so memory per stream starts from rest
+    hist_sizes: tuple[int, ...] = (10, 100, 1000)  # measurement 6
+    hist_n: int = 30
+    store_reps: int = 40
+    profile_s: float = 8.0
+    profile_sessions: int = 640  # fresh sessions per profiled phase
+    profile_big_sessions: int = 16  # sessions with the largest history, 10 turns each
+    profile_streams: int = 250  # open streams for the per-chunk profile
+
+    @classmethod
+    def quick(cls) -> Plan:
+        """A smoke run: every test, tiny."""
+        return cls(
+            runs=1,
+            warm=3,
+            lat_n=20,
+            lat_blocks=2,
+            stream_n=2,
+            stream_conc=1,
+            stream_chunks=12,
+            tp_warm_s=0.3,
+            tp_s=1.0,
+            tp_conns=16,
+            tp_sessions_per_conn=2,
+            open_levels=(20,),
+            open_hold_s=1.2,
+            open_restart=False,
+            open_ramp_rate=100.0,
+            hist_sizes=(10, 100),
+            hist_n=4,
+            store_reps=4,
+            profile_s=2.0,
+            profile_sessions=64,
+            profile_big_sessions=2,
+            profile_streams=20,
+        )
+
+
+class Bench:
+    """Everything one run holds: the plan, the servers, the arms, the results."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan, work: Path, out: Path) -> None:
+        self.args = args
+        self.plan = plan
+        self.work = work
+        self.out = out
+        self.pin = args.pin
+        self.notes: list[str] = []
+        self.servers: list[Server] = []
+        self.arms: dict[str, A.Arm] = {}
+        self.fake: Server | None = None
+        self.captured: dict[int, dict[str, Any]] = {}
+        self.results: dict[str, Any] = {"notes": self.notes}
+        self.pg: Any = None
+
+    def note(self, text: str) -> None:
+        """Record a note for the report (and say it now)."""
+        self.notes.append(text)
+        print(f"note: {text}", flush=True)
+
+    # ---- setup ----
+
+    def start(self) -> None:
+        """Start the fake upstream and every arm's server; skip arms that cannot run."""
+        wanted = self.args.arms
+        client_cores = [1] if self.pin else None
+        self.fake = A.fake_server(self.work, client_cores)
+        self._launch([self.fake])
+        upstream = f"http://127.0.0.1:{self.fake.port}/v1"
+        pending: list[tuple[A.Arm, Server]] = []
+        extra_env = dict(kv.split("=", 1) for kv in self.args.server_env)
+        for name in wanted:
+            if name == "D":
+                self.arms["D"] = A.Arm(
+                    "D",
+                    "client -> fake upstream",
+                    self.fake.port,
+                    headers=[("Authorization", f"Bearer {A.UPSTREAM_KEY}")],
+                )
+            elif name in ("N", "Nll", "Nlla"):
+                client, transport = {
+                    "N": ("create", "httpx"),
+                    "Nll": ("lowlevel", "httpx"),
+                    "Nlla": ("lowlevel", "aiohttp"),
+                }[name]
+                server = A.floor_server(name, self.work, upstream, client, transport, self.pin)
+                title = f"floor app: SDK {client}, {transport}"
+                pending.append((A.Arm(name, title, server.port, server), server))
+            elif name in ("G", "Gpg", "Ga"):
+                url = self._database_url(name)
+                if url is None:
+                    continue
+                auth = self.args.auth or name == "Ga"
+                server = A.chatd_server(
+                    name,
+                    self.work,
+                    upstream,
+                    url,
+                    auth=auth,
+                    extra_env=extra_env,
+                    pin=self.pin,
+                )
+                auth_headers: list[tuple[str, str]] = []
+                if auth:
+                    key = self.args.auth_key or A.create_key(server)
+                    auth_headers = [("Authorization", f"Bearer {key}")]
+                db = "PostgreSQL" if name == "Gpg" else "SQLite"
+                arm = A.Arm(
+                    name,
+                    f"chatd serve, /v1 send, {db}, auth " + ("on" if auth else "off"),
+                    server.port,
+                    server,
+                    chatd=True,
+                    headers=auth_headers,
+                    pool=SessionPool(name.lower()),
+                )
+                pending.append((arm, server))
+            elif name == "L":
+                binary = A.litellm_binary()
+                if binary is None:
+                    self.note(
+                        "arm L skipped: LiteLLM is not installed. It conflicts with chatd's "
+                        f"openai SDK, so it lives in its own venv: {A.LITELLM_INSTALL}"
+                    )
+                    continue
+                # The model name is the one chatd sends upstream (the openai preset's default).
+                server, key = A.litellm_server(self.work, upstream, "gpt-4o-mini", binary, self.pin)
+                arm = A.Arm("L", "LiteLLM proxy (master key on)", server.port, server)
+                arm.headers = [("Authorization", f"Bearer {key}")]
+                pending.append((arm, server))
+        started = self._launch([s for _, s in pending], tolerate=True)
+        for arm, server in pending:
+            if server in started:
+                self.arms[arm.name] = arm
+        # Keep the order asked for.
+        self.arms = {n: self.arms[n] for n in wanted if n in self.arms}
+
+    def _database_url(self, name: str) -> str | None:
+        if name in ("G", "Ga"):
+            return f"sqlite+aiosqlite:///{self.work / name / 'chatd.db'}"
+        from chatd.testing.postgres import PostgresServer
+
+        if not PostgresServer.available():
+            self.note("arm Gpg skipped: PostgreSQL is not installed (apt-get install postgresql)")
+            return None
+        if self.pg is None:
+            self.pg = PostgresServer()
+            self.pg.start()
+            if self.pin:
+                _pin_postgres(self.pg)
+        url: str = self.pg.create_database("chatd_bench")
+        return url
+
+    def _launch(self, servers: list[Server], tolerate: bool = False) -> list[Server]:
+        for s in servers:
+            s.start()
+            self.servers.append(s)
+        ok = []
+        for s in servers:
+            try:
+                s.wait_ready(self.args.start_timeout)
+                ok.append(s)
+            except RuntimeError as exc:
+                if not tolerate:
+                    raise
+                self.note(f"arm {s.name} skipped: it did not start: {exc}")
+                s.stop()
+        return ok
+
+    def stop(self) -> None:
+        """Stop every server this run started."""
+        for s in reversed(self.servers):
+            try:
+                s.stop()
+            except (OSError, ProcessLookupError) as exc:
+                print(f"could not stop {s.name}: {exc}", file=sys.stderr)
+        if self.pg is not None:
+            self.pg.stop()
+
+    # ---- preparation ----
+
+    def sessions_needed(self) -> int:
+        """Fresh sessions with the main history a chatd arm uses in the whole run."""
+        p = self.plan
+        latency = p.warm + p.runs * p.lat_n
+        streaming = 1 + p.runs * p.stream_n
+        throughput = p.runs * p.tp_conns * p.tp_sessions_per_conn
+        history = p.runs * p.hist_n
+        profile = 2 * p.profile_sessions if self.args.profile else 0
+        return latency + streaming + throughput + history + profile + 8
+
+    async def prepare(self) -> None:
+        """Seed sessions on chatd arms and capture what chatd sends upstream, per history size."""
+        p = self.plan
+        for arm in self.arms.values():
+            if not arm.chatd:
+                continue
+            assert arm.pool is not None
+            conns = [await Conn.open("127.0.0.1", arm.port) for _ in range(8)]
+            t0 = time.perf_counter()
+            await arm.pool.seed(conns, MAIN_HISTORY, self.sessions_needed(), arm.headers)
+            for size in p.hist_sizes:
+                if size != MAIN_HISTORY:
+                    count = 1 + p.runs * -(-p.hist_n // tests.history_reuse(size))
+                    if self.args.profile and size == max(p.hist_sizes):
+                        count += p.profile_big_sessions
+                    await arm.pool.seed(conns, size, count, arm.headers)
+            took = time.perf_counter() - t0
+            print(f"seeded {arm.pool.seeded} sessions on {arm.name} in {took:.1f} s", flush=True)
+            for c in conns:
+                c.close()
+        chatd_arm = next((a for a in self.arms.values() if a.chatd), None)
+        if chatd_arm is None:
+            # No chatd arm: build the body chatd would send from the seeded history directly.
+            sizes = {MAIN_HISTORY, *p.hist_sizes}
+            self.captured = {size: _synthetic_body(size) for size in sizes}
+            return
+        for size in sorted({MAIN_HISTORY, *p.hist_sizes}):
+            self.captured[size] = await self._capture(chatd_arm, size)
+        n = len(self.captured[MAIN_HISTORY]["messages"])
+        print(f"chatd sends {n} messages upstream for {MAIN_HISTORY} of history", flush=True)
+
+    async def _capture(self, arm: A.Arm, size: int) -> dict[str, Any]:
+        assert self.fake is not None
+        fake = await Conn.open("127.0.0.1", self.fake.port)
+        conn = await Conn.open("127.0.0.1", arm.port)
+        try:
+            await fake.request("DELETE", "/_fake/requests")
+            req = arm.request({}, PLAIN, stream=False, size=size)
+            result = await conn.request(req.method, req.path, req.body, req.headers, req.kind)
+            if result.status != 200:
+                raise RuntimeError(f"{arm.name} answered {result.status}: {result.body[:300]!r}")
+            recorded = orjson.loads((await fake.request("GET", "/_fake/requests")).body)
+            bodies = [r["body"] for r in recorded if r["path"] == "/v1/chat/completions"]
+            if not bodies:
+                raise RuntimeError("the fake upstream recorded no chat completion from chatd")
+            body: dict[str, Any] = bodies[-1]
+            return body
+        finally:
+            fake.close()
+            conn.close()
+
+
+def _pin_postgres(pg: Any) -> None:
+    """Move the PostgreSQL server to the server core: backends forked later inherit it."""
+    from benchmarks.procs import descendants
+
+    try:
+        postmaster = int((pg.tmpdir / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    for pid in descendants(postmaster):
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(task), A.SERVER_CORES)
+        except OSError:
+            continue
+
+
+def _synthetic_body(size: int) -> dict[str, Any]:
+    from benchmarks.workload import _assistant_text, _user_text
+
+    messages: list[dict[str, Any]] = []
+    for k in range(1, size // 2 + 1):
+        messages.append({"role": "user", "content": _user_text(k)})
+        messages.append({"role": "assistant", "content": _assistant_text(k)})
+    messages.append({"role": "user", "content": PLAIN})
+    return {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "max_tokens": 1024,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What this ran on."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=A.REPO
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True, cwd=A.REPO
+    ).stdout.strip()
+    import openai
+    import uvicorn
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": commit + (" (src/ modified)" if dirty else ""),
+        "openai_sdk": openai.__version__,
+        "uvicorn": uvicorn.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+async def run_all(bench: Bench) -> None:
+    """Prepare, then every test in turn; the open-streams test last (it leaves memory high)."""
+    await bench.prepare()
+    r = bench.results
+    r["idle_rss"] = await tests.idle_rss(bench)
+    only = set(bench.args.only or tests.ALL_TESTS)
+    if "latency" in only:
+        r["latency"] = await tests.latency(bench)
+    if "streaming" in only:
+        r["streaming"] = await tests.streaming(bench)
+    if "throughput" in only:
+        r["throughput"] = await tests.throughput(bench)
+    if "history" in only:
+        r["history"] = await tests.history(bench)
+    if "open_streams" in only:
+        r["open_streams"] = await tests.open_streams(bench)
+    if "store" in only:
+        r["store"] = tests.store_timing(bench)
+    if bench.args.profile:
+        r["profile"] = await tests.profile(bench)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Measure chatd (G) against the fake upstream (D), a bare forwarding app "
+        "(N) and LiteLLM (L), side by side, interleaved, medians of several runs.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every test")
+    parser.add_argument(
+        "--arms",
+        default=",".join(A.DEFAULT_ARMS),
+        help=f"comma-separated arms of {', '.join(A.ALL_ARMS)} (default %(default)s)",
+    )
+    parser.add_argument("--only", help=f"comma-separated tests of {', '.join(tests.ALL_TESTS)}")
+    parser.add_argument("--runs", type=int, help="interleaved runs (default 3; 1 with --quick)")
+    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/)")
+    parser.add_argument("--profile", action="store_true", help="py-spy G (and N) after the tests")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="chatd arms with CHATD_AUTH=on and a key made by `chatd keys create`",
+    )
+    parser.add_argument(
+        "--auth-key",
+        default=os.environ.get("CHATD_BENCH_API_KEY"),
+        help="with --auth, send this key instead of creating one ($CHATD_BENCH_API_KEY)",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for chatd arms (e.g. how --auth's key is configured)",
+    )
+    parser.add_argument("--start-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in args.arms if a not in A.ALL_ARMS]
+    if unknown:
+        parser.error(f"unknown arms: {', '.join(unknown)}")
+    if args.only:
+        args.only = [t.strip() for t in args.only.split(",")]
+        bad = [t for t in args.only if t not in tests.ALL_TESTS]
+        if bad:
+            parser.error(f"unknown tests: {', '.join(bad)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; write results.json and report.md; print the report."""
+    args = parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan()
+    if args.runs:
+        plan.runs = args.runs
+    out = args.out or A.REPO / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
+    bench = Bench(args, plan, work, out)
+    if args.pin and (os.cpu_count() or 1) < 2:
+        bench.note("fewer than 2 CPUs: nothing pinned, client and servers share the CPU")
+        args.pin = False
+    if args.pin and shutil.which("taskset") is None:
+        bench.note("taskset not found (util-linux): nothing pinned")
+        args.pin = False
+    if args.pin:
+        # The load client (this process) and the fake upstream share core 1; servers get core 0.
+        os.sched_setaffinity(0, {1})
+    bench.results["machine"] = machine()
+    bench.results["plan"] = asdict(plan)
+    bench.results["pinned"] = args.pin
+    bench.results["quick"] = args.quick
+    t0 = time.monotonic()
+    try:
+        bench.start()
+        bench.results["arms"] = {
+            n: {"title": a.title, "started_in_s": a.server.started_in if a.server else None}
+            for n, a in bench.arms.items()
+        }
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_all(bench))
+    finally:
+        bench.stop()
+        shutil.copytree(work / "logs", out / "logs", dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    bench.results["wall_s"] = round(time.monotonic() - t0, 1)
+    (out / "results.json").write_text(json.dumps(bench.results, indent=2, default=str))
+    text = report.render(bench.results)
+    (out / "report.md").write_text(text)
+    print(text)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
