@@ -531,3 +531,10 @@ async def test_an_unreachable_database_is_store_unavailable(tmp_path: Path, wher
         await open_store(url)
     assert "\n" not in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+def test_the_schema_head_constant_matches_the_shipped_migrations() -> None:
+    from chatd.store.db import SCHEMA_HEAD
+
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert heads == [SCHEMA_HEAD]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from chatd.errors import ProviderNotConfigured, UpstreamError, UpstreamStreamError
 from chatd.providers.base import (
@@ -31,6 +29,9 @@ from chatd.types import (
     Usage,
     UsageEvent,
 )
+
+if TYPE_CHECKING:
+    import anthropic
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 # Error types Anthropic may send inside a 200 stream, mapped to the status they stand for.
@@ -98,6 +99,10 @@ class AnthropicProvider:
         self.name = options.name
         self.default_model = options.model or DEFAULT_MODEL
         self._api_key = options.api_key
+        # Imported here, not at the top: the SDK weighs ~38 MB, and registering the plugin
+        # must not make every chatd process pay for a provider it does not use.
+        import anthropic
+
         self._client = anthropic.AsyncAnthropic(
             api_key=options.api_key,
             base_url=options.base_url,
@@ -111,6 +116,8 @@ class AnthropicProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield normalized events for one streamed Messages call."""
+        import anthropic
+
         emitted = False
         try:
             stream = await self._client.messages.create(**request_body(request), stream=True)

@@ -6,9 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from chatd.context import estimate_request_tokens
 from chatd.errors import (
@@ -42,6 +40,9 @@ from chatd.types import (
     Usage,
     UsageEvent,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger("chatd.providers")
 
@@ -130,6 +131,9 @@ class OpenAICompatProvider:
         )
         self._include_usage = True
         self._api_key = options.api_key
+        # Imported here, not at the top: registering the plugin must not load the SDK.
+        import openai
+
         self._client = openai.AsyncOpenAI(
             api_key=options.api_key or "not-needed",
             base_url=options.base_url,
@@ -170,6 +174,8 @@ class OpenAICompatProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield normalized events for one streamed Chat Completions call."""
+        import openai
+
         try:
             stream = await self._open(request)
         except UpstreamBadRequest as exc:
@@ -200,6 +206,8 @@ class OpenAICompatProvider:
             raise after_output(connection_error(self.name, exc), emitted) from None
 
     async def _open(self, request: ChatRequest) -> Any:
+        import openai
+
         try:
             return await self._client.chat.completions.create(**self._body(request))
         except openai.APIStatusError as exc:

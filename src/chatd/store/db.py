@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
-from sqlalchemy import Connection, event, exc
+from sqlalchemy import Connection, event, exc, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chatd.errors import ConfigError, StoreUnavailable
 from chatd.store.repo import SqlStore, store_errors
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The newest migration shipped; tests/store keeps it equal to the migrations folder's head.
+SCHEMA_HEAD = "0004"
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -78,8 +80,25 @@ def create_engine(database_url: str) -> AsyncEngine:
     return engine
 
 
+async def applied_revisions(engine: AsyncEngine) -> frozenset[str]:
+    """Return the migrations applied to the database (none for a new one)."""
+    async with store_errors(), engine.connect() as conn:
+        return await conn.run_sync(_applied)
+
+
+def _applied(connection: Connection) -> frozenset[str]:
+    if not inspect(connection).has_table("alembic_version"):
+        return frozenset()
+    rows = connection.exec_driver_sql("SELECT version_num FROM alembic_version")
+    return frozenset(str(r[0]) for r in rows)
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     """Migrate the schema to the newest revision; a no-op when it is already there."""
+    if await applied_revisions(engine) == {SCHEMA_HEAD}:
+        return  # the common start: alembic (10 MB) is not even imported
+    from alembic.util import CommandError
+
     try:
         async with store_errors(), engine.begin() as conn:
             await conn.run_sync(_upgrade_sync)
@@ -101,6 +120,8 @@ async def open_store(database_url: str) -> SqlStore:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Build the Alembic config in code, pointing at the migrations shipped in the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -115,6 +136,8 @@ def _upgrade_sync(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     elif connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+    from alembic import command
+
     command.upgrade(alembic_config(connection), "head")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -68,6 +70,9 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time. Queue this process's writers here, in order, rather
+        # than have pooled connections poll the file lock (busy_timeout) and time out as 503s.
+        self._write_lock = asyncio.Lock() if self._sqlite else contextlib.nullcontext()
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -383,7 +388,7 @@ class SqlStore:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with store_errors(), self.engine.begin() as conn:
+        async with self._write_lock, store_errors(), self.engine.begin() as conn:
             if self._sqlite:
                 # Take the write lock up front: a deferred transaction that reads and then
                 # writes fails at once (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
