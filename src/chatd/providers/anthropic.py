@@ -80,8 +80,7 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     if request.system:
         body["system"] = request.system
     if request.temperature is not None:
-        # The 2.x SDK dropped `temperature` from create(); the wire still carries it.
-        body["extra_body"] = {"temperature": request.temperature}
+        body["temperature"] = request.temperature
     if request.stop:
         body["stop_sequences"] = list(request.stop)
     if request.tools:
@@ -120,7 +119,15 @@ class AnthropicProvider:
 
         emitted = False
         try:
-            stream = await self._client.messages.create(**request_body(request), stream=True)
+            # The SDK's low-level request with a plain dict: its error classes and SSE handling
+            # stay, its per-call request transform and typed event models go.
+            stream = await self._client.post(
+                "/v1/messages",
+                body={**request_body(request), "stream": True},
+                cast_to=object,
+                stream=True,
+                stream_cls=anthropic.AsyncStream[object],
+            )
             async with stream:
                 async for event in _normalize(stream):
                     emitted = emitted or isinstance(event, TextDelta | ToolCallEvent)
@@ -153,40 +160,27 @@ async def _normalize(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent]:
     stop: StopReason | None = None
     tool: dict[str, Any] | None = None
     async for event in stream:
-        kind = getattr(event, "type", None)
+        # Unknown event types (Anthropic adds them) are skipped by falling through.
+        kind = event.get("type") if isinstance(event, dict) else None
         if kind == "message_start":
-            u = event.message.usage
-            usage = Usage(
-                input_tokens=u.input_tokens or 0,
-                output_tokens=u.output_tokens or 0,
-                cache_read_tokens=u.cache_read_input_tokens or 0,
-                cache_write_tokens=u.cache_creation_input_tokens or 0,
-            )
+            usage = _usage(event.get("message", {}).get("usage") or {}, usage)
         elif kind == "content_block_start":
-            block = event.content_block
-            if block.type == "tool_use":
-                tool = {"id": block.id, "name": block.name, "json": []}
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                tool = {"id": block.get("id", ""), "name": block.get("name", ""), "json": []}
         elif kind == "content_block_delta":
-            delta = event.delta
-            if delta.type == "text_delta" and delta.text:
-                yield TextDelta(delta.text)
-            elif delta.type == "input_json_delta" and tool is not None:
-                tool["json"].append(delta.partial_json)
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                yield TextDelta(delta["text"])
+            elif delta.get("type") == "input_json_delta" and tool is not None:
+                tool["json"].append(delta.get("partial_json", ""))
         elif kind == "content_block_stop" and tool is not None:
             raw = "".join(tool["json"])
             yield ToolCallEvent(ToolCallPart(tool["id"], tool["name"], parse_tool_input(raw)))
             tool = None
         elif kind == "message_delta":
-            stop = StopReason.parse(event.delta.stop_reason)
-            u = event.usage
-            usage = Usage(
-                input_tokens=getattr(u, "input_tokens", None) or usage.input_tokens,
-                output_tokens=u.output_tokens or usage.output_tokens,
-                cache_read_tokens=getattr(u, "cache_read_input_tokens", None)
-                or usage.cache_read_tokens,
-                cache_write_tokens=getattr(u, "cache_creation_input_tokens", None)
-                or usage.cache_write_tokens,
-            )
+            stop = StopReason.parse((event.get("delta") or {}).get("stop_reason"))
+            usage = _usage(event.get("usage") or {}, usage)
         elif kind == "message_stop":
             break
     if stop is None:
@@ -219,3 +213,13 @@ plugin = ProviderPlugin(
     resolve=_resolve,
     configured=lambda _name, env: bool(env.get("ANTHROPIC_API_KEY")),
 )
+
+
+def _usage(reported: dict[str, Any], so_far: Usage) -> Usage:
+    """Merge what an event reports into the usage so far (message_delta repeats totals)."""
+    return Usage(
+        input_tokens=reported.get("input_tokens") or so_far.input_tokens,
+        output_tokens=reported.get("output_tokens") or so_far.output_tokens,
+        cache_read_tokens=reported.get("cache_read_input_tokens") or so_far.cache_read_tokens,
+        cache_write_tokens=reported.get("cache_creation_input_tokens") or so_far.cache_write_tokens,
+    )
