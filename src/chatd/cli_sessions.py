@@ -20,7 +20,7 @@ from chatd.engine import check_session_id
 from chatd.errors import InputError, NotFound
 from chatd.ports import DEFAULT_USER
 from chatd.store.db import open_store
-from chatd.store.export import export_doc, parse_doc
+from chatd.store.export import export_doc, parse_doc, restore
 from chatd.store.repo import SqlStore
 
 T = TypeVar("T")
@@ -108,14 +108,7 @@ def import_session(
         target = check_session_id(session or saved.session_id)
 
     async def run(store: SqlStore) -> None:
-        await store.import_session(
-            user,
-            target,
-            system_prompt=saved.system_prompt,
-            params=saved.params,
-            provider=saved.provider,
-            turns=saved.turns,
-        )
+        await restore(store, user, saved, target)
 
     with_store(run)
     typer.echo(f"imported {len(saved.turns)} turns into session {target}", err=True)

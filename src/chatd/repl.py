@@ -11,7 +11,7 @@ import orjson
 
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import ChatdError, InputError, NotFound
-from chatd.store.export import export_doc, parse_doc
+from chatd.store.export import export_doc, parse_doc, restore
 from chatd.types import (
     TextDelta,
     ToolCallEvent,
@@ -183,14 +183,7 @@ class Repl:
         saved = parse_doc(doc)
         store, user = self.service.store, self.options.user_id
         await store.delete_session(user, self.session_id)
-        await store.import_session(
-            user,
-            self.session_id,
-            system_prompt=saved.system_prompt,
-            params=saved.params,
-            provider=saved.provider,
-            turns=saved.turns,
-        )
+        await restore(store, user, saved, self.session_id)
         return len(saved.turns)
 
 

@@ -1,4 +1,4 @@
-"""The portable session document: lossless export and validated import; pure functions."""
+"""The portable session document: lossless export, validated import, and restoring one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatd.errors import InputError
+from chatd.ports import Store
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.types import (
     GenerationParams,
@@ -161,3 +162,17 @@ def parse_doc(data: Any) -> SessionExport:
         context_limit=p.context_limit,
     )
     return SessionExport(doc.session_id, doc.system_prompt, doc.provider, params, tuple(turns))
+
+
+async def restore(
+    store: Store, user_id: str, saved: SessionExport, session_id: str | None = None
+) -> SessionInfo:
+    """Create the saved session (under session_id if given); AlreadyExists if it is taken."""
+    return await store.import_session(
+        user_id,
+        session_id or saved.session_id,
+        system_prompt=saved.system_prompt,
+        params=saved.params,
+        provider=saved.provider,
+        turns=saved.turns,
+    )

@@ -21,7 +21,7 @@ from chatd.api.views import session_out, strip_controls, usage_out
 from chatd.engine import check_max_tokens, check_session_id
 from chatd.errors import AlreadyExists, NotFound
 from chatd.runtime import Runtime
-from chatd.store.export import export_doc, parse_doc
+from chatd.store.export import export_doc, parse_doc, restore
 from chatd.types import GenerationParams
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -147,14 +147,7 @@ async def import_session(
     """Create a session from an exported document; 409 if its id is taken."""
     doc = parse_doc(document)
     check_session_id(doc.session_id)
-    info = await store.import_session(
-        user,
-        doc.session_id,
-        system_prompt=doc.system_prompt,
-        params=doc.params,
-        provider=doc.provider,
-        turns=doc.turns,
-    )
+    info = await restore(store, user, doc)
     return session_out(info)
 
 
