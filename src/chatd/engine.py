@@ -299,8 +299,3 @@ def _replay(record: TurnRecord) -> list[TurnEvent]:
         record.id, record.state, record.stop_reason or StopReason.UNKNOWN, record.usage, text
     )
     return [TextDelta(text), end] if text else [end]
-
-
-def history_text(messages: Sequence[Message]) -> list[tuple[str, str]]:
-    """Return (role, text) pairs of the messages that carry text."""
-    return [(m.role.value, m.text) for m in messages if m.text]
