@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,36 @@ def chatd() -> Run:
         )
 
     return run
+
+
+Replying = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def replying() -> Iterator[Replying]:
+    """Return a function that starts `chatd chat`, sends text, and returns once a reply streams."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(env: dict[str, str], text: str, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*CHATD, "chat", *args],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(text + "\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "no reply text arrived"
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)

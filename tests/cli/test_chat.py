@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import signal
 import socket
 import subprocess
@@ -129,21 +128,10 @@ def test_load_rejects_a_malformed_file_and_changes_nothing(
     assert "user: first" in result.stdout
 
 
-def test_ctrl_c_stops_the_reply_but_not_the_repl(anthropic_env: dict[str, str]) -> None:
-    proc = subprocess.Popen(
-        [*CHATD, "chat"],
-        env=anthropic_env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write("tell me a long story [fake: chunks=50 delay_ms=100]\n")
-    proc.stdin.flush()
-    ready, _, _ = select.select([proc.stdout], [], [], 20)
-    assert ready, "no reply text arrived"
+def test_ctrl_c_stops_the_reply_but_not_the_repl(
+    anthropic_env: dict[str, str], replying: Callable[..., subprocess.Popen[str]]
+) -> None:
+    proc = replying(anthropic_env, "tell me a long story [fake: chunks=50 delay_ms=100]")
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -103,29 +102,12 @@ def test_delete_removes_every_row_and_prune_removes_idle_sessions(
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_a_turn_orphaned_by_sigkill_reads_interrupted_after_its_lease(
-    anthropic_env: dict[str, str], chatd: Run
+    anthropic_env: dict[str, str], chatd: Run, replying: Callable[..., subprocess.Popen[str]]
 ) -> None:
     env = {**anthropic_env, "CHATD_TURN_LEASE_S": "1"}
-    proc = subprocess.Popen(
-        [*CHATD, "chat", "--session", "crash"],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write("a long story [fake: chunks=50 delay_ms=100]\n")
-    proc.stdin.flush()
-    ready, _, _ = select.select([proc.stdout], [], [], 20)
-    assert ready, "no reply text arrived"
+    proc = replying(env, "a long story [fake: chunks=50 delay_ms=100]", "--session", "crash")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    proc.stdin.close()
-    proc.stdout.close()
-    if proc.stderr is not None:
-        proc.stderr.close()
     time.sleep(1.2)
     history = chatd(env, "chat", "--session", "crash", stdin="/history\nare you there?\n")
     assert "user: a long story [fake: chunks=50 delay_ms=100]  [interrupted: not in context]" in (
