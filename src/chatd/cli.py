@@ -106,17 +106,17 @@ def chat(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations up to the latest."""
-    from chatd.store.db import create_engine, upgrade
+    from chatd.store.db import create_database, upgrade
 
     with plain_errors():
         settings = load_settings()
 
         async def run() -> None:
-            engine = create_engine(settings.database_url)
+            db = create_database(settings.database_url)
             try:
-                await upgrade(engine)
+                await upgrade(db)
             finally:
-                await engine.dispose()
+                await db.dispose()
 
         asyncio.run(run())
     typer.echo(f"database is up to date: {settings.database_url}", err=True)

@@ -37,7 +37,7 @@ def create(
     limits = KeyLimits(rpm, tpm, tokens_per_day, budget_usd_per_day)
     key, digest, prefix = new_key()
     made = with_store(
-        lambda store: SqlKeyStore(store.engine).create_key(
+        lambda store: SqlKeyStore(store.db).create_key(
             owner, digest, prefix, admin=admin, limits=limits, expires_at=until
         )
     )
@@ -55,7 +55,7 @@ def list_keys(
     user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
 ) -> None:
     """List keys: prefix, user, admin, limits, created, last used, expiry, revoked."""
-    keys: Sequence[ApiKey] = with_store(lambda store: SqlKeyStore(store.engine).list_keys(user))
+    keys: Sequence[ApiKey] = with_store(lambda store: SqlKeyStore(store.db).list_keys(user))
     table = Table(
         "prefix", "id", "user", "admin", "limits", "created", "last used", "expires", "revoked"
     )
@@ -77,7 +77,7 @@ def list_keys(
 @app.command("revoke")
 def revoke(ref: Annotated[str, typer.Argument(help="The key's prefix or id.")]) -> None:
     """Revoke a key: every server stops accepting it within a second."""
-    revoked = with_store(lambda store: SqlKeyStore(store.engine).revoke_key(ref))
+    revoked = with_store(lambda store: SqlKeyStore(store.db).revoke_key(ref))
     typer.echo(f"revoked {revoked.prefix}… (id {revoked.id}) of {revoked.user_id}", err=True)
 
 

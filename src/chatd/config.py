@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 def default_database_url() -> str:
     """Return a SQLite file in the user's data directory."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite+aiosqlite:///{Path(base) / 'chatd' / 'chatd.db'}"
+    return f"sqlite:///{Path(base) / 'chatd' / 'chatd.db'}"
 
 
 class Settings(BaseSettings):

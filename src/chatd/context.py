@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +49,14 @@ class ContextPolicy(Protocol):
         """Return the messages to send; the last user message is always kept."""
         ...
 
+    def history_cut(self) -> Callable[[Message], bool]:
+        """Return a check fed the history newest first: True once no older message can be kept.
+
+        `select` over the history read up to that point (and newer messages after it) gives
+        the same result as over the whole history, so older messages need not be loaded.
+        """
+        ...
+
 
 def _cut_points(messages: Sequence[Message]) -> list[int]:
     return [i for i, m in enumerate(messages) if is_turn_start(m)]
@@ -72,6 +80,17 @@ class SlidingWindow:
                 return messages[i:]
         return _fallback(messages, cuts)
 
+    def history_cut(self) -> Callable[[Message], bool]:
+        """Stop once a window's worth of messages is read."""
+        count = 0
+
+        def enough(_: Message) -> bool:
+            nonlocal count
+            count += 1
+            return count >= self.max_messages
+
+        return enough
+
 
 @dataclass(frozen=True, slots=True)
 class TokenBudget:
@@ -94,6 +113,17 @@ class TokenBudget:
         if best is None:
             return _fallback(messages, sorted(cuts))
         return messages[best:]
+
+    def history_cut(self) -> Callable[[Message], bool]:
+        """Stop once the messages read are over the budget on their own."""
+        used = 0
+
+        def enough(message: Message) -> bool:
+            nonlocal used
+            used += estimate_message_tokens(message)
+            return used > self.max_tokens
+
+        return enough
 
 
 DEFAULT_WINDOW_MESSAGES = 50

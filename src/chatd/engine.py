@@ -198,22 +198,24 @@ class ChatService:
             stop=params.stop or (),
             tools=specs,
         )
-        user_message = Message.user(text)
-        record = await self.store.begin_turn(
+        policy = policy_for(params.context_policy, params.context_limit, cfg.policy)
+        start = await self.store.begin_turn(
             opts.user_id,
             session_id,
-            user_message,
+            Message.user(text),
             model=base.model,
             provider=provider.name,
             lease_s=cfg.lease_s,
             idempotency_key=opts.idempotency_key,
+            history_until=policy.history_cut(),
         )
+        record = start.record
         if record.state is not TurnState.STREAMING:
             for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
-        policy = policy_for(params.context_policy, params.context_limit, cfg.policy)
-        run = TurnRun(record, opts.user_id, self.store, provider, self.tools, cfg, base, policy)
+        run = TurnRun(record, self.store, provider, self.tools, cfg, base, policy)
+        run.messages = [*start.history, record.messages[0]]
         run.usage_sink = opts.usage_sink
         # The turn runs as a task of its own, started before anything is handed on, so a
         # consumer that goes away at any point does not cancel it.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -13,11 +13,15 @@ from chatd.types import (
     SessionInfo,
     StopReason,
     TurnRecord,
+    TurnStart,
     TurnState,
     Usage,
 )
 
 DEFAULT_USER = "local"
+
+# Fed a session's history newest first; True once no older message could reach the model.
+HistoryCut = Callable[[Message], bool]
 
 
 class Store(Protocol):
@@ -73,12 +77,17 @@ class Store(Protocol):
         provider: str,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
-    ) -> TurnRecord:
+        history_until: HistoryCut | None = None,
+    ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return.
 
-        Turns of this session whose lease ran out are marked interrupted first. SessionBusy if
+        Returns the new turn with the history in context before it, read in the same transaction
+        (so no other turn completes in between): oldest first, and only as far back as
+        `history_until` needs (all of it when None). Turns of this session whose lease ran out
+        are marked interrupted first. SessionBusy if
         another turn is in flight. With an idempotency key already used on this session: the
-        same message gets the earlier turn back (a finished state tells it is a replay) unless
+        same message gets the earlier turn back with no history (a finished state tells it is a
+        replay) unless
         that turn failed or was interrupted, which frees the key for a new turn; another message
         is an IdempotencyConflict; a turn still in flight is SessionBusy.
         """

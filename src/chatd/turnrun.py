@@ -74,6 +74,7 @@ class Progress:
     """What a turn has produced so far, so a failure can store the partial reply."""
 
     started: float = field(default_factory=time.monotonic)
+    # What the model sees (through the policy): the history, this turn's message, its rounds.
     messages: list[Message] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     calls: list[ToolCallPart] = field(default_factory=list)
@@ -102,13 +103,13 @@ class TurnRun:
     """Everything one in-flight turn needs; `run` drives it to a stored final state."""
 
     record: TurnRecord
-    user_id: str
     store: Store
     provider: Provider
     tools: ToolRegistry
     config: EngineConfig
     base: ChatRequest
     policy: ContextPolicy
+    # What the model sees (through the policy): the history, this turn's message, its rounds.
     messages: list[Message] = field(default_factory=list)
     outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
     progress: Progress = field(default_factory=Progress)
@@ -120,10 +121,6 @@ class TurnRun:
         keeper = asyncio.create_task(self._keep_lease(asyncio.current_task()))
         try:
             try:
-                # Read only now that this turn holds the session: no other turn can complete
-                # in between, so the model sees exactly the history this turn is stored after.
-                history = await self.store.context_messages(self.user_id, self.record.session_id)
-                self.messages = [*history, self.record.messages[0]]
                 async for event in self._rounds():
                     self.outbox.put_nowait(event)
             finally:

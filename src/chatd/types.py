@@ -293,3 +293,11 @@ class TurnRecord:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """A turn just begun (or an earlier one replayed), and the history in context before it."""
+
+    record: TurnRecord
+    history: tuple[Message, ...] = ()

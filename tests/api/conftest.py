@@ -133,7 +133,7 @@ async def _create_key(database_url: str, user: str, **options: Any) -> str:
     key, digest, prefix = new_key()
     store = await open_store(database_url)
     try:
-        await SqlKeyStore(store.engine).create_key(user, digest, prefix, limits=limits, **options)
+        await SqlKeyStore(store.db).create_key(user, digest, prefix, limits=limits, **options)
     finally:
         await store.close()
     return key

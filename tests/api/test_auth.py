@@ -195,7 +195,7 @@ def test_revocation_elsewhere_is_effective_within_a_second(
         # As `chatd keys revoke` does from another process: straight to the database.
         store = await open_store(srv.settings.database_url)
         try:
-            keys = SqlKeyStore(store.engine)
+            keys = SqlKeyStore(store.db)
             await keys.revoke_key((await keys.list_keys("eve"))[0].prefix)
         finally:
             await store.close()

@@ -97,9 +97,10 @@ async def test_an_orphaned_turn_is_interrupted_once_its_lease_runs_out(
     store = service.store
     await store.ensure_session("local", "s")
     # A process that began a turn and died: nobody renews this lease.
-    orphan = await store.begin_turn(
+    start = await store.begin_turn(
         "local", "s", Message.user("lost"), model="m", provider="p", lease_s=0.2
     )
+    orphan = start.record
     with pytest.raises(SessionBusy):
         await run(service, "too soon")
     await asyncio.sleep(0.3)
@@ -160,10 +161,8 @@ async def _force_expire(service: ChatService) -> bool:
     from chatd.store.rows import utc_now
 
     assert isinstance(service.store, SqlStore)
-    async with service.store.engine.begin() as conn:
-        await conn.execute(
-            update(q.turns).where(q.turns.c.state == "streaming").values(lease_until=utc_now())
-        )
+    expired = update(q.turns).where(q.turns.c.state == "streaming").values(lease_until=utc_now())
+    await service.store.db.write(lambda c: c.execute(expired))
     return await service.store.expire_leases() == 1
 
 
@@ -189,7 +188,7 @@ async def test_no_database_connection_is_held_while_the_model_talks(
     service: ChatService,
 ) -> None:
     assert isinstance(service.store, SqlStore)
-    pool = service.store.engine.sync_engine.pool
+    pool = service.store.db.sync_engine.pool
     held = []
     async for event in service.turn("s", "hello [fake: chunks=4 delay_ms=50]"):
         if isinstance(event, TextDelta):

@@ -18,7 +18,7 @@ from chatd.types import Message, StopReason, TurnState, Usage
 @pytest.fixture
 async def keys(store: Store) -> KeyStore:
     """Return a key store on the same backend (and database) as `store`."""
-    return SqlKeyStore(store.engine) if isinstance(store, SqlStore) else MemoryKeyStore()
+    return SqlKeyStore(store.db) if isinstance(store, SqlStore) else MemoryKeyStore()
 
 
 def test_keys_are_random_prefixed_and_hashed() -> None:
@@ -107,7 +107,7 @@ async def test_touch_records_last_use(keys: KeyStore) -> None:
 async def test_session_stats_per_user_and_overall(store: Store) -> None:
     for user, sid in (("ann", "a1"), ("ann", "a2"), ("bob", "b1")):
         await store.ensure_session(user, sid)
-    turn = await store.begin_turn("ann", "a1", Message.user("hi"), model="m", provider="p")
+    turn = (await store.begin_turn("ann", "a1", Message.user("hi"), model="m", provider="p")).record
     await store.finish_turn(
         turn.id,
         state=TurnState.COMPLETE,

@@ -73,9 +73,10 @@ async def finish(store: SqlStore, turn: TurnRecord, text: str) -> TurnRecord:
 
 
 async def begin(store: SqlStore, session_id: str, text: str) -> TurnRecord:
-    return await store.begin_turn(
+    start = await store.begin_turn(
         USER, session_id, Message.user(text), model="test-model", provider="demo"
     )
+    return start.record
 
 
 async def history(store: SqlStore) -> dict[str, Any]:
@@ -155,7 +156,7 @@ async def test_postgres_dying_mid_transaction_writes_nothing(
             if is_write and server.running:
                 server.stop(keep=True)
 
-        event.listen(store.engine.sync_engine, "after_cursor_execute", stop_after_first_write)
+        event.listen(store.db.sync_engine, "after_cursor_execute", stop_after_first_write)
         write = (
             begin(store, "done", "half")
             if call == "begin_turn"
@@ -164,7 +165,7 @@ async def test_postgres_dying_mid_transaction_writes_nothing(
         with pytest.raises(StoreUnavailable):
             async with asyncio.timeout(PROMPT_S):
                 await write
-        event.remove(store.engine.sync_engine, "after_cursor_execute", stop_after_first_write)
+        event.remove(store.db.sync_engine, "after_cursor_execute", stop_after_first_write)
         assert not server.running, statements
 
         server.start()

@@ -13,7 +13,9 @@ ALICE, BOB = "alice", "bob"
 
 async def add_turn(store: Store, user: str, session: str, text: str, state: TurnState) -> None:
     """Store one finished turn with a fixed usage."""
-    turn = await store.begin_turn(user, session, Message.user(text), model="m", provider="p")
+    turn = (
+        await store.begin_turn(user, session, Message.user(text), model="m", provider="p")
+    ).record
     await store.finish_turn(
         turn.id,
         state=state,

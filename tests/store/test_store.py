@@ -76,7 +76,9 @@ async def add_turn(
     reply: Sequence[Message] | None = None,
 ) -> TurnRecord:
     """Store one turn ending in this state; failed turns carry an error and no reply."""
-    turn = await store.begin_turn(user_id, session_id, Message.user(text), model="m", provider="p")
+    turn = (
+        await store.begin_turn(user_id, session_id, Message.user(text), model="m", provider="p")
+    ).record
     if state is TurnState.STREAMING:
         return turn
     failed = state is TurnState.FAILED
@@ -116,7 +118,7 @@ def texts(messages: Sequence[Message]) -> list[str]:
 async def test_messages_with_every_part_type_round_trip(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
     question = Message.user("Weather in Oslo? «ünïcode» 🌧")
-    turn = await store.begin_turn(ALICE, "s", question, model="m", provider="p")
+    turn = (await store.begin_turn(ALICE, "s", question, model="m", provider="p")).record
     finished = await store.finish_turn(
         turn.id,
         state=TurnState.COMPLETE,
@@ -253,7 +255,7 @@ async def test_delete_removes_the_session_and_everything_in_it(store: Store) -> 
 
 async def test_finish_turn_is_all_or_nothing(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
-    turn = await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")).record
     broken = Message(Role.ASSISTANT, (cast(Part, object()),))
     finish: dict[str, Any] = {
         "state": TurnState.COMPLETE,
@@ -317,7 +319,7 @@ async def test_update_session_changes_only_the_given_fields(store: Store) -> Non
 
 async def test_turns_keep_the_session_updated_at_current(store: Store) -> None:
     created = await store.ensure_session(ALICE, "s")
-    turn = await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")).record
     began = await store.get_session(ALICE, "s")
     assert began is not None
     assert began.updated_at >= turn.created_at >= created.updated_at
@@ -355,11 +357,11 @@ def statements(store: SqlStore) -> Iterator[list[tuple[str, Any, bool]]]:
     def record(_c: Connection, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
         seen.append((sql, params, many))
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    event.listen(store.db.sync_engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+        event.remove(store.db.sync_engine, "before_cursor_execute", record)
 
 
 async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -> None:
@@ -386,29 +388,29 @@ async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -
 
 async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
-    turn = await sql_store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    start = await sql_store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    turn = start.record
 
     def fail_last_write(_c: Connection, _cur: Any, sql: str, *_: Any) -> None:
         if sql.startswith("UPDATE sessions"):  # after the turn update and the message insert
             raise RuntimeError("injected failure")
 
-    event.listen(sql_store.engine.sync_engine, "before_cursor_execute", fail_last_write)
+    event.listen(sql_store.db.sync_engine, "before_cursor_execute", fail_last_write)
     try:
         with pytest.raises(RuntimeError, match="injected"):
             await finish_with_tool_loop(sql_store, turn.id)
     finally:
-        event.remove(sql_store.engine.sync_engine, "before_cursor_execute", fail_last_write)
+        event.remove(sql_store.db.sync_engine, "before_cursor_execute", fail_last_write)
     [stored] = await sql_store.list_turns(ALICE, "s")
     assert stored.state is TurnState.STREAMING
     assert texts(stored.messages) == ["q"]
-    async with sql_store.engine.connect() as conn:
-        assert await conn.scalar(text("SELECT count(*) FROM messages")) == 1
+    assert await sql_store.db.read(lambda c: c.scalar(text("SELECT count(*) FROM messages"))) == 1
 
 
 async def test_begin_turn_is_committed_before_it_returns(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
     await sql_store.begin_turn(ALICE, "s", Message.user("hold on"), model="m", provider="p")
-    other = await open_store(sql_store.engine.url.render_as_string(hide_password=False))
+    other = await open_store(sql_store.db.url.render_as_string(hide_password=False))
     try:
         [seen] = await other.list_turns(ALICE, "s")
     finally:
@@ -423,12 +425,11 @@ async def test_deleting_a_session_leaves_no_rows_behind(sql_store: SqlStore) -> 
         await add_turn(sql_store, ALICE, session_id, "q", reply=TOOL_LOOP)
     await sql_store.delete_session(ALICE, "gone")
     await sql_store.reset_session(ALICE, "reset")
-    async with sql_store.engine.connect() as conn:
-        counts = [
-            await conn.scalar(text(f"SELECT count(*) FROM {t}")) for t in ("turns", "messages")
-        ]
-        assert counts == [0, 0]
-        assert await conn.scalar(text("SELECT count(*) FROM sessions")) == 1
+
+    def count(table: str) -> Any:
+        return sql_store.db.read(lambda c: c.scalar(text(f"SELECT count(*) FROM {table}")))
+
+    assert [await count(t) for t in ("turns", "messages", "sessions")] == [0, 0, 1]
 
 
 async def test_migrations_build_exactly_the_declared_schema(sql_store: SqlStore) -> None:
@@ -436,9 +437,8 @@ async def test_migrations_build_exactly_the_declared_schema(sql_store: SqlStore)
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         return list(compare_metadata(context, Base.metadata))
 
-    async with sql_store.engine.connect() as conn:
-        assert await conn.run_sync(differences) == []
-        names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert await sql_store.db.read(differences) == []
+    names = await sql_store.db.read(lambda c: set(inspect(c).get_table_names()))
     assert names >= {"sessions", "turns", "messages", "alembic_version"}
 
 
@@ -446,12 +446,13 @@ async def test_upgrading_a_current_schema_changes_nothing(sql_store: SqlStore) -
     await sql_store.ensure_session(ALICE, "s")
     await add_turn(sql_store, ALICE, "s", "keep me")
     with statements(sql_store) as seen:
-        await upgrade(sql_store.engine)
-        await upgrade(sql_store.engine)
+        await upgrade(sql_store.db)
+        await upgrade(sql_store.db)
     changes = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")
     assert not [sql for sql, _, _ in seen if sql.lstrip().upper().startswith(changes)]
-    async with sql_store.engine.connect() as conn:
-        versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    versions = await sql_store.db.read(
+        lambda c: c.execute(text("SELECT version_num FROM alembic_version")).all()
+    )
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert versions == [(head,)]
     assert texts(await sql_store.context_messages(ALICE, "s")) == ["keep me", "re: keep me"]
@@ -460,7 +461,7 @@ async def test_upgrading_a_current_schema_changes_nothing(sql_store: SqlStore) -
 async def test_data_survives_reopening(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s", system_prompt="remember")
     await add_turn(sql_store, ALICE, "s", "q", reply=TOOL_LOOP)
-    url = sql_store.engine.url.render_as_string(hide_password=False)
+    url = sql_store.db.url.render_as_string(hide_password=False)
     await sql_store.close()
     reopened = await open_store(url)
     try:
@@ -479,11 +480,10 @@ async def test_data_survives_reopening(sql_store: SqlStore) -> None:
 async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     store = await open_store(sqlite_url(tmp_path / "made" / "on" / "demand"))
     try:
-        async with store.engine.connect() as conn:
-            pragmas = {
-                name: await conn.scalar(text(f"PRAGMA {name}"))
-                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
-            }
+        names = ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+        pragmas = await store.db.read(
+            lambda c: {name: c.scalar(text(f"PRAGMA {name}")) for name in names}
+        )
     finally:
         await store.close()
     assert pragmas == {
@@ -500,7 +500,6 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None
         "",
         "not a url",
         "mysql+aiomysql://chatd@localhost/chatd",
-        "sqlite+pysqlite:///chatd.db",
         "postgresql+psycopg2://chatd@localhost/chatd",
         "nosuchdb://x",
     ],

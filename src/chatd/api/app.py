@@ -54,7 +54,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         redact_access_logs()
         runtime = await open_runtime(settings, env)
         app.state.runtime = runtime
-        app.state.key_cache = KeyCache(SqlKeyStore(runtime.store.engine), settings.key_cache_s)
+        app.state.key_cache = KeyCache(SqlKeyStore(runtime.store.db), settings.key_cache_s)
         app.state.limiter = open_limiter(settings.redis_url, prices)
         try:
             yield

@@ -1,4 +1,4 @@
-"""Engine creation, schema migrations, and opening a ready SqlStore."""
+"""Opening the database, schema migrations, and opening a ready SqlStore."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, event, exc, inspect
+from sqlalchemy import Connection, create_engine, event, exc, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from chatd.errors import ConfigError, StoreUnavailable
-from chatd.store.repo import SqlStore, store_errors
+from chatd.store.database import AsyncDatabase, Database, SqliteDatabase
+from chatd.store.repo import SqlStore
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -29,10 +31,12 @@ SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
 )
 
-# Bare dialect names people write, mapped to the async driver chatd runs on.
-_ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
+# Dialect names people write, mapped to the driver chatd runs on. SQLite runs on the stdlib
+# driver in the store's threads; `sqlite+aiosqlite` is still read, as earlier chatd wrote it.
+_DRIVERS = {
+    "sqlite": "sqlite+pysqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "sqlite+aiosqlite": "sqlite+pysqlite",
     "postgres": "postgresql+asyncpg",
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
@@ -43,47 +47,54 @@ _PG_MIGRATION_LOCK = 7_245_301
 
 
 def parse_database_url(database_url: str) -> URL:
-    """Parse and normalise a URL to an async driver; ConfigError if it cannot work."""
+    """Parse and normalise a URL to the driver chatd uses; ConfigError if it cannot work."""
     try:
         url = make_url(database_url)
     except (exc.ArgumentError, ValueError) as e:
         # Not echoed: an unparseable URL may still hold a password.
         raise ConfigError(f"bad database URL: {e}") from None
-    driver = _ASYNC_DRIVERS.get(url.drivername)
+    driver = _DRIVERS.get(url.drivername)
     if driver is None:
         shown = url.render_as_string(hide_password=True)
         raise ConfigError(
-            f"unsupported database URL {shown!r}: use sqlite+aiosqlite:///PATH "
+            f"unsupported database URL {shown!r}: use sqlite:///PATH "
             "or postgresql+asyncpg://USER@HOST/DB"
         )
     return url.set(drivername=driver)
 
 
-def create_engine(database_url: str) -> AsyncEngine:
-    """Build the async engine: SQLite in WAL mode with its directory made, or PostgreSQL."""
+def create_database(database_url: str) -> Database:
+    """Open the database: SQLite (WAL) with its directory made, or PostgreSQL."""
     url = parse_database_url(database_url)
     options: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": _loads}
-    if url.get_backend_name() == "sqlite":
-        _check_sqlite_file(url)
-    else:
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite(url, options)
         options["pool_pre_ping"] = True
         # Fail in seconds rather than asyncpg's default minute when the server is unreachable,
         # and bound every statement (the pool's pre-ping too) so a frozen server or a dead
         # network path ends in StoreUnavailable, not a hang.
         options["connect_args"] = {"timeout": 5, "command_timeout": 15}
-    try:
-        engine = create_async_engine(url, **options)
+        return AsyncDatabase(create_async_engine(url, **options))
     except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
         raise ConfigError(f"bad database URL: {e}") from None
-    if url.get_backend_name() == "sqlite":
-        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
-    return engine
 
 
-async def applied_revisions(engine: AsyncEngine) -> frozenset[str]:
+def _sqlite(url: URL, options: dict[str, Any]) -> SqliteDatabase:
+    in_memory = _check_sqlite_file(url)
+    if in_memory:
+        # One connection holds the whole database; every thread must share it.
+        options["poolclass"] = StaticPool
+        options["connect_args"] = {"check_same_thread": False}
+    # The stdlib driver, run on threads of the store's own (see chatd.store.database).
+    engine = create_engine(url, **options)
+    event.listen(engine, "connect", _set_sqlite_pragmas)
+    return SqliteDatabase(engine, in_memory=in_memory)
+
+
+async def applied_revisions(db: Database) -> frozenset[str]:
     """Return the migrations applied to the database (none for a new one)."""
-    async with store_errors(), engine.connect() as conn:
-        return await conn.run_sync(_applied)
+    return await db.read(_applied)
 
 
 def _applied(connection: Connection) -> frozenset[str]:
@@ -93,29 +104,28 @@ def _applied(connection: Connection) -> frozenset[str]:
     return frozenset(str(r[0]) for r in rows)
 
 
-async def upgrade(engine: AsyncEngine) -> None:
+async def upgrade(db: Database) -> None:
     """Migrate the schema to the newest revision; a no-op when it is already there."""
-    if await applied_revisions(engine) == {SCHEMA_HEAD}:
+    if await applied_revisions(db) == {SCHEMA_HEAD}:
         return  # the common start: alembic (10 MB) is not even imported
     from alembic.util import CommandError
 
     try:
-        async with store_errors(), engine.begin() as conn:
-            await conn.run_sync(_upgrade_sync)
+        await db.write(_upgrade_sync)
     except CommandError as e:
         # Typically a schema newer than this chatd: its revision is unknown here.
         raise ConfigError(f"cannot migrate the database: {e}") from None
 
 
 async def open_store(database_url: str) -> SqlStore:
-    """Create the engine, migrate, and return the store."""
-    engine = create_engine(database_url)
+    """Open the database, migrate, and return the store."""
+    db = create_database(database_url)
     try:
-        await upgrade(engine)
+        await upgrade(db)
     except BaseException:
-        await engine.dispose()
+        await db.dispose()
         raise
-    return SqlStore(engine)
+    return SqlStore(db)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -132,9 +142,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def _upgrade_sync(connection: Connection) -> None:
     # Hold a database-wide lock for the whole upgrade so that workers starting together
     # migrate one after another: the later ones find the schema current and do nothing.
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    elif connection.dialect.name == "postgresql":
+    # (SQLite's writes already hold its lock: BEGIN IMMEDIATE.)
+    if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
     from alembic import command
 
@@ -150,15 +159,17 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _check_sqlite_file(url: URL) -> None:
+def _check_sqlite_file(url: URL) -> bool:
+    """Make the file's directory and check it opens; return whether the database is in memory."""
     database = url.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return
+    if database in ("", ":memory:"):
+        return True
+    if database.startswith("file:"):
+        return "mode=memory" in database
     path = Path(database)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Open it once here: a failed aiosqlite connect leaves its worker thread calling back
-        # into the event loop later, and the plain error reads better too.
+        # Open it once here: the plain error reads better than SQLAlchemy's at first use.
         sqlite3.connect(path).close()
     except OSError as e:
         raise StoreUnavailable(
@@ -166,6 +177,7 @@ def _check_sqlite_file(url: URL) -> None:
         ) from None
     except sqlite3.Error as e:
         raise StoreUnavailable(f"cannot open the SQLite database {path}: {e}") from None
+    return False
 
 
 def _dumps(value: Any) -> str:

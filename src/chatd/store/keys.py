@@ -1,4 +1,4 @@
-"""SqlKeyStore: the KeyStore port on the same database (and engine) as the sessions."""
+"""SqlKeyStore: the KeyStore port on the same database (and connections) as the sessions."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import RowMapping, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, RowMapping, insert, or_, select, update
 
 from chatd.errors import InputError, NotFound
 from chatd.keys import ApiKey, KeyLimits
-from chatd.store.repo import store_errors
+from chatd.store.database import Database
 from chatd.store.rows import utc_now
 from chatd.store.tables import Base
 
@@ -22,10 +21,10 @@ _ORDER = (api_keys.c.created_at, api_keys.c.id)
 
 
 class SqlKeyStore:
-    """API keys in the `api_keys` table; every call opens and closes its own connection."""
+    """API keys in the `api_keys` table; each call is one function run on one connection."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def create_key(
         self,
@@ -53,15 +52,13 @@ class SqlKeyStore:
             "created_at": key.created_at,
             "expires_at": expires_at,
         }
-        async with store_errors(), self.engine.begin() as conn:
-            await conn.execute(insert(api_keys), row)
+        await self.db.write(lambda conn: conn.execute(insert(api_keys), row))
         return key
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         """Return the key with this hash (revoked and expired ones too), or None."""
         statement = select(api_keys).where(api_keys.c.key_hash == key_hash)
-        async with store_errors(), self.engine.connect() as conn:
-            row = (await conn.execute(statement)).one_or_none()
+        row = await self.db.read(lambda conn: conn.execute(statement).one_or_none())
         return None if row is None else api_key(row._mapping)
 
     async def list_keys(self, user_id: str | None = None) -> Sequence[ApiKey]:
@@ -69,15 +66,15 @@ class SqlKeyStore:
         statement = select(api_keys).order_by(*_ORDER)
         if user_id is not None:
             statement = statement.where(api_keys.c.user_id == user_id)
-        async with store_errors(), self.engine.connect() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self.db.read(lambda conn: conn.execute(statement).all())
         return [api_key(r._mapping) for r in rows]
 
     async def revoke_key(self, ref: str) -> ApiKey:
         """Revoke the key with this id or display prefix; NotFound, or InputError if ambiguous."""
         match = or_(api_keys.c.id == ref, api_keys.c.prefix == ref)
-        async with store_errors(), self.engine.begin() as conn:
-            rows = (await conn.execute(select(api_keys).where(match))).all()
+
+        def work(conn: Connection) -> ApiKey:
+            rows = conn.execute(select(api_keys).where(match)).all()
             if not rows:
                 raise NotFound(f"no key {ref!r}")
             if len(rows) > 1:
@@ -87,14 +84,15 @@ class SqlKeyStore:
                 return found
             now = utc_now()
             statement = update(api_keys).where(api_keys.c.id == found.id).values(revoked_at=now)
-            await conn.execute(statement)
-        return ApiKey(**{**_fields(found), "revoked_at": now})
+            conn.execute(statement)
+            return ApiKey(**{**_fields(found), "revoked_at": now})
+
+        return await self.db.write(work)
 
     async def touch_key(self, key_id: str, when: datetime) -> None:
         """Record that the key was used at this time."""
         statement = update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
-        async with store_errors(), self.engine.begin() as conn:
-            await conn.execute(statement)
+        await self.db.write(lambda conn: conn.execute(statement))
 
 
 def api_key(row: RowMapping) -> ApiKey:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
+from chatd.ports import HistoryCut
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import LEASE_EXPIRED, busy
@@ -17,6 +18,7 @@ from chatd.types import (
     SessionInfo,
     StopReason,
     TurnRecord,
+    TurnStart,
     TurnState,
     Usage,
 )
@@ -89,8 +91,7 @@ class MemoryStore:
 
     async def context_messages(self, user_id: str, session_id: str) -> Sequence[Message]:
         """Return the messages of complete and truncated turns, in order."""
-        session = self._get(user_id, session_id)
-        return [m for t in session.turns if t.state.in_context for m in t.messages]
+        return _in_context(self._get(user_id, session_id))
 
     async def list_turns(self, user_id: str, session_id: str) -> Sequence[TurnRecord]:
         """Return every turn with its state and messages, in order."""
@@ -106,7 +107,8 @@ class MemoryStore:
         provider: str,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
-    ) -> TurnRecord:
+        history_until: HistoryCut | None = None,
+    ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         session = self._get(user_id, session_id)
         now = _now()
@@ -114,9 +116,14 @@ class MemoryStore:
         if idempotency_key is not None:
             prior = self._replay(session, idempotency_key, user_message, session_id)
             if prior is not None:
-                return prior
+                return TurnStart(prior)
         if any(t.state is TurnState.STREAMING for t in session.turns):
             raise busy(session_id)
+        newest_first: list[Message] = []
+        for m in reversed(_in_context(session)):
+            newest_first.append(_copy(m))
+            if history_until is not None and history_until(newest_first[-1]):
+                break
         seq = session.turns[-1].seq + 1 if session.turns else 1
         turn = TurnRecord(
             id=uuid4().hex,
@@ -136,7 +143,7 @@ class MemoryStore:
         if idempotency_key is not None:
             session.keys[idempotency_key] = turn.id
         session.info = replace(session.info, updated_at=now)
-        return turn
+        return TurnStart(turn, tuple(reversed(newest_first)))
 
     async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
         """Extend a streaming turn's lease; False if the turn is no longer streaming."""
@@ -333,6 +340,10 @@ class MemoryStore:
 def _info(session: _Session) -> SessionInfo:
     count = sum(1 for t in session.turns if t.state.in_context)
     return replace(session.info, turn_count=count)
+
+
+def _in_context(session: _Session) -> list[Message]:
+    return [m for t in session.turns if t.state.in_context for m in t.messages]
 
 
 def _copy(message: Message) -> Message:

@@ -64,6 +64,13 @@ CONTEXT_MESSAGES = (
     .where(THIS_SESSION, turns.c.state.in_(IN_CONTEXT_STATES))
     .order_by(turns.c.seq, messages.c.seq)
 )
+# The same, newest first, for one session by pk (begin_turn reads it while holding the session).
+CONTEXT_MESSAGES_NEWEST = (
+    select(messages.c.role, messages.c.parts)
+    .join(turns, turns.c.id == messages.c.turn_id)
+    .where(messages.c.session_pk == bindparam("pk"), turns.c.state.in_(IN_CONTEXT_STATES))
+    .order_by(turns.c.seq.desc(), messages.c.seq.desc())
+)
 LIST_TURNS = (
     select(turns)
     .join(sessions, sessions.c.id == turns.c.session_pk)

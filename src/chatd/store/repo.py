@@ -1,25 +1,22 @@
-"""SqlStore: the Store port on prebuilt SQLAlchemy Core statements over an async engine."""
+"""SqlStore: the Store port on prebuilt SQLAlchemy Core statements, one function per call."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import exc, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, exc, text, update
 
 from chatd.errors import (
     AlreadyExists,
     IdempotencyConflict,
     NotFound,
-    StoreUnavailable,
 )
+from chatd.ports import HistoryCut
 from chatd.store import queries as q
+from chatd.store.database import Database
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import (
     UNFINISHED_TURN,
@@ -39,47 +36,21 @@ from chatd.types import (
     SessionInfo,
     StopReason,
     TurnRecord,
+    TurnStart,
     TurnState,
     Usage,
 )
 
 
-@asynccontextmanager
-async def store_errors() -> AsyncIterator[None]:
-    """Turn a dead or unreachable database into StoreUnavailable with a one-line message."""
-    try:
-        yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError) as e:
-        raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
-    except exc.DBAPIError as e:
-        if not e.connection_invalidated:
-            raise
-        raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
-
-
-def _one_line(error: BaseException) -> str:
-    # The driver's own message says what went wrong; SQLAlchemy's wrapper adds SQL and links.
-    cause = error.orig if isinstance(error, exc.DBAPIError) and error.orig else error
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
-
-
 class SqlStore:
-    """The Store port over SQL; each call opens and closes its own connection."""
+    """The Store port over SQL; each call is one function run on one connection."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time. Queue this process's writers here, in order, rather
-        # than have pooled connections poll the file lock (busy_timeout) and time out as 503s.
-        self._write_lock = asyncio.Lock() if self._sqlite else contextlib.nullcontext()
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
-        async with self._read() as conn:
-            result = await conn.execute(q.GET_SESSION, _key(user_id, session_id))
-            row = result.one_or_none()
-        return None if row is None else session_info(row._mapping)
+        return await self.db.read(lambda conn: _session(conn, user_id, session_id))
 
     async def ensure_session(
         self,
@@ -104,8 +75,7 @@ class SqlStore:
             "updated_at": now,
         }
         try:
-            async with self._write() as conn:
-                await conn.execute(q.INSERT_SESSION, row)
+            await self.db.write(lambda conn: conn.execute(q.INSERT_SESSION, row))
         except exc.IntegrityError:
             # A concurrent caller created it first; theirs wins.
             created = await self.get_session(user_id, session_id)
@@ -128,47 +98,59 @@ class SqlStore:
         if params is not None:
             given.update(param_values(params))
         values = {k: v for k, v in given.items() if v is not None}
+        key = _key(user_id, session_id)
         # Built per call (the columns vary); literal keys, as bound names may not shadow columns.
         statement = (
             update(q.sessions)
             .where(q.sessions.c.user_id == user_id, q.sessions.c.session_id == session_id)
             .values({**values, "updated_at": utc_now()})
         )
-        async with self._write() as conn:
-            if (await conn.execute(statement)).rowcount == 0:
+
+        def work(conn: Connection) -> SessionInfo:
+            if conn.execute(statement).rowcount == 0:
                 raise NotFound(f"no session {session_id!r}")
-            row = (await conn.execute(q.GET_SESSION, _key(user_id, session_id))).one()
-        return session_info(row._mapping)
+            return session_info(conn.execute(q.GET_SESSION, key).one()._mapping)
+
+        return await self.db.write(work)
 
     async def list_sessions(self, user_id: str) -> Sequence[SessionInfo]:
         """Return the user's sessions, oldest first."""
-        async with self._read() as conn:
-            rows = (await conn.execute(q.LIST_SESSIONS, {"user_id": user_id})).all()
-        return [session_info(r._mapping) for r in rows]
+
+        def work(conn: Connection) -> list[SessionInfo]:
+            rows = conn.execute(q.LIST_SESSIONS, {"user_id": user_id})
+            return [session_info(r._mapping) for r in rows]
+
+        return await self.db.read(work)
 
     async def context_messages(self, user_id: str, session_id: str) -> Sequence[Message]:
         """Return the messages of complete and truncated turns, in order."""
         key = _key(user_id, session_id)
-        async with self._read() as conn:
-            rows = (await conn.execute(q.CONTEXT_MESSAGES, key)).all()
+
+        def work(conn: Connection) -> list[Message]:
+            rows = conn.execute(q.CONTEXT_MESSAGES, key).all()
             # Only an empty answer needs telling "no messages yet" from "no such session".
-            if not rows and await conn.scalar(q.SESSION_PK, key) is None:
+            if not rows and conn.scalar(q.SESSION_PK, key) is None:
                 raise NotFound(f"no session {session_id!r}")
-        return [message(r.role, r.parts) for r in rows]
+            return [message(r.role, r.parts) for r in rows]
+
+        return await self.db.read(work)
 
     async def list_turns(self, user_id: str, session_id: str) -> Sequence[TurnRecord]:
         """Return every turn with its state and messages, in order."""
         key = _key(user_id, session_id)
-        async with self._read() as conn:
-            turns = (await conn.execute(q.LIST_TURNS, key)).all()
+
+        def work(conn: Connection) -> list[TurnRecord]:
+            turns = conn.execute(q.LIST_TURNS, key).all()
             if not turns:
-                if await conn.scalar(q.SESSION_PK, key) is None:
+                if conn.scalar(q.SESSION_PK, key) is None:
                     raise NotFound(f"no session {session_id!r}")
                 return []
             by_turn: dict[str, list[Message]] = {t.id: [] for t in turns}
-            for m in await conn.execute(q.SESSION_MESSAGES, key):
+            for m in conn.execute(q.SESSION_MESSAGES, key):
                 by_turn[m.turn_id].append(message(m.role, m.parts))
-        return [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in turns]
+            return [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in turns]
+
+        return await self.db.read(work)
 
     async def begin_turn(
         self,
@@ -180,54 +162,60 @@ class SqlStore:
         provider: str,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
-    ) -> TurnRecord:
+        history_until: HistoryCut | None = None,
+    ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         turn_id, now = uuid4().hex, utc_now()
+
+        def work(conn: Connection) -> TurnStart:
+            head = conn.execute(q.BEGIN_HEAD, _key(user_id, session_id)).one_or_none()
+            if head is None:
+                raise NotFound(f"no session {session_id!r}")
+            conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": head.id, "now": now})
+            if idempotency_key is not None:
+                prior = _replay(conn, head.id, idempotency_key, user_message, session_id)
+                if prior is not None:
+                    return TurnStart(prior)
+            # Read while this transaction holds the session: no other turn can complete in
+            # between, so the model sees exactly the history this turn is stored after.
+            history = _history(conn, head.id, history_until)
+            turn = {
+                "id": turn_id,
+                "session_pk": head.id,
+                "seq": (head.last_turn or 0) + 1,
+                "state": q.STREAMING,
+                "model": model,
+                "provider": provider,
+                "created_at": now,
+                "lease_until": now + timedelta(seconds=lease_s),
+                "idempotency_key": idempotency_key,
+                **UNFINISHED_TURN,
+            }
+            conn.execute(q.INSERT_TURN, turn)
+            seq = (head.last_message or 0) + 1
+            row = message_values(turn_id, head.id, seq, user_message, now)
+            conn.execute(q.INSERT_MESSAGES, row)
+            conn.execute(q.TOUCH_SESSION, {"pk": head.id, "now": now})
+            return TurnStart(turn_record(turn, session_id, (user_message,)), history)
+
         try:
-            async with self._write() as conn:
-                head = (await conn.execute(q.BEGIN_HEAD, _key(user_id, session_id))).one_or_none()
-                if head is None:
-                    raise NotFound(f"no session {session_id!r}")
-                await conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": head.id, "now": now})
-                if idempotency_key is not None:
-                    prior = await _replay(conn, head.id, idempotency_key, user_message, session_id)
-                    if prior is not None:
-                        return prior
-                turn = {
-                    "id": turn_id,
-                    "session_pk": head.id,
-                    "seq": (head.last_turn or 0) + 1,
-                    "state": q.STREAMING,
-                    "model": model,
-                    "provider": provider,
-                    "created_at": now,
-                    "lease_until": now + timedelta(seconds=lease_s),
-                    "idempotency_key": idempotency_key,
-                    **UNFINISHED_TURN,
-                }
-                await conn.execute(q.INSERT_TURN, turn)
-                seq = (head.last_message or 0) + 1
-                row = message_values(turn_id, head.id, seq, user_message, now)
-                await conn.execute(q.INSERT_MESSAGES, row)
-                await conn.execute(q.TOUCH_SESSION, {"pk": head.id, "now": now})
+            return await self.db.write(work)
         except exc.IntegrityError:
             # One streaming turn per session (a partial unique index), unique seqs and keys:
             # another turn is in flight or began on this session just now.
             raise busy(session_id) from None
-        return turn_record(turn, session_id, (user_message,))
 
     async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
         """Extend a streaming turn's lease; False if the turn is no longer streaming."""
         until = utc_now() + timedelta(seconds=lease_s)
-        async with self._write() as conn:
-            result = await conn.execute(q.RENEW_LEASE, {"turn_id": turn_id, "until": until})
-        return result.rowcount == 1
+        values = {"turn_id": turn_id, "until": until}
+        rowcount = await self.db.write(lambda conn: conn.execute(q.RENEW_LEASE, values).rowcount)
+        return rowcount == 1
 
     async def expire_leases(self) -> int:
         """Mark every streaming turn whose lease ran out as interrupted; return how many."""
-        async with self._write() as conn:
-            result = await conn.execute(q.EXPIRE_LEASES, {"now": utc_now()})
-        return result.rowcount
+        values = {"now": utc_now()}
+        return await self.db.write(lambda conn: conn.execute(q.EXPIRE_LEASES, values).rowcount)
 
     async def finish_turn(
         self,
@@ -246,50 +234,55 @@ class SqlStore:
             raise ValueError("finish_turn needs a final state")
         now = utc_now()
         final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
-        async with self._write() as conn:
-            rows = (await conn.execute(q.FINISH_HEAD, {"turn_id": turn_id})).all()
+
+        def work(conn: Connection) -> TurnRecord:
+            rows = conn.execute(q.FINISH_HEAD, {"turn_id": turn_id}).all()
             if not rows or rows[0].state != q.STREAMING:
                 raise NotFound(f"no turn {turn_id!r} in flight")
             head = rows[0]
             # The state check in the statement settles a race with another finisher.
-            if (await conn.execute(q.FINISH_TURN, {"turn_id": turn_id, **final})).rowcount != 1:
+            if conn.execute(q.FINISH_TURN, {"turn_id": turn_id, **final}).rowcount != 1:
                 raise NotFound(f"no turn {turn_id!r} in flight")
             if messages:
                 first = (head.last_message or 0) + 1
-                await conn.execute(
+                conn.execute(
                     q.INSERT_MESSAGES,
                     [
                         message_values(turn_id, head.session_pk, first + i, m, now)
                         for i, m in enumerate(messages)
                     ],
                 )
-            await conn.execute(q.TOUCH_SESSION, {"pk": head.session_pk, "now": now})
-        earlier = tuple(message(r.role, r.parts) for r in rows if r.role is not None)
-        return turn_record({**head._mapping, **final}, head.session_id, (*earlier, *messages))
+            conn.execute(q.TOUCH_SESSION, {"pk": head.session_pk, "now": now})
+            earlier = tuple(message(r.role, r.parts) for r in rows if r.role is not None)
+            return turn_record({**head._mapping, **final}, head.session_id, (*earlier, *messages))
+
+        return await self.db.write(work)
 
     async def reset_session(self, user_id: str, session_id: str) -> int | None:
         """Delete every turn but keep the session; return the turns removed, None if missing."""
-        async with self._write() as conn:
-            pk = await conn.scalar(q.SESSION_PK, _key(user_id, session_id))
+
+        def work(conn: Connection) -> int | None:
+            pk = conn.scalar(q.SESSION_PK, _key(user_id, session_id))
             if pk is None:
                 return None
-            await conn.execute(q.DELETE_SESSION_MESSAGES, {"pk": pk})
-            removed = (await conn.execute(q.DELETE_SESSION_TURNS, {"pk": pk})).rowcount
-            await conn.execute(q.TOUCH_SESSION, {"pk": pk, "now": utc_now()})
-        return removed
+            conn.execute(q.DELETE_SESSION_MESSAGES, {"pk": pk})
+            removed = conn.execute(q.DELETE_SESSION_TURNS, {"pk": pk}).rowcount
+            conn.execute(q.TOUCH_SESSION, {"pk": pk, "now": utc_now()})
+            return removed
+
+        return await self.db.write(work)
 
     async def delete_session(self, user_id: str, session_id: str) -> bool:
         """Delete the session and all its rows; return whether it existed."""
-        async with self._write() as conn:
-            # Turns and messages go by ON DELETE CASCADE.
-            result = await conn.execute(q.DELETE_SESSION, _key(user_id, session_id))
-        return result.rowcount > 0
+        key = _key(user_id, session_id)
+        # Turns and messages go by ON DELETE CASCADE.
+        rowcount = await self.db.write(lambda conn: conn.execute(q.DELETE_SESSION, key).rowcount)
+        return rowcount > 0
 
     async def prune_sessions(self, older_than: timedelta) -> int:
         """Delete every user's sessions idle for longer than this; return how many."""
-        async with self._write() as conn:
-            result = await conn.execute(q.PRUNE_SESSIONS, {"cutoff": utc_now() - older_than})
-        return result.rowcount
+        values = {"cutoff": utc_now() - older_than}
+        return await self.db.write(lambda conn: conn.execute(q.PRUNE_SESSIONS, values).rowcount)
 
     async def import_session(
         self,
@@ -312,15 +305,16 @@ class SqlStore:
             "updated_at": now,
             **param_values(params),
         }
+
+        def work(conn: Connection) -> None:
+            pk = conn.execute(q.INSERT_SESSION.returning(q.sessions.c.id), session).scalar_one()
+            turn_rows, message_rows = imported_rows(pk, turns, now)
+            if turn_rows:
+                conn.execute(q.INSERT_TURN, turn_rows)
+                conn.execute(q.INSERT_MESSAGES, message_rows)
+
         try:
-            async with self._write() as conn:
-                pk = (
-                    await conn.execute(q.INSERT_SESSION.returning(q.sessions.c.id), session)
-                ).scalar_one()
-                turn_rows, message_rows = imported_rows(pk, turns, now)
-                if turn_rows:
-                    await conn.execute(q.INSERT_TURN, turn_rows)
-                    await conn.execute(q.INSERT_MESSAGES, message_rows)
+            await self.db.write(work)
         except exc.IntegrityError:
             raise AlreadyExists(f"session {session_id!r} already exists") from None
         count = sum(1 for t in turns if t.state.in_context)
@@ -335,8 +329,7 @@ class SqlStore:
         if after is not None:
             values["after_at"], values["after_id"] = parse_session_cursor(after)
             statement = q.PAGE_SESSIONS_AFTER
-        async with self._read() as conn:
-            rows = (await conn.execute(statement, values)).all()
+        rows = await self.db.read(lambda conn: conn.execute(statement, values).all())
         page = [session_info(r._mapping) for r in rows[:limit]]
         return page, session_cursor(page[-1]) if len(rows) > limit else None
 
@@ -345,69 +338,73 @@ class SqlStore:
     ) -> tuple[Sequence[TurnRecord], int | None]:
         """Return up to limit turns after seq after_seq, in order, and the seq to go on from."""
         key = _key(user_id, session_id)
-        async with self._read() as conn:
+
+        def work(conn: Connection) -> tuple[list[TurnRecord], int | None]:
             values = {**key, "after_seq": after_seq, "limit": limit + 1}
-            rows = (await conn.execute(q.PAGE_TURNS, values)).all()
-            if not rows and await conn.scalar(q.SESSION_PK, key) is None:
+            rows = conn.execute(q.PAGE_TURNS, values).all()
+            if not rows and conn.scalar(q.SESSION_PK, key) is None:
                 raise NotFound(f"no session {session_id!r}")
             page = rows[:limit]
             by_turn: dict[str, list[Message]] = {t.id: [] for t in page}
             if page:
                 ids = {"turn_ids": list(by_turn)}
-                for m in await conn.execute(q.MESSAGES_OF_TURNS, ids):
+                for m in conn.execute(q.MESSAGES_OF_TURNS, ids):
                     by_turn[m.turn_id].append(message(m.role, m.parts))
-        turns = [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in page]
-        return turns, turns[-1].seq if len(rows) > limit else None
+            turns = [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in page]
+            return turns, turns[-1].seq if len(rows) > limit else None
+
+        return await self.db.read(work)
 
     async def usage_totals(self, user_id: str) -> tuple[int, Usage]:
         """Return how many turns the user has, and their usage summed."""
-        async with self._read() as conn:
-            count, *tokens = (await conn.execute(q.USAGE_TOTALS, {"user_id": user_id})).one()
+        values = {"user_id": user_id}
+        row = await self.db.read(lambda conn: conn.execute(q.USAGE_TOTALS, values).one())
+        count, *tokens = row
         return count, Usage(*(int(t) for t in tokens))
 
     async def session_stats(self, user_id: str | None) -> tuple[int, int]:
         """Return how many sessions there are (one user's, or all) and their turns in context."""
         statement = q.SESSION_STATS if user_id is None else q.USER_SESSION_STATS
-        async with self._read() as conn:
-            count, turns = (await conn.execute(statement, {"user_id": user_id})).one()
+        values = {"user_id": user_id}
+        count, turns = await self.db.read(lambda conn: conn.execute(statement, values).one())
         return int(count), int(turns)
 
     async def ping(self) -> None:
         """Check the database answers; StoreUnavailable if not."""
-        async with self._read() as conn:
-            await conn.execute(text("SELECT 1"))
+        await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
 
     async def close(self) -> None:
         """Release connections."""
-        await self.engine.dispose()
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with store_errors(), self.engine.connect() as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, store_errors(), self.engine.begin() as conn:
-            if self._sqlite:
-                # Take the write lock up front: a deferred transaction that reads and then
-                # writes fails at once (SQLITE_BUSY_SNAPSHOT) when another writer got in between.
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            yield conn
+        await self.db.dispose()
 
 
 def _key(user_id: str, session_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "session_id": session_id}
 
 
-async def _replay(
-    conn: AsyncConnection, pk: int, key: str, user_message: Message, session_id: str
+def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | None:
+    row = conn.execute(q.GET_SESSION, _key(user_id, session_id)).one_or_none()
+    return None if row is None else session_info(row._mapping)
+
+
+def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Message, ...]:
+    """Read the in-context history newest first, decoding only as far as `until` needs."""
+    newest_first: list[Message] = []
+    for row in conn.execute(q.CONTEXT_MESSAGES_NEWEST, {"pk": pk}):
+        newest_first.append(message(row.role, row.parts))
+        if until is not None and until(newest_first[-1]):
+            break
+    return tuple(reversed(newest_first))
+
+
+def _replay(
+    conn: Connection, pk: int, key: str, user_message: Message, session_id: str
 ) -> TurnRecord | None:
     """Return the finished turn this key already produced, or None to run a new one."""
-    prior = (await conn.execute(q.TURN_BY_KEY, {"pk": pk, "key": key})).one_or_none()
+    prior = conn.execute(q.TURN_BY_KEY, {"pk": pk, "key": key}).one_or_none()
     if prior is None:
         return None
-    rows = await conn.execute(q.TURN_MESSAGES, {"turn_id": prior.id})
+    rows = conn.execute(q.TURN_MESSAGES, {"turn_id": prior.id})
     messages = tuple(message(r.role, r.parts) for r in rows)
     if not messages or messages[0] != user_message:
         raise IdempotencyConflict(
@@ -418,6 +415,6 @@ async def _replay(
         raise busy(session_id)
     if state in (TurnState.FAILED, TurnState.INTERRUPTED):
         # A retry after a failure should get a real answer: free the key for a new turn.
-        await conn.execute(q.RELEASE_KEY, {"turn_id": prior.id})
+        conn.execute(q.RELEASE_KEY, {"turn_id": prior.id})
         return None
     return turn_record(prior._mapping, session_id, messages)

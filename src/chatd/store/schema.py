@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from chatd.store.database import Database
 from chatd.store.db import SCHEMA_HEAD, applied_revisions
 
 
-async def schema_is_current(engine: AsyncEngine) -> bool:
+async def schema_is_current(db: Database) -> bool:
     """Tell whether every shipped migration is applied; StoreUnavailable if unreachable."""
-    return await applied_revisions(engine) == {SCHEMA_HEAD}
+    return await applied_revisions(db) == {SCHEMA_HEAD}

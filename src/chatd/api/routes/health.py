@@ -29,7 +29,7 @@ async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> R
     try:
         await runtime.store.ping()
         checks["database"] = "ok"
-        current = await schema_is_current(runtime.store.engine)
+        current = await schema_is_current(runtime.store.db)
         checks["migrations"] = "ok" if current else "not applied: run `chatd db upgrade`"
     except ChatdError as exc:
         checks["database"] = exc.message

@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from chatd.store.db import create_engine
+from chatd.store.db import create_database
 from chatd.store.tables import Base
 
 config = context.config
@@ -28,13 +28,12 @@ def run_on(connection: Connection) -> None:
 
 
 async def run_from_url(url: str) -> None:
-    """Open an engine from sqlalchemy.url (the alembic CLI path) and run the migrations."""
-    engine = create_engine(url)
+    """Open the database at sqlalchemy.url (the alembic CLI path) and run the migrations."""
+    db = create_database(url)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(run_on)
+        await db.write(run_on)
     finally:
-        await engine.dispose()
+        await db.dispose()
 
 
 if context.is_offline_mode():
