@@ -354,7 +354,7 @@ def render(r: dict[str, Any]) -> str:
                     _f(v.get("store_ms"), 3),
                     _f(v.get("session_ms"), 3),
                     _f(v.get("begin_ms"), 3),
-                    _f(v.get("read_ms"), 3),
+                    _f(v.get("history_ms"), 3),
                     _f(v.get("finish_ms"), 3),
                     str(sum((v.get("statements") or {}).values())),
                     str(sum((v.get("thread_round_trips") or {}).values())),
@@ -364,7 +364,7 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"Store ({n}), median ms per turn, step by step as the engine calls it:")
             lines.append("")
             header = ["messages", "store (begin+finish)", "get_session", "begin_turn"]
-            header += ["history read", "finish_turn", "SQL statements", "worker-thread trips"]
+            header += ["history read", "finish_turn", "SQL statements", "thread round trips"]
             lines += _table(header, rows)
             lines.append("")
     prof = r.get("profile")

@@ -2,17 +2,18 @@
 
 Run by the harness pinned to the server core while the servers are idle:
 
-    python -m benchmarks.store_bench --url sqlite+aiosqlite:////tmp/x.db --sizes 10,100,1000
+    python -m benchmarks.store_bench --url sqlite:////tmp/x.db --sizes 10,100,1000
 
 For each size it imports sessions with that many messages of history, then times what a turn
 costs the store, step by step as the engine calls it: `get_session`, `begin_turn` (the user's
-message, committed), `context_messages` (the history read), and `finish_turn` (the reply and
-final state, one transaction). It also counts, per step, the SQL statements sent and (on
-SQLite) the aiosqlite calls, each a round trip to the connection's worker thread. A session
+message, committed; then the history read, as far back as the engine's default context policy
+needs, timed apart as "history"), and `finish_turn` (the reply and final state, one transaction).
+It also counts, per step, the SQL statements sent and (on SQLite) the round trips to the
+store's threads. A session
 with 20 messages or fewer is used once; larger ones serve a few turns each, so the history
 grows by at most 2 %. Prints one JSON object: per size, the median milliseconds of each step
-and of store = begin + finish (the write side, which DESIGN.md §8 bounds at 1,000 messages to
-1.2x the time at 10), and the statements and thread round trips of one turn.
+and of store = begin's write + finish (the write side, which DESIGN.md §8 bounds at 1,000
+messages to 1.2x the time at 10), and the statements and thread round trips of one turn.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any
 from sqlalchemy import event
 
 from benchmarks.workload import PLAIN, session_doc
+from chatd.engine import EngineConfig
 from chatd.ports import DEFAULT_USER
+from chatd.store.database import SqliteDatabase
 from chatd.store.db import open_store
 from chatd.store.export import parse_doc
 from chatd.types import Message, StopReason, TurnState, Usage
@@ -36,39 +39,50 @@ REPLY = 'Fake reply #0badcafe to 11 messages. You said: "' + PLAIN + '".'
 
 
 class Counts:
-    """SQL statements and aiosqlite worker-thread round trips, as they happen."""
+    """SQL statements, round trips to the store's threads, and time in reads, as they happen."""
 
     def __init__(self) -> None:
         self.statements = 0
         self.hops = 0
+        self.read_s = 0.0
 
 
-def _instrument(engine: Any, counts: Counts) -> None:
+def _instrument(db: Any, counts: Counts) -> None:
     def on_execute(*_args: Any) -> None:
         counts.statements += 1
 
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    try:
-        import aiosqlite.core
-    except ImportError:
-        return
-    original = aiosqlite.core.Connection._execute
+    event.listen(db.sync_engine, "before_cursor_execute", on_execute)
+    read = db.read
 
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def timed_read(work: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await read(work)
+        finally:
+            counts.read_s += time.perf_counter() - began
+
+    db.read = timed_read
+    if not isinstance(db, SqliteDatabase):
+        return  # asyncpg through run_sync: no threads
+    run = db._run
+
+    async def counted(*args: Any) -> Any:
         counts.hops += 1
-        return await original(self, fn, *args, **kwargs)
+        return await run(*args)
 
-    aiosqlite.core.Connection._execute = counted  # type: ignore[method-assign]
+    db._run = counted
 
 
-STEPS = ("session", "begin", "read", "finish")
+# begin_turn is timed in two parts: its write transaction, then the history read after it.
+STEPS = ("session", "begin", "history", "finish")
 
 
 async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, float]]:
     """Return per size the median ms of each step and of store (begin + finish), and counts."""
     store = await open_store(url)
     counts = Counts()
-    _instrument(store.engine, counts)
+    _instrument(store.db, counts)
+    policy = EngineConfig().policy
     out: dict[str, dict[str, float]] = {}
     try:
         for size in sizes:
@@ -93,14 +107,19 @@ async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, fl
                 marks = [(time.perf_counter(), counts.statements, counts.hops)]
                 await store.get_session(DEFAULT_USER, sid)
                 marks.append((time.perf_counter(), counts.statements, counts.hops))
-                record = await store.begin_turn(
-                    DEFAULT_USER, sid, Message.user(PLAIN), model="gpt-4o-mini", provider="openai"
+                read_before = counts.read_s
+                start = await store.begin_turn(
+                    DEFAULT_USER,
+                    sid,
+                    Message.user(PLAIN),
+                    model="gpt-4o-mini",
+                    provider="openai",
+                    history_until=policy.history_cut(),
                 )
-                marks.append((time.perf_counter(), counts.statements, counts.hops))
-                await store.context_messages(DEFAULT_USER, sid)
+                history_s = counts.read_s - read_before
                 marks.append((time.perf_counter(), counts.statements, counts.hops))
                 await store.finish_turn(
-                    record.id,
+                    start.record.id,
                     state=TurnState.COMPLETE,
                     messages=[Message.assistant(REPLY)],
                     stop_reason=StopReason.END_TURN,
@@ -111,12 +130,14 @@ async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, fl
                 marks.append((time.perf_counter(), counts.statements, counts.hops))
                 if rep == 0:
                     continue
-                for i, step in enumerate(STEPS):
+                for i, step in enumerate(("session", "begin", "finish")):
                     timings[step].append(marks[i + 1][0] - marks[i][0])
                     per_step[step] = (
                         marks[i + 1][1] - marks[i][1],
                         marks[i + 1][2] - marks[i][2],
                     )
+                timings["begin"][-1] -= history_s
+                timings["history"].append(history_s)
                 timings["store"].append(timings["begin"][-1] + timings["finish"][-1])
             result: dict[str, Any] = {
                 f"{k}_ms": round(statistics.median(v) * 1000, 3) for k, v in timings.items()

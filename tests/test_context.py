@@ -183,6 +183,43 @@ def test_token_budget_window_shrinks_as_the_system_prompt_grows(
     assert all(m.role in (Role.USER, Role.ASSISTANT) for m in with_system)
 
 
+def loaded_suffix(policy: ContextPolicy, history: Sequence[Message]) -> list[Message]:
+    """Read the history newest first until the policy's cut says enough, as the store does."""
+    enough = policy.history_cut()
+    newest_first: list[Message] = []
+    for message in reversed(history):
+        newest_first.append(message)
+        if enough(message):
+            break
+    return newest_first[::-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=histories(),
+    policy=st.one_of(
+        st.builds(SlidingWindow, st.integers(1, 25)), st.builds(TokenBudget, st.integers(0, 700))
+    ),
+    system=systems,
+)
+def test_reading_only_what_the_cut_asks_for_selects_the_same_messages(
+    history: History, policy: ContextPolicy, system: str | None
+) -> None:
+    # The stored history is the finished turns; the last turn is the one being run.
+    split = history.last_turn_start
+    stored, current = history.messages[:split], list(history.messages[split:])
+    loaded = loaded_suffix(policy, stored)
+    assert list(policy.select(system, [*loaded, *current])) == list(
+        policy.select(system, [*stored, *current])
+    )
+
+
+def test_the_cut_stops_reading_a_long_history_early() -> None:
+    stored = [m for n in range(500) for m in (Message.user(f"q{n}"), Message.assistant("a"))]
+    assert len(loaded_suffix(SlidingWindow(50), stored)) == 50
+    assert len(loaded_suffix(TokenBudget(100), stored)) < 50
+
+
 # --- examples -----------------------------------------------------------------------------------
 
 

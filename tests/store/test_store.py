@@ -115,6 +115,38 @@ def texts(messages: Sequence[Message]) -> list[str]:
 # The contract, on every store.
 
 
+async def test_begin_turn_returns_the_history_in_context_before_it(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    await add_turn(store, ALICE, "s", "one")
+    await add_turn(store, ALICE, "s", "broken", state=TurnState.FAILED)
+    await add_turn(store, ALICE, "s", "two", reply=TOOL_LOOP)
+    start = await store.begin_turn(ALICE, "s", Message.user("now"), model="m", provider="p")
+    assert start.history == (
+        Message.user("one"),
+        Message.assistant("re: one"),
+        Message.user("two"),
+        *TOOL_LOOP,
+    )
+    assert texts(start.record.messages) == ["now"]
+
+
+async def test_begin_turn_reads_history_only_as_far_back_as_asked(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    for n in range(5):
+        await add_turn(store, ALICE, "s", f"q{n}")
+    fed: list[str] = []
+
+    def three(message: Message) -> bool:
+        fed.append(message.text)
+        return len(fed) == 3
+
+    start = await store.begin_turn(
+        ALICE, "s", Message.user("now"), model="m", provider="p", history_until=three
+    )
+    assert fed == ["re: q4", "q4", "re: q3"]  # newest first, and no further
+    assert texts(start.history) == ["re: q3", "q4", "re: q4"]
+
+
 async def test_messages_with_every_part_type_round_trip(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
     question = Message.user("Weather in Oslo? «ünïcode» 🌧")

@@ -167,7 +167,7 @@ class SqlStore:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         turn_id, now = uuid4().hex, utc_now()
 
-        def work(conn: Connection) -> TurnStart:
+        def work(conn: Connection) -> tuple[int, TurnRecord, bool]:
             head = conn.execute(q.BEGIN_HEAD, _key(user_id, session_id)).one_or_none()
             if head is None:
                 raise NotFound(f"no session {session_id!r}")
@@ -175,10 +175,7 @@ class SqlStore:
             if idempotency_key is not None:
                 prior = _replay(conn, head.id, idempotency_key, user_message, session_id)
                 if prior is not None:
-                    return TurnStart(prior)
-            # Read while this transaction holds the session: no other turn can complete in
-            # between, so the model sees exactly the history this turn is stored after.
-            history = _history(conn, head.id, history_until)
+                    return head.id, prior, False
             turn = {
                 "id": turn_id,
                 "session_pk": head.id,
@@ -196,14 +193,21 @@ class SqlStore:
             row = message_values(turn_id, head.id, seq, user_message, now)
             conn.execute(q.INSERT_MESSAGES, row)
             conn.execute(q.TOUCH_SESSION, {"pk": head.id, "now": now})
-            return TurnStart(turn_record(turn, session_id, (user_message,)), history)
+            return head.id, turn_record(turn, session_id, (user_message,)), True
 
         try:
-            return await self.db.write(work)
+            pk, record, began = await self.db.write(work)
         except exc.IntegrityError:
             # One streaming turn per session (a partial unique index), unique seqs and keys:
             # another turn is in flight or began on this session just now.
             raise busy(session_id) from None
+        if not began:
+            return TurnStart(record)
+        # Read only now that this turn holds the session (committed): no other turn can
+        # complete in between, so the model sees exactly the history this turn is stored after.
+        # Outside the write, so a long history never holds up other writers.
+        history = await self.db.read(lambda conn: _history(conn, pk, history_until))
+        return TurnStart(record, history)
 
     async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
         """Extend a streaming turn's lease; False if the turn is no longer streaming."""
