@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 from chatd.config import Settings
 from chatd.context import ContextPolicy, SlidingWindow, TokenBudget, policy_for
 from chatd.errors import ChatdError, InputError, InputTooLarge
+from chatd.leases import LeaseKeeper
 from chatd.ports import DEFAULT_USER, Store
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryPolicy, stream_with_retries
@@ -167,6 +168,7 @@ class ChatService:
         self.config = config or EngineConfig()
         self.tools = tools or ToolRegistry()
         self._running: set[asyncio.Task[None]] = set()
+        self.leases = LeaseKeeper(store, self.config.lease_s)
 
     async def turn(
         self, session_id: str, text: str, options: TurnOptions | None = None
@@ -214,7 +216,7 @@ class ChatService:
             for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
-        run = TurnRun(record, self.store, provider, self.tools, cfg, base, policy)
+        run = TurnRun(record, self.store, provider, self.tools, cfg, base, policy, self.leases)
         run.messages = [*start.history, record.messages[0]]
         run.usage_sink = opts.usage_sink
         # The turn runs as a task of its own, started before anything is handed on, so a
@@ -248,11 +250,11 @@ class ChatService:
 
     async def aclose(self, grace_s: float = 30.0) -> None:
         """Let turns in flight finish for up to grace_s, then stop them (stored interrupted)."""
-        if await self.wait_idle(grace_s):
-            return
-        for task in list(self._running):
-            task.cancel()
-        await self.wait_idle()
+        if not await self.wait_idle(grace_s):
+            for task in list(self._running):
+                task.cancel()
+            await self.wait_idle()
+        await self.leases.aclose()
 
     async def complete(
         self, messages: Sequence[Message], options: CompletionOptions | None = None

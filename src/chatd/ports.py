@@ -93,8 +93,8 @@ class Store(Protocol):
         """
         ...
 
-    async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
-        """Extend a streaming turn's lease; False if the turn is no longer streaming."""
+    async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend these turns' leases; return the ids renewed (those still streaming)."""
         ...
 
     async def expire_leases(self) -> int:

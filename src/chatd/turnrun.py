@@ -17,6 +17,7 @@ from chatd.errors import (
     ToolRoundsExceeded,
     TurnStopped,
 )
+from chatd.leases import LeaseKeeper
 from chatd.ports import Store
 from chatd.providers.base import Provider
 from chatd.providers.retry import stream_with_retries
@@ -109,6 +110,7 @@ class TurnRun:
     config: EngineConfig
     base: ChatRequest
     policy: ContextPolicy
+    leases: LeaseKeeper
     # What the model sees (through the policy): the history, this turn's message, its rounds.
     messages: list[Message] = field(default_factory=list)
     outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
@@ -118,13 +120,21 @@ class TurnRun:
 
     async def run(self) -> None:
         """Call the model (and tools) to the end, store the turn, then post TurnEnded."""
-        keeper = asyncio.create_task(self._keep_lease(asyncio.current_task()))
+        runner = asyncio.current_task()
+
+        def lost() -> None:
+            self.lost_lease = True
+            if runner is not None:
+                runner.cancel()
+
+        self.leases.hold(self.record.id, lost)
         try:
             try:
                 async for event in self._rounds():
                     self.outbox.put_nowait(event)
             finally:
-                keeper.cancel()
+                # Before the turn is stored: a renewal that misses it then is no lost lease.
+                self.leases.release(self.record.id)
         except asyncio.CancelledError:
             why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
             await self._finish_quietly(TurnState.INTERRUPTED, why)
@@ -198,22 +208,6 @@ class TurnRun:
             tool_message = Message(Role.USER, tuple(results))
             progress.messages.append(tool_message)
             self.messages.append(tool_message)
-
-    async def _keep_lease(self, runner: asyncio.Task[None] | None) -> None:
-        # Renew well before expiry; a lease lost to another process's sweep means this turn
-        # was already recorded as interrupted, so stop spending tokens on it.
-        every = self.config.lease_s / 3
-        while True:
-            await asyncio.sleep(every)
-            try:
-                kept = await self.store.renew_lease(self.record.id, self.config.lease_s)
-            except StoreUnavailable as exc:
-                log.warning("could not renew the lease of turn %s: %s", self.record.id, exc)
-                continue
-            if not kept and runner is not None:
-                self.lost_lease = True
-                runner.cancel()
-                return
 
     async def _finish(self, state: TurnState, error: str | None = None) -> TurnEnded:
         progress = self.progress

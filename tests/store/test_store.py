@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -145,6 +146,25 @@ async def test_begin_turn_reads_history_only_as_far_back_as_asked(store: Store) 
     )
     assert fed == ["re: q4", "q4", "re: q3"]  # newest first, and no further
     assert texts(start.history) == ["re: q3", "q4", "re: q4"]
+
+
+async def test_renewing_leases_keeps_only_turns_still_streaming(store: Store) -> None:
+    for sid in ("a", "b", "c"):
+        await store.ensure_session(ALICE, sid)
+    live, short = [
+        (
+            await store.begin_turn(
+                ALICE, sid, Message.user("q"), model="m", provider="p", lease_s=0.05
+            )
+        ).record
+        for sid in ("a", "c")
+    ]
+    done = await add_turn(store, ALICE, "b", "done")
+    await asyncio.sleep(0.1)  # both leases ran out, but no sweep came yet
+    kept = await store.renew_leases([live.id, done.id, short.id, "no-such-turn"], 60)
+    assert kept == {live.id, short.id}
+    assert await store.expire_leases() == 0
+    assert await store.renew_leases([], 60) == set()
 
 
 async def test_messages_with_every_part_type_round_trip(store: Store) -> None:

@@ -145,12 +145,12 @@ class MemoryStore:
         session.info = replace(session.info, updated_at=now)
         return TurnStart(turn, tuple(reversed(newest_first)))
 
-    async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
-        """Extend a streaming turn's lease; False if the turn is no longer streaming."""
-        if turn_id not in self._leases:
-            return False
-        self._leases[turn_id] = _now() + timedelta(seconds=lease_s)
-        return True
+    async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend these turns' leases; return the ids renewed (those still streaming)."""
+        until = _now() + timedelta(seconds=lease_s)
+        kept = {t for t in turn_ids if t in self._leases}
+        self._leases.update(dict.fromkeys(kept, until))
+        return kept
 
     async def expire_leases(self) -> int:
         """Mark every streaming turn whose lease ran out as interrupted; return how many."""

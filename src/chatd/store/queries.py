@@ -131,11 +131,12 @@ EXPIRE_LEASES = update(turns).where(_expired).values(_interrupt)
 EXPIRE_SESSION_LEASES = (
     update(turns).where(turns.c.session_pk == bindparam("pk"), _expired).values(_interrupt)
 )
-# Parameters: turn_id, until.
-RENEW_LEASE = (
+# Parameters: turn_ids (a list), until.
+RENEW_LEASES = (
     update(turns)
-    .where(turns.c.id == bindparam("turn_id"), turns.c.state == STREAMING)
+    .where(turns.c.id.in_(bindparam("turn_ids", expanding=True)), turns.c.state == STREAMING)
     .values(lease_until=bindparam("until"))
+    .returning(turns.c.id)
 )
 
 # Idempotency. Parameters: pk, key / turn_id.

@@ -209,12 +209,13 @@ class SqlStore:
         history = await self.db.read(lambda conn: _history(conn, pk, history_until))
         return TurnStart(record, history)
 
-    async def renew_lease(self, turn_id: str, lease_s: float) -> bool:
-        """Extend a streaming turn's lease; False if the turn is no longer streaming."""
-        until = utc_now() + timedelta(seconds=lease_s)
-        values = {"turn_id": turn_id, "until": until}
-        rowcount = await self.db.write(lambda conn: conn.execute(q.RENEW_LEASE, values).rowcount)
-        return rowcount == 1
+    async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend these turns' leases; return the ids renewed (those still streaming)."""
+        if not turn_ids:
+            return set()
+        values = {"turn_ids": list(turn_ids), "until": utc_now() + timedelta(seconds=lease_s)}
+        rows = await self.db.write(lambda conn: conn.execute(q.RENEW_LEASES, values).all())
+        return {r.id for r in rows}
 
     async def expire_leases(self) -> int:
         """Mark every streaming turn whose lease ran out as interrupted; return how many."""

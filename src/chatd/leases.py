@@ -1,0 +1,61 @@
+"""LeaseKeeper: one task renews the leases of every turn this process is running."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from chatd.errors import StoreUnavailable
+from chatd.ports import Store
+
+log = logging.getLogger("chatd.engine")
+
+# Called for a turn whose lease was lost (another process's sweep marked it interrupted).
+OnLost = Callable[[], None]
+
+
+class LeaseKeeper:
+    """Renew held turns' leases every lease/3, in one statement; tell a turn it lost its lease."""
+
+    def __init__(self, store: Store, lease_s: float) -> None:
+        self.store = store
+        self.lease_s = lease_s
+        self._held: dict[str, OnLost] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, turn_id: str, on_lost: OnLost) -> None:
+        """Keep this turn's lease until released."""
+        self._held[turn_id] = on_lost
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._renew(), name="chatd-lease-keeper")
+
+    def release(self, turn_id: str) -> None:
+        """Stop renewing this turn's lease."""
+        self._held.pop(turn_id, None)
+
+    async def aclose(self) -> None:
+        """Stop the renewing task."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _renew(self) -> None:
+        # Renew well before expiry. The task ends when nothing is held, so an idle process
+        # (or a library user who never closes the service) keeps no timer running.
+        while self._held:
+            await asyncio.sleep(self.lease_s / 3)
+            held = list(self._held)
+            if not held:
+                return
+            try:
+                kept = await self.store.renew_leases(held, self.lease_s)
+            except StoreUnavailable as exc:
+                log.warning("could not renew the leases of %d turn(s): %s", len(held), exc)
+                continue
+            for turn_id in held:
+                on_lost = self._held.get(turn_id)
+                if turn_id not in kept and on_lost is not None:
+                    # Another process's sweep marked it interrupted: stop spending tokens on it.
+                    del self._held[turn_id]
+                    on_lost()
