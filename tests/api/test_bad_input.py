@@ -124,13 +124,26 @@ def test_malformed_json_is_422(
     assert snapshot(client, seeded) == before
 
 
-def test_invalid_utf8_is_a_4xx(client: httpx.Client, seeded: str) -> None:
+def test_invalid_utf8_is_422_saying_so(client: httpx.Client, seeded: str) -> None:
     before = snapshot(client, seeded)
     body = b'{"message": "caf\xe9", "session_id": "' + seeded.encode() + b'"}'
-    for url in ("/chat", f"/v1/sessions/{seeded}/messages"):
+    for url in ("/chat", f"/v1/sessions/{seeded}/messages", "/v1/sessions"):
         response = client.post(url, content=body, headers={"content-type": "application/json"})
-        assert response.status_code in (400, 422)
+        assert response.status_code == 422
+        assert "not UTF-8" in response.text
     assert snapshot(client, seeded) == before
+
+
+def test_a_json_syntax_error_says_where(client: httpx.Client, seeded: str) -> None:
+    response = client.post(
+        f"/v1/sessions/{seeded}/messages",
+        content=b'{"content": hi}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert message.startswith("the request body is not valid JSON")
+    assert "character 12" in message
 
 
 def test_unknown_fields_are_refused_on_v1(client: httpx.Client, seeded: str) -> None:

@@ -37,6 +37,10 @@ _HTTP_TYPES = {
 }
 
 
+# What FastAPI raises (as a 400) when it cannot decode a JSON body at all.
+_UNPARSEABLE_BODY = "There was an error parsing the body"
+
+
 def error_type(exc: BaseException) -> str:
     """Name an error for clients: InputTooLarge → input_too_large; the unforeseen → internal."""
     if not isinstance(exc, ChatdError) or type(exc) is ChatdError:
@@ -117,6 +121,11 @@ def describe(exc: RequestValidationError) -> str:
     """Summarise validation errors in one line: where, then what."""
     parts = []
     for error in exc.errors()[:5]:
+        if error.get("type") == "json_invalid":
+            # loc is ("body", character offset); ctx says what the decoder choked on.
+            why = (error.get("ctx") or {}).get("error", "JSON decode error")
+            offset = error.get("loc", ("body", 0))[-1]
+            return f"the request body is not valid JSON: {why} (at character {offset})"
         where = ".".join(str(x) for x in error.get("loc", ()) if x != "body")
         parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", ""))
     return "; ".join(parts) or "invalid request"
@@ -125,6 +134,11 @@ def describe(exc: RequestValidationError) -> str:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Answer Starlette's HTTP errors (404 route, 405, bad body) in the family's shape."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSEABLE_BODY:
+        # FastAPI's answer to a body that is not even text (bad UTF-8): the same 422 as for
+        # any other body that is not JSON, with a message that says what is wrong.
+        message = "the request body is not valid JSON: it is not UTF-8 text"
+        return error_response(request.url.path, 422, "invalid_request", message)
     kind = _HTTP_TYPES.get(exc.status_code, "http_error")
     response = error_response(request.url.path, exc.status_code, kind, str(exc.detail))
     if exc.headers:
