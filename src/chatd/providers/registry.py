@@ -6,8 +6,6 @@ import logging
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 
-import httpx
-
 from chatd.config import Settings
 from chatd.errors import ConfigError
 from chatd.providers.base import Provider, ProviderOptions, ProviderPlugin
@@ -91,6 +89,10 @@ async def choose_provider(
 
 async def ollama_reachable(timeout_s: float) -> bool:
     """Tell whether a local Ollama server answers."""
+    # Here, not at the top: only `auto` without a key gets this far, and httpx would bring its
+    # command-line extras (rich, pygments, click) into every server.
+    import httpx
+
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             response = await client.get("http://127.0.0.1:11434/api/version")
