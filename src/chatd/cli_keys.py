@@ -7,8 +7,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from chatd.cli_common import plain_errors
 from chatd.cli_sessions import parse_duration, with_store
@@ -55,6 +53,10 @@ def list_keys(
     user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
 ) -> None:
     """List keys: prefix, user, admin, limits, created, last used, expiry, revoked."""
+    # Imported here, not at the top: `chatd serve` imports this module and never prints a table.
+    from rich.console import Console
+    from rich.table import Table
+
     keys: Sequence[ApiKey] = with_store(lambda store: SqlKeyStore(store.db).list_keys(user))
     table = Table(
         "prefix", "id", "user", "admin", "limits", "created", "last used", "expires", "revoked"

@@ -12,8 +12,6 @@ from typing import Annotated, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from chatd.cli_common import fail, load_settings, plain_errors
 from chatd.engine import check_session_id
@@ -57,6 +55,10 @@ def with_store(action: Callable[[SqlStore], Awaitable[T]]) -> T:
 @app.command("list")
 def list_sessions(user: User = DEFAULT_USER) -> None:
     """List a user's sessions."""
+    # Imported here, not at the top: `chatd serve` imports this module and never prints a table.
+    from rich.console import Console
+    from rich.table import Table
+
     sessions = with_store(lambda store: store.list_sessions(user))
     table = Table("session", "turns", "created", "last active")
     for s in sessions:
