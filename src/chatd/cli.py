@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from chatd.cli_common import fail, load_settings, plain_errors, setup_logging
+from chatd.cli_common import fail, load_settings, plain_errors
 from chatd.cli_keys import app as keys_app
 from chatd.cli_sessions import app as sessions_app
+from chatd.server import become_server, setup_logging
 
 app = typer.Typer(
     help="chatd: a chatbot server with memory, streaming, tools and limits.",
@@ -50,8 +51,6 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Run the HTTP server."""
-    import uvicorn
-
     setup_logging()
     with plain_errors():
         settings = load_settings()
@@ -65,17 +64,9 @@ def serve(
             "create keys with `chatd keys create`"
         )
     typer.echo(f"chatd: auth is {auth} (CHATD_AUTH={settings.auth}, host {host})", err=True)
-    # The workers build the app from the environment: hand them the resolved mode.
+    # The server process builds the app from the environment: hand it the resolved mode.
     os.environ["CHATD_AUTH"] = auth
-    uvicorn.run(
-        "chatd.api.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        timeout_graceful_shutdown=30,
-    )
+    become_server(host, port, workers)
 
 
 @app.command()

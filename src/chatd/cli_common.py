@@ -1,9 +1,7 @@
-"""What every `chatd` subcommand shares: settings, logging, one-line errors."""
+"""What every `chatd` subcommand shares: settings and one-line errors."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -40,8 +38,3 @@ def load_settings(**overrides: object) -> Settings:
     base = Settings()
     given = {k: v for k, v in overrides.items() if v is not None}
     return base.model_validate({**base.model_dump(), **given}) if given else base
-
-
-def setup_logging() -> None:
-    """Send chatd's log lines to stderr as plain text."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
