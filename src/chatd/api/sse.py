@@ -63,27 +63,27 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the body, watching for the client's disconnect."""
-        state = _State()
+        state = _State(send)
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        watcher = asyncio.create_task(self._watch(receive, send, state))
+        watcher = asyncio.create_task(self._watch(receive, state))
         chunks = self.source
         try:
             async for chunk in chunks:
                 if state.gone:
                     break
-                await state.send(send, chunk)
+                await state.send(chunk)
                 if state.gone:
                     break
             if not state.gone:
-                await state.send(send, b"", more=False)
+                await state.send(b"", more=False)
         finally:
             watcher.cancel()
             await chunks.aclose()
             await asyncio.gather(watcher, return_exceptions=True)
 
-    async def _watch(self, receive: Receive, send: Send, state: _State) -> None:
+    async def _watch(self, receive: Receive, state: _State) -> None:
         # Waiting on receive is how an ASGI app learns the client left (spec 2.3 sends no error).
         while True:
             timeout = None
@@ -92,8 +92,7 @@ class EventStream(StreamingResponse):
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except TimeoutError:
-                if time.monotonic() - state.last >= (self.ping_s or 0):
-                    await state.send(send, PING)
+                await state.ping(self.ping_s or 0)
                 continue
             if message["type"] == "http.disconnect":
                 state.gone = True
@@ -101,21 +100,52 @@ class EventStream(StreamingResponse):
 
 
 class _State:
-    """What the body loop and the watcher share: one send at a time, and whether to stop."""
+    """What the body loop and the watcher share: one send at a time, and whether to stop.
 
-    def __init__(self) -> None:
+    No lock on every chunk's way: the body loop sends directly, and marks that it is sending;
+    the watcher pings only while nothing is being sent, and the body loop waits only in the
+    rare case that its chunk comes while a ping is going out.
+    """
+
+    def __init__(self, send: Send) -> None:
         self.gone = False
         self.last = time.monotonic()
-        self._lock = asyncio.Lock()
+        self.sending = False
+        self._send = send
+        # Set while the watcher's ping is going out; the body loop waits on it.
+        self._pinging: asyncio.Event | None = None
 
-    async def send(self, send: Send, body: bytes, *, more: bool = True) -> None:
+    async def send(self, body: bytes, *, more: bool = True) -> None:
         """Send one body chunk unless the client is gone; note when it turns out to be."""
-        async with self._lock:
-            if self.gone:
-                return
-            try:
-                await send({"type": "http.response.body", "body": body, "more_body": more})
-            except OSError:
-                # Servers on ASGI spec 2.4 raise here once the client is gone.
-                self.gone = True
-            self.last = time.monotonic()
+        while self._pinging is not None:
+            await self._pinging.wait()
+        if self.gone:
+            return
+        self.sending = True
+        try:
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+        except OSError:
+            # Servers on ASGI spec 2.4 raise here once the client is gone.
+            self.gone = True
+        finally:
+            self.sending = False
+        self.last = time.monotonic()
+
+    async def ping(self, idle_s: float) -> None:
+        """Send a ping if nothing went out for idle_s and nothing is going out now."""
+        now = time.monotonic()
+        if self.sending:
+            # A chunk held up by a slow reader is output, not silence: look again later.
+            self.last = now
+            return
+        if self.gone or now - self.last < idle_s:
+            return
+        done = self._pinging = asyncio.Event()
+        try:
+            await self._send({"type": "http.response.body", "body": PING, "more_body": True})
+        except OSError:
+            self.gone = True
+        finally:
+            self._pinging = None
+            done.set()
+        self.last = time.monotonic()
