@@ -1,10 +1,10 @@
 """Per-key rate limits and quotas, framework-free: admit a request, then charge what it used.
 
-Four limits per key, each a fixed window counted in process memory, or in Redis (through the
-`limits` library's storage) shared by every process: requests per minute, tokens per minute,
-tokens per day, and cost per day (micro-dollars from the price table). Windows are aligned to
-the clock, minutes to the minute and days to UTC midnight, so when one resets is known without
-asking the storage.
+Four limits per key, each a fixed window counted by the `limits` library's storage (in process
+memory, or Redis shared by every process): requests per minute, tokens per minute, tokens per
+day, and cost per day (micro-dollars from the price table). Windows are aligned to the clock,
+minutes to the minute and days to UTC midnight, so when one resets is known without asking
+the storage.
 
 Admission is atomic: each counter is incremented first and compared after, so of N
 concurrent requests against a limit of L at most L get in. Token and cost quotas cannot
@@ -21,7 +21,11 @@ import math
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.errors import StorageError
 
 from chatd.errors import ChatdError
 from chatd.keys import KeyLimits
@@ -87,53 +91,6 @@ class _Counter:
     reset_s: float
 
 
-class Counters(Protocol):
-    """Where the counters live: what the Limiter needs of a storage."""
-
-    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        """Add amount to key's counter (started afresh if expired) and return the new count."""
-        ...
-
-    async def check(self) -> bool:
-        """Tell whether the storage answers."""
-        ...
-
-
-class MemoryCounters:
-    """Fixed-window counters in this process's memory.
-
-    Counts as the `limits` library's MemoryStorage does (a counter's expiry is set when it
-    changes from zero), without loading that library and its storage backends into every
-    server: Redis is the only storage chatd needs it for.
-    """
-
-    SWEEP_S = 10.0
-
-    def __init__(self) -> None:
-        self._counts: dict[str, tuple[int, float]] = {}
-        self._next_sweep = 0.0
-
-    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        """Add amount to key's counter (started afresh if expired) and return the new count."""
-        # No await in here: each increment is atomic against concurrent requests.
-        now = time.time()
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.SWEEP_S
-            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-        count, until = self._counts.get(key, (0, 0.0))
-        if until <= now:
-            count = 0
-        if count == 0:
-            until = now + expiry
-        count += amount
-        self._counts[key] = (count, until)
-        return count
-
-    async def check(self) -> bool:
-        """Tell whether the storage answers: memory always does."""
-        return True
-
-
 def counted_tokens(usage: Usage) -> int:
     """Return the tokens a call counts against token quotas.
 
@@ -146,11 +103,11 @@ def counted_tokens(usage: Usage) -> int:
 class Limiter:
     """Checks and charges the limits of keys against one storage."""
 
-    def __init__(self, storage: Counters, prices: PriceTable) -> None:
+    def __init__(self, storage: Storage, prices: PriceTable) -> None:
+        self._errors = _storage_errors(storage)
         self.storage = storage
         self.prices = prices
         self._bridge = _pipelinable(storage)
-        self._errors = _storage_errors(storage)
 
     def _counters(self, key_id: str, limits: KeyLimits, metered: bool) -> list[_Counter]:
         now = time.time()
@@ -164,13 +121,15 @@ class Limiter:
             if limit is None:
                 continue
             window = int(now // kind.period)
-            # The window's number in the key: a new window starts a new counter at once. The
-            # layout is the `limits` library's (namespace, ids, limit, multiples, granularity),
-            # so counters in Redis stay the ones earlier versions of chatd wrote.
-            unit = "minute" if kind.period == MINUTE else "day"
-            key = f"LIMITER/chatd/{key_id}/{kind.name}/{window}/{limit}/1/{unit}"
+            item: RateLimitItem = (
+                RateLimitItemPerMinute(limit)
+                if kind.period == MINUTE
+                else RateLimitItemPerDay(limit)
+            )
+            # The window's number in the key: a new window starts a new counter at once.
+            key = item.key_for("chatd", key_id, kind.name, str(window))
             reset = (window + 1) * kind.period - now
-            counters.append(_Counter(kind, limit, key, kind.period, reset))
+            counters.append(_Counter(kind, limit, key, item.get_expiry(), reset))
         return counters
 
     async def admit(
@@ -218,26 +177,27 @@ class Limiter:
 
     async def aclose(self) -> None:
         """Release the storage's connections and timers."""
-        if isinstance(self.storage, MemoryCounters):
-            return
-        # The limits API has no close; its redis-py bridge keeps the client here.
-        client = getattr(getattr(self.storage, "bridge", None), "storage", None)
-        if client is not None:
-            await client.aclose()
+        if isinstance(self.storage, MemoryStorage):
+            if self.storage.timer is not None:
+                self.storage.timer.cancel()
+        elif isinstance(self.storage, RedisStorage):
+            # The limits API has no close; its redis-py bridge keeps the client here.
+            client = getattr(self.storage.bridge, "storage", None)
+            if client is not None:
+                await client.aclose()
 
 
-def _storage_errors(storage: Counters) -> tuple[type[Exception], ...]:
-    """Return what a failing storage raises: the `limits` and redis-py errors unless in memory."""
-    if isinstance(storage, MemoryCounters):
-        return (OSError,)
-    # Imported only for Redis: with `limits`, about 7 MB of every process that does not need it.
-    from limits.errors import StorageError
+def _storage_errors(storage: Storage) -> tuple[type[Exception], ...]:
+    """Return what a failing storage raises; redis-py's errors only when it is Redis."""
+    if not isinstance(storage, RedisStorage):
+        return (StorageError, OSError)
+    # Imported only for Redis: redis-py is about 6 MB of every process that does not use it.
     from redis.exceptions import RedisError
 
     return (StorageError, RedisError, OSError)
 
 
-def _pipelinable(storage: Counters) -> Any:
+def _pipelinable(storage: Storage) -> Any:
     """Return the redis-py bridge of a RedisStorage whose increments can be pipelined, or None.
 
     `limits` has no call that counts several keys at once, and one call per counter costs a
@@ -247,7 +207,7 @@ def _pipelinable(storage: Counters) -> Any:
     """
     bridge = getattr(storage, "bridge", None)
     needed = ("lua_incr_expire", "prefixed_key", "get_connection")
-    if bridge is not None and all(hasattr(bridge, n) for n in needed):
+    if isinstance(storage, RedisStorage) and all(hasattr(bridge, n) for n in needed):
         return bridge
     return None
 
@@ -307,9 +267,7 @@ class Charge:
 def open_limiter(redis_url: str | None, prices: PriceTable) -> Limiter:
     """Return a limiter on Redis when a URL is given, else on this process's memory."""
     if not redis_url:
-        return Limiter(MemoryCounters(), prices)
-    from limits.aio.storage import RedisStorage
-
+        return Limiter(MemoryStorage(wrap_exceptions=True), prices)
     uri = redis_url if redis_url.startswith("async+") else f"async+{redis_url}"
     storage = RedisStorage(
         uri,

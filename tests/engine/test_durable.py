@@ -156,12 +156,12 @@ async def drain(stream: AsyncIterator[TurnEvent]) -> None:
 async def _force_expire(service: ChatService) -> bool:
     from sqlalchemy import update
 
-    from chatd.store import queries as q
     from chatd.store.repo import SqlStore
     from chatd.store.rows import utc_now
+    from chatd.store.tables import turns
 
     assert isinstance(service.store, SqlStore)
-    expired = update(q.turns).where(q.turns.c.state == "streaming").values(lease_until=utc_now())
+    expired = update(turns).where(turns.c.state == "streaming").values(lease_until=utc_now())
     await service.store.db.write(lambda c: c.execute(expired))
     return await service.store.expire_leases() == 1
 

@@ -20,7 +20,7 @@ from chatd.errors import ConfigError, NotFound, StoreUnavailable
 from chatd.ports import Store
 from chatd.store.db import alembic_config, open_store, upgrade
 from chatd.store.repo import SqlStore
-from chatd.store.tables import Base
+from chatd.store.tables import metadata
 from chatd.types import (
     GenerationParams,
     Message,
@@ -487,7 +487,7 @@ async def test_deleting_a_session_leaves_no_rows_behind(sql_store: SqlStore) -> 
 async def test_migrations_build_exactly_the_declared_schema(sql_store: SqlStore) -> None:
     def differences(conn: Connection) -> list[Any]:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        return list(compare_metadata(context, Base.metadata))
+        return list(compare_metadata(context, metadata))
 
     assert await sql_store.db.read(differences) == []
     names = await sql_store.db.read(lambda c: set(inspect(c).get_table_names()))

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Connection, create_engine, event, exc, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from chatd.errors import ConfigError, StoreUnavailable
@@ -75,6 +74,8 @@ def create_database(database_url: str) -> Database:
         # and bound every statement (the pool's pre-ping too) so a frozen server or a dead
         # network path ends in StoreUnavailable, not a hang.
         options["connect_args"] = {"timeout": 5, "command_timeout": 15}
+        from sqlalchemy.ext.asyncio import create_async_engine  # 7 MB that SQLite does not need
+
         return AsyncDatabase(create_async_engine(url, **options))
     except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
         raise ConfigError(f"bad database URL: {e}") from None

@@ -13,9 +13,7 @@ from chatd.errors import InputError, NotFound
 from chatd.keys import ApiKey, KeyLimits
 from chatd.store.database import Database
 from chatd.store.rows import utc_now
-from chatd.store.tables import Base
-
-api_keys = Base.metadata.tables["api_keys"]
+from chatd.store.tables import api_keys
 
 _ORDER = (api_keys.c.created_at, api_keys.c.id)
 

@@ -7,12 +7,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from chatd.store.rows import LEASE_EXPIRED
-from chatd.store.tables import Base
+from chatd.store.tables import messages, sessions, turns
 from chatd.types import TurnState
-
-sessions = Base.metadata.tables["sessions"]
-turns = Base.metadata.tables["turns"]
-messages = Base.metadata.tables["messages"]
 
 IN_CONTEXT_STATES = tuple(s.value for s in TurnState if s.in_context)
 STREAMING = TurnState.STREAMING.value

@@ -30,6 +30,7 @@ from chatd.store.rows import (
     turn_record,
     utc_now,
 )
+from chatd.store.tables import sessions
 from chatd.types import (
     GenerationParams,
     Message,
@@ -101,8 +102,8 @@ class SqlStore:
         key = _key(user_id, session_id)
         # Built per call (the columns vary); literal keys, as bound names may not shadow columns.
         statement = (
-            update(q.sessions)
-            .where(q.sessions.c.user_id == user_id, q.sessions.c.session_id == session_id)
+            update(sessions)
+            .where(sessions.c.user_id == user_id, sessions.c.session_id == session_id)
             .values({**values, "updated_at": utc_now()})
         )
 
@@ -312,7 +313,7 @@ class SqlStore:
         }
 
         def work(conn: Connection) -> None:
-            pk = conn.execute(q.INSERT_SESSION.returning(q.sessions.c.id), session).scalar_one()
+            pk = conn.execute(q.INSERT_SESSION.returning(sessions.c.id), session).scalar_one()
             turn_rows, message_rows = imported_rows(pk, turns, now)
             if turn_rows:
                 conn.execute(q.INSERT_TURN, turn_rows)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     Float,
@@ -17,12 +17,12 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints let later migrations alter them, SQLite batch mode included.
 NAMING_CONVENTION = {
@@ -62,117 +62,120 @@ STREAMING = text("state = 'streaming'")
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
-class Base(DeclarativeBase):
-    """Declarative base carrying the naming convention."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012
+# Core tables, not ORM classes: chatd runs prebuilt statements, and the ORM would cost every
+# process about 9 MB of imports for nothing.
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class SessionRow(Base):
-    """A conversation, identified by (user_id, session_id)."""
-
-    __tablename__ = "sessions"
-    __table_args__ = (
-        UniqueConstraint("user_id", "session_id"),
-        Index("ix_sessions_updated_at", "updated_at"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255))
-    session_id: Mapped[str] = mapped_column(String(255))
-    system_prompt: Mapped[str | None] = mapped_column(Text)
-    provider: Mapped[str | None] = mapped_column(String(64))
-    model: Mapped[str | None] = mapped_column(String(255))
-    max_tokens: Mapped[int | None] = mapped_column(Integer)
-    temperature: Mapped[float | None] = mapped_column(Float)
-    stop: Mapped[list[str] | None] = mapped_column(JSON)
-    tools: Mapped[list[str] | None] = mapped_column(JSON)
-    context_policy: Mapped[str | None] = mapped_column(String(16))
-    context_limit: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
+def _utc(name: str, *, nullable: bool = False) -> Column[datetime]:
+    return Column(name, UTCDateTime(), nullable=nullable)
 
 
-class TurnRow(Base):
-    """One user message and what came back, with how it ended."""
-
-    __tablename__ = "turns"
-    __table_args__ = (
-        Index("ix_turns_session_pk_seq", "session_pk", "seq", unique=True),
-        Index(
-            "ix_turns_one_streaming",
-            "session_pk",
-            unique=True,
-            sqlite_where=STREAMING,
-            postgresql_where=STREAMING,
-        ),
-        Index("ix_turns_session_pk_idempotency_key", "session_pk", "idempotency_key", unique=True),
-        Index(
-            "ix_turns_streaming_lease",
-            "lease_until",
-            sqlite_where=STREAMING,
-            postgresql_where=STREAMING,
-        ),
-    )
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    session_pk: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
-    seq: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16))
-    stop_reason: Mapped[str | None] = mapped_column(String(32))
-    model: Mapped[str | None] = mapped_column(String(255))
-    provider: Mapped[str | None] = mapped_column(String(64))
-    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    latency_ms: Mapped[float | None] = mapped_column(Float)
-    ttft_ms: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime]
-    finished_at: Mapped[datetime | None]
-    lease_until: Mapped[datetime | None]
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+def _str(name: str, length: int, *, nullable: bool = True) -> Column[str]:
+    return Column(name, String(length), nullable=nullable)
 
 
-class MessageRow(Base):
-    """One message of a turn; rows are only ever inserted, never rewritten."""
+# A conversation, identified by (user_id, session_id).
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    _str("user_id", 255, nullable=False),
+    _str("session_id", 255, nullable=False),
+    Column("system_prompt", Text),
+    _str("provider", 64),
+    _str("model", 255),
+    Column("max_tokens", Integer),
+    Column("temperature", Float),
+    Column("stop", JSON),
+    Column("tools", JSON),
+    _str("context_policy", 16),
+    Column("context_limit", Integer),
+    _utc("created_at"),
+    _utc("updated_at"),
+    UniqueConstraint("user_id", "session_id"),
+    Index("ix_sessions_updated_at", "updated_at"),
+)
 
-    __tablename__ = "messages"
-    # Not unique: ordering is (turn seq, message seq), so a reply stored while another turn
-    # began concurrently still lands in its own turn instead of failing.
-    __table_args__ = (Index("ix_messages_session_pk_seq", "session_pk", "seq"),)
+# One user message and what came back, with how it ended.
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("session_pk", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    _str("state", 16, nullable=False),
+    _str("stop_reason", 32),
+    _str("model", 255),
+    _str("provider", 64),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("cache_read_tokens", Integer, nullable=False, default=0),
+    Column("cache_write_tokens", Integer, nullable=False, default=0),
+    Column("latency_ms", Float),
+    Column("ttft_ms", Float),
+    Column("error", Text),
+    _utc("created_at"),
+    _utc("finished_at", nullable=True),
+    _utc("lease_until", nullable=True),
+    _str("idempotency_key", 255),
+    Index("ix_turns_session_pk_seq", "session_pk", "seq", unique=True),
+    Index(
+        "ix_turns_one_streaming",
+        "session_pk",
+        unique=True,
+        sqlite_where=STREAMING,
+        postgresql_where=STREAMING,
+    ),
+    Index("ix_turns_session_pk_idempotency_key", "session_pk", "idempotency_key", unique=True),
+    Index(
+        "ix_turns_streaming_lease",
+        "lease_until",
+        sqlite_where=STREAMING,
+        postgresql_where=STREAMING,
+    ),
+)
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
-    session_pk: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
-    seq: Mapped[int] = mapped_column(Integer)
-    role: Mapped[str] = mapped_column(String(16))
-    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    created_at: Mapped[datetime]
+# One message of a turn; rows are only ever inserted, never rewritten. The seq index is not
+# unique: ordering is (turn seq, message seq), so a reply stored while another turn began
+# concurrently still lands in its own turn instead of failing.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column(
+        "turn_id",
+        String(32),
+        ForeignKey("turns.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("session_pk", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    _str("role", 16, nullable=False),
+    Column("parts", JSON, nullable=False),
+    _utc("created_at"),
+    Index("ix_messages_session_pk_seq", "session_pk", "seq"),
+)
 
-
-class ApiKeyRow(Base):
-    """An API key: the SHA-256 of the key (never the key), its owner, limits and lifetime."""
-
-    __tablename__ = "api_keys"
-    __table_args__ = (
-        Index("ix_api_keys_key_hash", "key_hash", unique=True),
-        Index("ix_api_keys_user_id", "user_id"),
-        Index("ix_api_keys_prefix", "prefix"),
-    )
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String(64))
-    prefix: Mapped[str] = mapped_column(String(32))
-    user_id: Mapped[str] = mapped_column(String(255))
-    admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    rpm: Mapped[int | None] = mapped_column(Integer)
-    tpm: Mapped[int | None] = mapped_column(BigInteger)
-    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
-    budget_usd_per_day: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime]
-    expires_at: Mapped[datetime | None]
-    revoked_at: Mapped[datetime | None]
-    last_used_at: Mapped[datetime | None]
+# An API key: the SHA-256 of the key (never the key), its owner, limits and lifetime.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    _str("key_hash", 64, nullable=False),
+    _str("prefix", 32, nullable=False),
+    _str("user_id", 255, nullable=False),
+    Column("admin", Boolean, nullable=False, default=False),
+    Column("rpm", Integer),
+    Column("tpm", BigInteger),
+    Column("tokens_per_day", BigInteger),
+    Column("budget_usd_per_day", Float),
+    _utc("created_at"),
+    _utc("expires_at", nullable=True),
+    _utc("revoked_at", nullable=True),
+    _utc("last_used_at", nullable=True),
+    Index("ix_api_keys_key_hash", "key_hash", unique=True),
+    Index("ix_api_keys_user_id", "user_id"),
+    Index("ix_api_keys_prefix", "prefix"),
+)

@@ -8,10 +8,10 @@ from alembic import context
 from sqlalchemy import Connection
 
 from chatd.store.db import create_database
-from chatd.store.tables import Base
+from chatd.store.tables import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_on(connection: Connection) -> None:
