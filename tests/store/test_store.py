@@ -529,6 +529,22 @@ async def test_data_survives_reopening(sql_store: SqlStore) -> None:
 # SQLite specifics and opening errors.
 
 
+async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
+    store = await open_store(sqlite_url(tmp_path))
+    try:
+        # Each write adds a few 4 KiB pages to the WAL: 1,000 of them, never checkpointed,
+        # leave it over 8 MiB. Checkpoints every hundred writes let it start over instead.
+        for n in range(1000):
+            await store.ensure_session(ALICE, f"s{n}")
+        await asyncio.sleep(0.2)  # the last checkpoint runs on its own thread
+        await store.ensure_session(ALICE, "after")
+        # Measured while open: closing the last connection checkpoints and removes the WAL.
+        wal_bytes = (tmp_path / "chatd.db-wal").stat().st_size
+    finally:
+        await store.close()
+    assert wal_bytes < 3 * 2**20
+
+
 async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     store = await open_store(sqlite_url(tmp_path / "made" / "on" / "demand"))
     try:

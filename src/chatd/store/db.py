@@ -28,6 +28,8 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
+    # Checkpoints run off the request path: chatd.store.database.SqliteDatabase.
+    "PRAGMA wal_autocheckpoint=0",
 )
 
 # Dialect names people write, mapped to the driver chatd runs on. SQLite runs on the stdlib
