@@ -8,8 +8,8 @@ For each size it imports sessions with that many messages of history, then times
 costs the store, step by step as the engine calls it: `get_session`, `begin_turn` (the user's
 message, committed; then the history read, as far back as the engine's default context policy
 needs, timed apart as "history"), and `finish_turn` (the reply and final state, one transaction).
-It also counts, per step, the SQL statements sent and (on SQLite) the round trips to the
-store's threads. A session
+It also counts, per step, the SQL statements sent and (on SQLite) the calls that had to go to
+a thread (only when another process holds the lock: none here). A session
 with 20 messages or fewer is used once; larger ones serve a few turns each, so the history
 grows by at most 2 %. Prints one JSON object: per size, the median milliseconds of each step
 and of store = begin's write + finish (the write side, which DESIGN.md §8 bounds at 1,000
@@ -64,13 +64,14 @@ def _instrument(db: Any, counts: Counts) -> None:
     db.read = timed_read
     if not isinstance(db, SqliteDatabase):
         return  # asyncpg through run_sync: no threads
-    run = db._run
+    # SQLite calls run in the event loop; one goes to a thread only when it must wait.
+    submit = db._patient.submit
 
-    async def counted(*args: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         counts.hops += 1
-        return await run(*args)
+        return submit(*args, **kwargs)
 
-    db._run = counted
+    db._patient.submit = counted  # type: ignore[method-assign]
 
 
 # begin_turn is timed in two parts: its write transaction, then the history read after it.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -549,18 +551,43 @@ async def test_sqlite_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
 async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     store = await open_store(sqlite_url(tmp_path / "made" / "on" / "demand"))
     try:
-        names = ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+        names = ("journal_mode", "foreign_keys", "synchronous")
         pragmas = await store.db.read(
             lambda c: {name: c.scalar(text(f"PRAGMA {name}")) for name in names}
         )
     finally:
         await store.close()
-    assert pragmas == {
-        "journal_mode": "wal",
-        "foreign_keys": 1,
-        "synchronous": 1,
-        "busy_timeout": 5000,
-    }
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "synchronous": 1}
+
+
+async def test_sqlite_waits_for_another_process_lock_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(sqlite_url(tmp_path))
+    other = sqlite3.connect(tmp_path / "chatd.db", isolation_level=None)
+    try:
+        await store.ensure_session(ALICE, "s")
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        began = time.monotonic()
+        turn = await add_turn(store, ALICE, "s", "waited")
+        waited = time.monotonic() - began
+        ticker.cancel()
+    finally:
+        other.close()
+        await store.close()
+    assert turn.state is TurnState.COMPLETE
+    assert waited >= 0.25  # it really waited for the lock, and then went through
+    assert ticks >= 15  # meanwhile the event loop went on serving others
 
 
 @pytest.mark.parametrize(

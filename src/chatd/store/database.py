@@ -1,10 +1,8 @@
-"""Database: run each store call as one synchronous function on a connection, off the event loop.
+"""Database: run each store call as one synchronous function on one connection.
 
-SQLite runs on the stdlib driver in threads of its own: writes on one writer thread (SQLite has
-one writer at a time, so they queue there in order instead of polling the file lock), reads on a
-few reader threads (WAL lets them run beside the writer). A store call is one hop to a thread and
-back, however many statements it runs. PostgreSQL runs on asyncpg through SQLAlchemy's
-`run_sync`, which drives the same function without threads.
+SQLite runs on the stdlib driver in the event loop's thread, and on a thread only when it
+would have to wait for another process's lock (see SqliteDatabase). PostgreSQL runs on asyncpg
+through SQLAlchemy's `run_sync`, which drives the same function over the network, async.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import URL
@@ -30,8 +28,6 @@ log = logging.getLogger("chatd.store")
 T = TypeVar("T")
 Work = Callable[[Connection], T]
 
-# Reads are short (one session's rows); a few threads keep one long export from queueing them.
-SQLITE_READERS = 4
 # Writes between two WAL checkpoints. SQLite's own (wal_autocheckpoint, off on chatd's
 # connections) runs inside the commit that crosses the threshold, so that request waits for
 # its fsyncs: p99 6 ms where p50 is 0.9 (store only). Run mostly off the writer: p99 3.8 ms.
@@ -82,90 +78,111 @@ def _one_line(error: BaseException) -> str:
 
 
 class SqliteDatabase:
-    """SQLite on the stdlib driver: one writer thread, a few reader threads."""
+    """SQLite on the stdlib driver, run where it is awaited unless it would have to wait.
 
-    def __init__(self, engine: Engine, *, in_memory: bool = False) -> None:
+    A store call on SQLite is a fraction of a millisecond of CPU (WAL, no fsync at commit):
+    less than handing it to a thread and back (four hops cost a turn 0.3 ms and a tenth of the
+    throughput). So a call runs in the event loop's thread, on a connection that never waits
+    for a lock (busy_timeout 0). Only when another process holds the lock (SQLITE_BUSY) does
+    the call go to a thread of its own, on a connection that waits (busy_timeout 5 s): the
+    loop never blocks on a lock. WAL checkpoints, with their fsyncs, run on threads too.
+    """
+
+    def __init__(self, engine: Engine, waiting: Engine, *, in_memory: bool = False) -> None:
         self.engine = engine
         self.url = engine.url
+        self._waiting = waiting
+        self._in_memory = in_memory
         self._closed = False
         self._writes = 0
         self._checkpoint: Future[None] | None = None
+        # One thread for calls that must wait, and the checkpoints that follow writes.
+        self._patient = ThreadPoolExecutor(1, thread_name_prefix="chatd-sqlite-wait")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="chatd-sqlite-checkpoint")
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatd-sqlite-write")
-        # An in-memory database lives in its one connection, so everything runs on the writer.
-        self._readers = (
-            self._writer
-            if in_memory
-            else ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="chatd-sqlite-read")
-        )
 
     @property
     def sync_engine(self) -> Engine:
-        """Return the engine itself."""
+        """Return the engine of the calls that run in the event loop."""
         return self.engine
 
     async def read(self, work: Work[T]) -> T:
-        """Run work on a pooled connection in a reader thread."""
-        return await self._run(self._readers, self._read, work)
+        """Run work on a pooled connection."""
+        return await self._run(_read, work)
 
     async def write(self, work: Work[T]) -> T:
-        """Run work in an immediate transaction on the writer thread."""
-        result: T = await self._run(self._writer, self._write, work)
+        """Run work in an immediate transaction (the write lock taken up front)."""
+        result = await self._run(_write, work)
         self._writes += 1
         idle = self._checkpoint is None or self._checkpoint.done()
-        if self._writes % CHECKPOINT_EVERY == 0 and idle and not self._closed:
+        if self._writes % CHECKPOINT_EVERY == 0 and idle and not self._in_memory:
             self._checkpoint = self._checkpointer.submit(self._wal_checkpoint)
         return result
 
     async def dispose(self) -> None:
-        """Close the pooled connections, then stop the threads; a no-op when closed."""
+        """Stop the threads, then close the pooled connections; a no-op when closed."""
         if self._closed:
             return
-        await self._run(self._writer, lambda _: self.engine.dispose(), None)
         self._closed = True
-        self._checkpointer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._checkpointer.shutdown)
+        await loop.run_in_executor(None, self._patient.shutdown)
+        self._waiting.dispose()
+        self.engine.dispose()
 
-    async def _run(self, pool: ThreadPoolExecutor, how: Callable[[Any], T], work: Any) -> T:
+    async def _run(self, how: Callable[[Engine, Work[T]], T], work: Work[T]) -> T:
         if self._closed:
             raise StoreUnavailable("database unavailable: the store was closed")
         with store_errors():
-            return await asyncio.get_running_loop().run_in_executor(pool, how, work)
-
-    def _read(self, work: Work[T]) -> T:
-        with self.engine.connect() as conn:
-            return work(conn)
+            try:
+                return how(self.engine, work)
+            except exc.OperationalError as e:
+                if not _is_busy(e):
+                    raise
+            # Another process holds the lock: wait for it on a thread, not in the loop.
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._patient, how, self._waiting, work)
 
     def _wal_checkpoint(self) -> None:
-        # The bulk of the work (copying pages, fsync) here, beside the writer: PASSIVE never
+        # The bulk of the work (copying pages, fsync) here, beside the writes: PASSIVE never
         # waits for or blocks anyone. But writes go on meanwhile, so it never quite reaches
         # the end of the WAL, and SQLite starts the WAL over only from a checkpoint that did:
-        # a second, short one on the writer thread, between two writes, finishes the job.
+        # a second, short one between two writes finishes the job.
         self._checkpoint_passive()
-        with contextlib.suppress(RuntimeError):  # the writer has shut down: nothing to finish
-            self._writer.submit(self._checkpoint_passive)
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to finish
+            self._patient.submit(self._checkpoint_passive)
 
     def _checkpoint_passive(self) -> None:
         try:
-            with self.engine.connect() as conn:
+            with self._waiting.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         except exc.SQLAlchemyError as e:
             # Nobody waits on a checkpoint: a failed one only leaves the WAL longer.
             log.warning("WAL checkpoint failed: %s", _one_line(e))
 
-    def _write(self, work: Work[T]) -> T:
-        with self.engine.connect() as conn:
-            # Take the write lock up front: a deferred transaction that reads and then writes
-            # fails at once (SQLITE_BUSY_SNAPSHOT) when another process's writer got in between.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
-            return result
+
+def _read(engine: Engine, work: Work[T]) -> T:
+    with engine.connect() as conn:
+        return work(conn)
+
+
+def _write(engine: Engine, work: Work[T]) -> T:
+    with engine.connect() as conn:
+        # Take the write lock up front: a deferred transaction that reads and then writes
+        # fails at once (SQLITE_BUSY_SNAPSHOT) when another process's writer got in between.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return result
+
+
+def _is_busy(error: exc.OperationalError) -> bool:
+    # SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (the low byte is the primary).
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (5, 6)
 
 
 class AsyncDatabase:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,6 @@ SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=5000",
     # Checkpoints run off the request path: chatd.store.database.SqliteDatabase.
     "PRAGMA wal_autocheckpoint=0",
 )
@@ -42,6 +42,9 @@ _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+# How long a call that found the database locked by another process waits (on a thread).
+SQLITE_BUSY_TIMEOUT_MS = 5000
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent upgrades.
 _PG_MIGRATION_LOCK = 7_245_301
@@ -86,13 +89,19 @@ def create_database(database_url: str) -> Database:
 def _sqlite(url: URL, options: dict[str, Any]) -> SqliteDatabase:
     in_memory = _check_sqlite_file(url)
     if in_memory:
-        # One connection holds the whole database; every thread must share it.
+        # One connection holds the whole database: every call and thread must share it.
         options["poolclass"] = StaticPool
         options["connect_args"] = {"check_same_thread": False}
-    # The stdlib driver, run on threads of the store's own (see chatd.store.database).
+        engine = create_engine(url, **options)
+        event.listen(engine, "connect", _sqlite_pragmas(0))
+        return SqliteDatabase(engine, engine, in_memory=True)
+    # Two pools on the one file: calls run in the event loop on connections that never wait
+    # for a lock, and go to a thread, on connections that do, only when they must.
     engine = create_engine(url, **options)
-    event.listen(engine, "connect", _set_sqlite_pragmas)
-    return SqliteDatabase(engine, in_memory=in_memory)
+    event.listen(engine, "connect", _sqlite_pragmas(0))
+    waiting = create_engine(url, **options)
+    event.listen(waiting, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS))
+    return SqliteDatabase(engine, waiting)
 
 
 async def applied_revisions(db: Database) -> frozenset[str]:
@@ -153,13 +162,18 @@ def _upgrade_sync(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        for pragma in SQLITE_PRAGMAS:
-            cursor.execute(pragma)
-    finally:
-        cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    """Return a connect hook setting chatd's pragmas and this busy timeout."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in (*SQLITE_PRAGMAS, f"PRAGMA busy_timeout={busy_timeout_ms}"):
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    return on_connect
 
 
 def _check_sqlite_file(url: URL) -> bool:

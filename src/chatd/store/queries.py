@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from chatd.store.rows import LEASE_EXPIRED
 from chatd.store.tables import messages, sessions, turns
@@ -12,6 +23,9 @@ from chatd.types import TurnState
 
 IN_CONTEXT_STATES = tuple(s.value for s in TurnState if s.in_context)
 STREAMING = TurnState.STREAMING.value
+# The state inline in the SQL, not a bound parameter: only then can SQLite (and PostgreSQL, for
+# generic plans) use the partial indexes on streaming turns instead of scanning the session's.
+IS_STREAMING = turns.c.state == literal_column(f"'{STREAMING}'")
 
 # Parameters: user_id and session_id.
 THIS_SESSION = and_(
@@ -106,7 +120,7 @@ FINISH_HEAD = (
     .order_by(messages.c.seq)
 )
 # Parameters: turn_id and the final column values; only a turn still streaming is finished.
-FINISH_TURN = update(turns).where(turns.c.id == bindparam("turn_id"), turns.c.state == STREAMING)
+FINISH_TURN = update(turns).where(turns.c.id == bindparam("turn_id"), IS_STREAMING)
 
 # Parameter: pk.
 DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))
@@ -114,7 +128,7 @@ DELETE_SESSION_TURNS = delete(turns).where(turns.c.session_pk == bindparam("pk")
 
 # Leases. Parameter: now (and pk for one session's turns).
 _expired = and_(
-    turns.c.state == STREAMING,
+    IS_STREAMING,
     turns.c.lease_until < bindparam("now"),
 )
 _interrupt: dict[str, Any] = {
@@ -130,7 +144,7 @@ EXPIRE_SESSION_LEASES = (
 # Parameters: turn_ids (a list), until.
 RENEW_LEASES = (
     update(turns)
-    .where(turns.c.id.in_(bindparam("turn_ids", expanding=True)), turns.c.state == STREAMING)
+    .where(turns.c.id.in_(bindparam("turn_ids", expanding=True)), IS_STREAMING)
     .values(lease_until=bindparam("until"))
     .returning(turns.c.id)
 )
@@ -149,7 +163,7 @@ RELEASE_KEY = update(turns).where(turns.c.id == bindparam("turn_id")).values(ide
 # Retention. Parameter: cutoff. A session with a turn in flight is never pruned.
 PRUNE_SESSIONS = delete(sessions).where(
     sessions.c.updated_at < bindparam("cutoff"),
-    ~exists().where(turns.c.session_pk == sessions.c.id, turns.c.state == STREAMING),
+    ~exists().where(turns.c.session_pk == sessions.c.id, IS_STREAMING),
 )
 
 # Paging. Sessions in (created_at, session_id) order: a stable key the cursor can carry.
