@@ -94,11 +94,16 @@ SESSION_MESSAGES = (
     .order_by(messages.c.seq)
 )
 
-# What begin_turn needs in one read: the session's pk and its last turn and message seqs.
+# What begin_turn needs in one read: the session's pk, its last turn and message seqs, and
+# whether a turn is streaming (only then may a lease need expiring first).
 BEGIN_HEAD = select(
     sessions.c.id,
     _last_turn_seq.label("last_turn"),
     _last_message_seq.label("last_message"),
+    exists()
+    .where(turns.c.session_pk == sessions.c.id, IS_STREAMING)
+    .correlate_except(turns)
+    .label("streaming"),
 ).where(THIS_SESSION)
 INSERT_TURN = insert(turns)
 INSERT_MESSAGES = insert(messages)

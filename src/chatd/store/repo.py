@@ -172,7 +172,9 @@ class SqlStore:
             head = conn.execute(q.BEGIN_HEAD, _key(user_id, session_id)).one_or_none()
             if head is None:
                 raise NotFound(f"no session {session_id!r}")
-            conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": head.id, "now": now})
+            if head.streaming:
+                # Its process may have died: an expired lease frees the session for this turn.
+                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": head.id, "now": now})
             if idempotency_key is not None:
                 prior = _replay(conn, head.id, idempotency_key, user_message, session_id)
                 if prior is not None:
