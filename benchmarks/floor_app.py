@@ -1,19 +1,27 @@
 """Arm N, the floor: a bare forwarding ASGI app on chatd's server stack and upstream client path.
 
-`POST /v1/chat/completions` takes an OpenAI Chat Completions body and forwards it as-is through
-one process-wide `openai.AsyncOpenAI` client built the way chatd builds its own (max_retries=0,
-the default httpx transport), then returns the completion as JSON or re-encodes each streamed
-chunk as an SSE event. Nothing else: no framework, no validation, no storage, no middleware.
-`GET /healthz` answers 200. It runs under uvicorn with the settings `chatd serve` uses, so the
-only difference from chatd's path is chatd itself.
+`POST /v1/chat/completions` takes an OpenAI Chat Completions body and forwards it through one
+process-wide `openai.AsyncOpenAI` client built the way chatd builds its own (max_retries=0, the
+default httpx transport), called the way chatd calls it (`providers/openai_compat.py`
+`OpenAICompatProvider._open`): the SDK's low-level
+
+    client.post("/chat/completions", body=dict, cast_to=object, stream=True,
+                stream_cls=openai.AsyncStream[object])
+
+with `"stream": true` and `stream_options.include_usage` always set, as chatd always streams
+upstream. A streamed request gets each chunk re-encoded as an SSE event; a non-streamed one gets
+the chunks' text gathered into one JSON completion, as chatd gathers a non-streamed turn. Nothing
+else: no framework, no validation, no storage, no middleware. `GET /healthz` answers 200. It runs
+under uvicorn with the settings `chatd serve` uses, so the only difference from chatd's path is
+chatd itself.
 
     python -m benchmarks.floor_app --port 8101 --upstream http://127.0.0.1:8100/v1
 
-Variants of the upstream call, for measuring what the SDK's layers cost (`--client`):
-  create    `client.chat.completions.create(**body)`: chatd's path today (the default)
-  lowlevel  `client.post("/chat/completions", body=..., cast_to=object)`: the SDK's request
-            method with a plain dict, skipping create()'s request transform and typed models
-and `--transport httpx|aiohttp` (the SDK's `DefaultAioHttpClient`).
+References for what the SDK's layers cost (`--client`, `--transport`):
+  lowlevel  the call above: chatd's path (the default; arm N)
+  create    `client.chat.completions.create(**body, stream=True)`: the SDK's typed path, with
+            its request transform and a pydantic model per chunk (arm Nc; chatd before c62d48e)
+  --transport aiohttp: the low-level call on the SDK's `DefaultAioHttpClient` (arm Nlla)
 """
 
 from __future__ import annotations
@@ -72,46 +80,85 @@ class FloorApp:
             return
         body = orjson.loads(await _read_body(receive))
         assert self.client is not None
+        asked = bool(body.get("stream"))
+        # chatd streams upstream whatever its client asked (openai_compat.py `_body`).
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
         try:
-            if body.get("stream"):
-                await self._stream(body, send)
+            stream = await self._open(body)
+            if asked:
+                await self._relay(stream, send)
             else:
-                await self._complete(body, send)
+                await self._gather(stream, send)
         except openai.APIStatusError as exc:
             await _reply(send, exc.status_code, orjson.dumps({"error": {"message": exc.message}}))
 
-    async def _complete(self, body: dict[str, Any], send: Send) -> None:
+    async def _open(self, body: dict[str, Any]) -> Any:
         assert self.client is not None
-        if self.mode == "lowlevel":
-            data = await self.client.post("/chat/completions", body=body, cast_to=object)
-            await _reply(send, 200, orjson.dumps(data))
-            return
-        completion = await self.client.chat.completions.create(**body)
-        await _reply(send, 200, completion.model_dump_json(exclude_unset=True).encode())
+        if self.mode == "create":
+            return await self.client.chat.completions.create(**body)
+        return await self.client.post(
+            "/chat/completions",
+            body=body,
+            cast_to=object,
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
+        )
 
-    async def _stream(self, body: dict[str, Any], send: Send) -> None:
-        assert self.client is not None
-        if self.mode == "lowlevel":
-            stream: Any = await self.client.post(
-                "/chat/completions",
-                body=body,
-                cast_to=object,
-                stream=True,
-                stream_cls=openai.AsyncStream[object],
-            )
-            encode: Callable[[Any], bytes] = orjson.dumps
-        else:
-            stream = await self.client.chat.completions.create(**body)
+    def _encode(self, chunk: Any) -> bytes:
+        if self.mode == "create":
+            data: bytes = chunk.model_dump_json(exclude_unset=True).encode()
+            return data
+        return orjson.dumps(chunk)
 
-            def encode(chunk: Any) -> bytes:
-                return chunk.model_dump_json(exclude_unset=True).encode()
-
+    async def _relay(self, stream: Any, send: Send) -> None:
+        """A streamed request: each upstream chunk goes out as one SSE event."""
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         async with stream:
             async for chunk in stream:
-                event = b"data: " + encode(chunk) + b"\n\n"
+                event = b"data: " + self._encode(chunk) + b"\n\n"
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async def _gather(self, stream: Any, send: Send) -> None:
+        """A non-streamed request: the chunks' text, finish reason and usage as one completion."""
+        parts: list[str] = []
+        finish: str | None = None
+        usage: Any = None
+        model = ""
+        async with stream:
+            async for chunk in stream:
+                if self.mode == "create":  # typed chunks, read as chatd's old _normalize did
+                    model = chunk.model or model
+                    if chunk.usage is not None:
+                        usage = chunk.usage.model_dump(exclude_unset=True)
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            parts.append(choice.delta.content)
+                        finish = choice.finish_reason or finish
+                    continue
+                if not isinstance(chunk, dict):
+                    continue
+                model = chunk.get("model") or model
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        parts.append(content)
+                    finish = choice.get("finish_reason") or finish
+        reply = {
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(parts)},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage,
+        }
+        await _reply(send, 200, orjson.dumps(reply))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -147,7 +194,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="OpenAI base URL, ending in /v1")
-    parser.add_argument("--client", choices=["create", "lowlevel"], default="create")
+    parser.add_argument("--client", choices=["lowlevel", "create"], default="lowlevel")
     parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="httpx")
     args = parser.parse_args()
     key = os.environ.get("OPENAI_API_KEY", "sk-bench")

@@ -131,14 +131,18 @@ class Bench:
                     self.fake.port,
                     headers=[("Authorization", f"Bearer {A.UPSTREAM_KEY}")],
                 )
-            elif name in ("N", "Nll", "Nlla"):
-                client, transport = {
-                    "N": ("create", "httpx"),
-                    "Nll": ("lowlevel", "httpx"),
-                    "Nlla": ("lowlevel", "aiohttp"),
-                }[name]
-                server = A.floor_server(name, self.work, upstream, client, transport, self.pin)
-                title = f"floor app: SDK {client}, {transport}"
+            elif name in A.FLOOR_ARMS:
+                client, transport = A.FLOOR_ARMS[name]
+                python = None
+                if transport == "aiohttp":
+                    python = self._nlla_python(name)
+                    if python is None:
+                        continue
+                server = A.floor_server(
+                    name, self.work, upstream, client, transport, self.pin, python
+                )
+                call = "client.post(…, stream=True)" if client == "lowlevel" else "create()"
+                title = f"floor app: SDK {call} streamed upstream, {transport}"
                 pending.append((A.Arm(name, title, server.port, server), server))
             elif name in ("G", "Gpg", "Ga"):
                 url = self._database_url(name)
@@ -188,6 +192,26 @@ class Bench:
                 self.arms[arm.name] = arm
         # Keep the order asked for.
         self.arms = {n: self.arms[n] for n in wanted if n in self.arms}
+
+    def _nlla_python(self, name: str) -> str | None:
+        """Arm Nlla's interpreter, with a note when it is missing or its SDK is not .venv's."""
+        python = A.nlla_python()
+        if python is None:
+            self.note(
+                f"arm {name} skipped: the SDK's aiohttp transport is kept out of .venv (it "
+                f"would add to chatd's idle RSS), so {name} runs from a venv of its own: "
+                + A.nlla_install()
+            )
+            return None
+        import openai
+
+        theirs = A.package_version(python, "openai")
+        if theirs != openai.__version__:
+            self.note(
+                f"arm {name} runs openai SDK {theirs} where .venv has {openai.__version__}: "
+                "it no longer differs from N by the transport alone"
+            )
+        return python
 
     def _database_url(self, name: str) -> str | None:
         if name in ("G", "Ga"):
@@ -418,7 +442,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--start-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
-    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    for old, new in A.ARM_ALIASES.items():
+        if old in arms:
+            print(f"note: arm {old} is now {new} (chatd's upstream path)", file=sys.stderr)
+    arms = [A.ARM_ALIASES.get(a, a) for a in arms]
+    args.arms = list(dict.fromkeys(arms))
     unknown = [a for a in args.arms if a not in A.ALL_ARMS]
     if unknown:
         parser.error(f"unknown arms: {', '.join(unknown)}")

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--arms", "D,G", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--arms", "D,N,G", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -29,13 +29,17 @@ def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     assert latency["D"]["p50"] > 0
     assert latency["G"]["p50"] > 0
     assert latency["G"]["p50_minus_D"] is not None
+    assert latency["G"]["p50_minus_N"] is not None
     assert latency["G"]["errors"] == 0
+    assert latency["N"]["errors"] == 0
 
     streaming = results["streaming"]["summary"]["G"]
     assert streaming["ttft_p50"] > 0
     assert streaming["chunks"] == streaming["expected"] > 0
 
     assert results["throughput"]["summary"]["G"]["rps"] > 0
+    assert results["throughput"]["summary"]["N"]["rps"] > 0
+    assert results["streaming"]["summary"]["N"]["one_for_one"]
     assert results["open_streams"]["G"]["levels"]
     assert results["idle_rss"]["G"]["rss_mb"] > 0
     assert set(results["history"]["summary"]) >= {"G@10", "G@100"}
@@ -44,3 +48,21 @@ def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "Against DESIGN.md §8" in report
     assert "G−D" in report
+
+
+@pytest.mark.timeout(150)
+def test_stream_memory_ranks_what_a_stream_holds(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    argv = [sys.executable, "-m", "benchmarks.stream_memory", "--levels", "2,6"]
+    argv += ["--chunks", "60", "--delay-ms", "300", "--settle", "0.5", "--json", str(out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["flowing"][1:] == [2, 6]
+    # At least the server's own task per connection (uvicorn's request cycle).
+    assert sum(per for _, per in result["tasks_per_stream"]) >= 1
+    assert result["rss_kib_per_stream"] is not None
+    assert result["traced_kib_per_stream"] > 0
+    assert result["by_line"]
+    assert result["by_own_line"]
+    assert "Memory per open stream" in done.stdout
