@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -70,6 +71,36 @@ _STATE_FOR_STOP = {
 }
 
 
+class Outbox:
+    """Hand a turn's outcomes to the one reader of its events, in order.
+
+    What asyncio.Queue does for this one producer and one consumer, in a deque and one
+    future: a queue is four deques and an event (3 KiB), held by every open stream.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Outcome] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Outcome) -> None:
+        """Add an outcome and wake the reader."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Outcome:
+        """Return the next outcome, waiting for it."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 @dataclass
 class Progress:
     """What a turn has produced so far, so a failure can store the partial reply."""
@@ -82,6 +113,14 @@ class Progress:
     usage: Usage = field(default_factory=Usage)
     stop: StopReason | None = None
     ttft: float | None = None
+
+    def add_text(self, text: str) -> None:
+        """Keep a streamed piece of text."""
+        self.text.append(text)
+        # One str per chunk costs ~55 bytes of overhead each; joined now and then, an open
+        # stream's reply takes about what its characters do.
+        if len(self.text) >= 64:
+            self.text = ["".join(self.text)]
 
     def flush(self) -> Message | None:
         """Close the assistant message being streamed and keep it."""
@@ -113,7 +152,7 @@ class TurnRun:
     leases: LeaseKeeper
     # What the model sees (through the policy): the history, this turn's message, its rounds.
     messages: list[Message] = field(default_factory=list)
-    outbox: asyncio.Queue[Outcome] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=lambda: Outbox())
     progress: Progress = field(default_factory=Progress)
     lost_lease: bool = False
     usage_sink: UsageSink | None = None
@@ -131,7 +170,7 @@ class TurnRun:
         try:
             try:
                 async for event in self._rounds():
-                    self.outbox.put_nowait(event)
+                    self.outbox.put(event)
             finally:
                 # Before the turn is stored: a renewal that misses it then is no lost lease.
                 self.leases.release(self.record.id)
@@ -140,23 +179,23 @@ class TurnRun:
             await self._finish_quietly(TurnState.INTERRUPTED, why)
             await self._report_usage()
             # Whoever still listens learns why the reply ends here.
-            self.outbox.put_nowait(StoreUnavailable(why) if self.lost_lease else TurnStopped(why))
+            self.outbox.put(StoreUnavailable(why) if self.lost_lease else TurnStopped(why))
             raise
         except Exception as exc:
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
             await self._report_usage()
-            self.outbox.put_nowait(exc)
+            self.outbox.put(exc)
             return
         stop = self.progress.stop or StopReason.UNKNOWN
         try:
             end = await self._finish(_STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
         except ChatdError as exc:
             await self._report_usage()
-            self.outbox.put_nowait(exc)
+            self.outbox.put(exc)
             return
         # Charged before the end goes out, so the caller's next request sees this usage.
         await self._report_usage()
-        self.outbox.put_nowait(end)
+        self.outbox.put(end)
 
     async def _report_usage(self) -> None:
         # Whatever the provider reported counts, however the turn ended; never fails the turn.
@@ -183,7 +222,7 @@ class TurnRun:
                 if isinstance(event, TextDelta):
                     if progress.ttft is None:
                         progress.ttft = progress.ms_since_start()
-                    progress.text.append(event.text)
+                    progress.add_text(event.text)
                 elif isinstance(event, ToolCallEvent):
                     progress.calls.append(event.call)
                 elif isinstance(event, UsageEvent):

@@ -81,6 +81,14 @@ async def test_events_start_with_ids_and_end_with_the_stored_turn(service: ChatS
     assert turns[0].latency_ms >= turns[0].ttft_ms
 
 
+async def test_a_long_streamed_reply_is_stored_whole(service: ChatService) -> None:
+    events = await run(service, "s1", "hello [fake: chunks=300 words=300]")
+    deltas = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert sum(isinstance(e, TextDelta) for e in events) == 300
+    [turn] = await service.store.list_turns("local", "s1")
+    assert turn.messages[1].text == deltas == ended(events).text
+
+
 async def test_user_message_is_stored_before_the_reply_streams(service: ChatService) -> None:
     seen_while_streaming = None
     async for event in service.turn("s1", "hello [fake: chunks=3 delay_ms=100]"):

@@ -90,7 +90,9 @@ class EventStream(StreamingResponse):
             if self.ping_s is not None:
                 timeout = max(0.0, state.last + self.ping_s - time.monotonic())
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                # Not wait_for: on 3.11 it runs receive() in a task of its own (a KiB a stream).
+                async with asyncio.timeout(timeout):
+                    message = await receive()
             except TimeoutError:
                 await state.ping(self.ping_s or 0)
                 continue
