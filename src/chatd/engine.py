@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
@@ -41,7 +40,8 @@ log = logging.getLogger("chatd.engine")
 
 DisconnectPolicy = Literal["finish", "abort"]
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_KEEP_CONTROLS = {"\n", "\t"}
+# Unicode's control characters (category Cc) and lone surrogates (Cs), but newline and tab.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def check_session_id(session_id: str) -> str:
@@ -57,9 +57,7 @@ def check_session_id(session_id: str) -> str:
 def clean_message(text: str, max_chars: int) -> str:
     """Strip control characters (but newline and tab) and enforce the length cap."""
     text = text.replace("\r\n", "\n")
-    text = "".join(
-        c for c in text if c in _KEEP_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs")
-    )
+    text = _CONTROLS.sub("", text)
     if not text.strip():
         raise InputError("message is empty")
     if len(text) > max_chars:
