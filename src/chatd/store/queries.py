@@ -74,11 +74,14 @@ CONTEXT_MESSAGES = (
     .where(THIS_SESSION, turns.c.state.in_(IN_CONTEXT_STATES))
     .order_by(turns.c.seq, messages.c.seq)
 )
-# The same, newest first, for one session by pk (begin_turn reads it while holding the session).
+# The same, newest first, for one session by pk (begin_turn reads it once its turn holds it).
 CONTEXT_MESSAGES_NEWEST = (
     select(messages.c.role, messages.c.parts)
-    .join(turns, turns.c.id == messages.c.turn_id)
-    .where(messages.c.session_pk == bindparam("pk"), turns.c.state.in_(IN_CONTEXT_STATES))
+    # Driven from the session's turns, then each turn's messages by index: on a freshly
+    # filled table PostgreSQL misjudged the other way round (messages first) as 10x slower.
+    .select_from(turns)
+    .join(messages, messages.c.turn_id == turns.c.id)
+    .where(turns.c.session_pk == bindparam("pk"), turns.c.state.in_(IN_CONTEXT_STATES))
     .order_by(turns.c.seq.desc(), messages.c.seq.desc())
 )
 LIST_TURNS = (
