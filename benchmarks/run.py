@@ -215,7 +215,7 @@ class Bench:
 
     def _database_url(self, name: str) -> str | None:
         if name in ("G", "Ga"):
-            return f"sqlite+aiosqlite:///{self.work / name / 'chatd.db'}"
+            return f"sqlite:///{self.work / name / 'chatd.db'}"
         from chatd.testing.postgres import PostgresServer
 
         if not PostgresServer.available():

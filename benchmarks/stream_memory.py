@@ -437,7 +437,7 @@ def _server_config(args: argparse.Namespace, work: Path, upstream: str, port: in
             "CHATD_PROVIDER": "openai",
             "OPENAI_API_KEY": A.UPSTREAM_KEY,
             "OPENAI_BASE_URL": upstream,
-            "CHATD_DATABASE_URL": f"sqlite+aiosqlite:///{work / 'chatd.db'}",
+            "CHATD_DATABASE_URL": f"sqlite:///{work / 'chatd.db'}",
             "CHATD_AUTH": "off",
             # Traced, chatd runs several times slower: turns must not lose their lease (and
             # be swept) meanwhile. The lease keeper task is there whatever its period.

@@ -662,7 +662,7 @@ def store_timing(bench: Bench) -> dict[str, Any]:
         if arm.name == "Gpg":
             url = bench.pg.create_database("chatd_store_bench")
         else:
-            url = f"sqlite+aiosqlite:///{bench.work / 'store_bench.db'}"
+            url = f"sqlite:///{bench.work / 'store_bench.db'}"
         argv = [
             *pinning([0] if bench.pin else None),
             sys.executable,

@@ -71,7 +71,7 @@ def make_settings(db: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "provider": "anthropic",
         "model": "test-model",
-        "database_url": f"sqlite+aiosqlite:///{db}",
+        "database_url": f"sqlite:///{db}",
         "retry_max_attempts": 1,
         "cors_origins": [ALLOWED_ORIGIN],
         "max_completions_body_bytes": COMPLETIONS_CAP,

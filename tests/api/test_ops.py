@@ -26,7 +26,7 @@ def test_readyz_checks_database_migrations_and_provider(client: httpx.Client) ->
 
 def test_readyz_is_503_when_migrations_are_not_applied(make_server: Any) -> None:
     server = make_server()
-    path = server.settings.database_url.removeprefix("sqlite+aiosqlite:///")
+    path = server.settings.database_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as db:
         db.execute("UPDATE alembic_version SET version_num = '0001'")
     response = httpx.get(server.url + "/readyz")

@@ -24,7 +24,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(PROVIDER_VARS)}
     clean.update(
         HOME=str(tmp_path),
-        CHATD_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
+        CHATD_DATABASE_URL=f"sqlite:///{tmp_path / 'chat.db'}",
         CHATD_DEMO_DELAY_MS="0",
         CHATD_RETRY_BASE_DELAY_S="0.01",
         PYTHONUNBUFFERED="1",

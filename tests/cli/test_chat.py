@@ -78,7 +78,7 @@ def test_unreachable_database_is_a_plain_error(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    url = f"sqlite+aiosqlite:///{blocker / 'sub' / 'chat.db'}"
+    url = f"sqlite:///{blocker / 'sub' / 'chat.db'}"
     result = chatd({**env, "CHATD_DATABASE_URL": url}, "chat", stdin="hi\n")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -186,7 +186,7 @@ def test_serve_refuses_a_public_address_without_auth(env: dict[str, str], chatd:
 
 
 def test_db_upgrade_creates_the_database(env: dict[str, str], tmp_path: Path, chatd: Run) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'sub' / 'up.db'}"
+    url = f"sqlite:///{tmp_path / 'sub' / 'up.db'}"
     result = chatd({**env, "CHATD_DATABASE_URL": url}, "db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sub" / "up.db").exists()

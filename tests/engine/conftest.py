@@ -35,7 +35,7 @@ async def db_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "postgres":
         url: str = request.getfixturevalue("postgres_url")
     else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+        url = f"sqlite:///{tmp_path / 'engine.db'}"
     store = await open_store(url)
     yield store
     await store.close()
@@ -50,7 +50,7 @@ async def make_service(
 
     async def factory(kind: str = "anthropic", **config: object) -> ChatService:
         settings = Settings(
-            provider=kind, model="test-model", database_url="sqlite+aiosqlite://", _env_file=None
+            provider=kind, model="test-model", database_url="sqlite://", _env_file=None
         )  # type: ignore[call-arg]
         pool = await ProviderPool.start(settings, env=provider_env(kind, fake_upstream.url))
         pools.append(pool)

@@ -39,9 +39,7 @@ class HistoryMachine(RuleBasedStateMachine):
         self.service: ChatService = self.runner.run(self._build())
 
     async def _build(self) -> ChatService:
-        self.store: SqlStore = await open_store(
-            f"sqlite+aiosqlite:///{Path(self.tmp.name) / 'm.db'}"
-        )
+        self.store: SqlStore = await open_store(f"sqlite:///{Path(self.tmp.name) / 'm.db'}")
         env = {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": self.fake_url}
         s = Settings.model_validate({"provider": "anthropic", "model": "m"})
         self.pool = await ProviderPool.start(s, env=env)

@@ -17,7 +17,7 @@ from chatd.types import ChatRequest, StopEvent, StopReason, StreamEvent, TextDel
 
 def settings(**kw: object) -> Settings:
     """Build settings without reading .env or CHATD_* from the test process."""
-    return Settings.model_validate({"database_url": "sqlite+aiosqlite://", **kw})
+    return Settings.model_validate({"database_url": "sqlite://", **kw})
 
 
 def test_built_ins_load_through_the_entry_point_group() -> None:

@@ -24,7 +24,7 @@ async def _memory(request: pytest.FixtureRequest) -> MemoryStore:
 
 async def _sqlite(request: pytest.FixtureRequest) -> SqlStore:
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    return await open_store(f"sqlite+aiosqlite:///{tmp_path / 'chatd.db'}")
+    return await open_store(f"sqlite:///{tmp_path / 'chatd.db'}")
 
 
 async def _postgres(request: pytest.FixtureRequest) -> SqlStore:

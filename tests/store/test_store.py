@@ -45,7 +45,7 @@ STATES_STREAMING_LAST.append(TurnState.STREAMING)
 
 def sqlite_url(directory: Path) -> str:
     """Return the URL of a SQLite file in this directory."""
-    return f"sqlite+aiosqlite:///{directory / 'chatd.db'}"
+    return f"sqlite:///{directory / 'chatd.db'}"
 
 
 STOP_FOR = {
@@ -590,6 +590,17 @@ async def test_sqlite_waits_for_another_process_lock_without_blocking_the_loop(
     assert ticks >= 15  # meanwhile the event loop went on serving others
 
 
+async def test_urls_written_for_earlier_chatd_still_open(tmp_path: Path) -> None:
+    # chatd ran on aiosqlite before; configurations that name it keep working.
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    try:
+        await store.ensure_session(ALICE, "s")
+        await add_turn(store, ALICE, "s", "still here")
+        assert texts(await store.context_messages(ALICE, "s")) == ["still here", "re: still here"]
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -619,7 +630,7 @@ async def test_an_unreachable_database_is_store_unavailable(tmp_path: Path, wher
     (tmp_path / "file").write_text("not a directory")
     url = {
         "under_a_file": sqlite_url(tmp_path / "file" / "sub"),
-        "a_directory": f"sqlite+aiosqlite:///{tmp_path}",
+        "a_directory": f"sqlite:///{tmp_path}",
         "postgres_down": f"postgresql+asyncpg://chatd:secret@127.0.0.1:{closed_port()}/chatd",
     }[where]
     with pytest.raises(StoreUnavailable) as caught:

@@ -33,7 +33,7 @@ SQLITE_PRAGMAS = (
 )
 
 # Dialect names people write, mapped to the driver chatd runs on. SQLite runs on the stdlib
-# driver in the store's threads; `sqlite+aiosqlite` is still read, as earlier chatd wrote it.
+# driver (see chatd.store.database); `sqlite+aiosqlite` is still read, as earlier chatd wrote it.
 _DRIVERS = {
     "sqlite": "sqlite+pysqlite",
     "sqlite+pysqlite": "sqlite+pysqlite",
