@@ -47,10 +47,11 @@ async def burst(url: str, key: str, n: int) -> list[httpx.Response]:
 
 
 def test_a_burst_of_50_admits_at_most_the_limit(
-    servers: Any, make_key: Any, backend: str | None
+    servers: Any, make_key: Any, backend: str | None, fresh_minute: Any
 ) -> None:
     srv = servers(auth="on", redis_url=backend)
     key = make_key(srv, "ann", rpm=5)
+    fresh_minute(10)
     responses = asyncio.run(burst(srv.url, key, 50))
     assert sorted(r.status_code for r in responses) == [200] * 5 + [429] * 45
     admitted = [r for r in responses if r.status_code == 200]
@@ -66,10 +67,11 @@ def test_a_burst_of_50_admits_at_most_the_limit(
 
 
 def test_two_servers_on_one_redis_enforce_one_limit(
-    servers: Any, make_key: Any, redis_url: str
+    servers: Any, make_key: Any, redis_url: str, fresh_minute: Any
 ) -> None:
     first, second = servers(auth="on", redis_url=redis_url), servers(auth="on", redis_url=redis_url)
     key = make_key(first, "ann", rpm=4)
+    fresh_minute(10)
     codes = [
         httpx.get(f"{srv.url}/v1/sessions", headers={"x-api-key": key}).status_code
         for srv in (first, second) * 5
@@ -77,9 +79,13 @@ def test_two_servers_on_one_redis_enforce_one_limit(
     assert codes == [200] * 4 + [429] * 6
 
 
-def test_429_speaks_each_route_familys_shape(servers: Any, make_key: Any) -> None:
+def test_429_speaks_each_route_familys_shape(
+    servers: Any, make_key: Any, fresh_minute: Any
+) -> None:
     srv = servers(auth="on")
-    with httpx.Client(base_url=srv.url, headers={"x-api-key": make_key(srv, "a", rpm=1)}) as c:
+    key = make_key(srv, "a", rpm=1)
+    fresh_minute(10)
+    with httpx.Client(base_url=srv.url, headers={"x-api-key": key}) as c:
         ok = c.get("/sessions")
         assert ok.status_code == 200
         assert (ok.headers["ratelimit-limit"], ok.headers["ratelimit-remaining"]) == ("1", "0")
@@ -160,9 +166,10 @@ def test_token_quota_spends_what_the_provider_reported(
         assert seen == [9999, 9999 - 1234, 9999 - 2 * 1234]
 
 
-def test_token_quota_refuses_once_spent(servers: Any, make_key: Any) -> None:
+def test_token_quota_refuses_once_spent(servers: Any, make_key: Any, fresh_minute: Any) -> None:
     srv = servers(auth="on")
     key = make_key(srv, "ann", tpm=1000)
+    fresh_minute(10)
     with httpx.Client(base_url=srv.url, headers={"x-api-key": key}, timeout=30) as c:
         assert _v1_stream(c, "x [fake: usage_in=900 usage_out=200]").status_code == 200
         refused = c.post("/v1/sessions/s1/messages", json={"content": "more"})
@@ -189,21 +196,25 @@ def test_cost_quota_uses_the_price_table(servers: Any, make_key: Any) -> None:
         assert "UTC midnight" in refused.json()["error"]["message"]
 
 
-def test_auth_off_has_no_limits_unless_configured(servers: Any) -> None:
+def test_auth_off_has_no_limits_unless_configured(servers: Any, fresh_minute: Any) -> None:
     plain = servers()
     response = httpx.post(f"{plain.url}/chat", json={"message": "hi"})
     assert response.status_code == 200
     assert "ratelimit-limit" not in response.headers
     limited = servers(limit_rpm=2)
+    fresh_minute(10)
     codes = [httpx.get(f"{limited.url}/sessions").status_code for _ in range(3)]
     assert codes == [200, 200, 429]
     assert httpx.get(f"{limited.url}/healthz").status_code == 200
 
 
-def test_configured_limits_apply_to_keys_without_their_own(servers: Any, make_key: Any) -> None:
+def test_configured_limits_apply_to_keys_without_their_own(
+    servers: Any, make_key: Any, fresh_minute: Any
+) -> None:
     srv = servers(auth="on", limit_rpm=1)
     own = make_key(srv, "ann", rpm=3)
     default = make_key(srv, "bob")
+    fresh_minute(10)
     for key, allowed in ((own, 3), (default, 1)):
         codes = [
             httpx.get(f"{srv.url}/sessions", headers={"x-api-key": key}).status_code

@@ -121,13 +121,17 @@ def two_servers(
 
 
 def test_two_serve_processes_share_limits_and_revocations(
-    two_servers: tuple[list[str], list[Path]], anthropic_env: dict[str, str], chatd: Run
+    two_servers: tuple[list[str], list[Path]],
+    anthropic_env: dict[str, str],
+    chatd: Run,
+    fresh_minute: Callable[[float], None],
 ) -> None:
     urls, logs = two_servers
     limited = chatd(anthropic_env, "keys", "create", "--user", "ann", "--rpm", "6").stdout.strip()
     other = chatd(anthropic_env, "keys", "create", "--user", "bob").stdout.strip()
     # auto on a public bind means auth on: no key, no answer.
     assert httpx.get(f"{urls[0]}/sessions").status_code == 401
+    fresh_minute(15)
     codes = [
         httpx.post(
             f"{url}/chat", json={"message": "hi"}, headers={"x-api-key": limited}, timeout=30
