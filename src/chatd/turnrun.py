@@ -106,7 +106,7 @@ class Progress:
     """What a turn has produced so far, so a failure can store the partial reply."""
 
     started: float = field(default_factory=time.monotonic)
-    # What the model sees (through the policy): the history, this turn's message, its rounds.
+    # The reply's messages (assistant messages, tool results): what finish_turn stores.
     messages: list[Message] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     calls: list[ToolCallPart] = field(default_factory=list)
@@ -152,7 +152,7 @@ class TurnRun:
     leases: LeaseKeeper
     # What the model sees (through the policy): the history, this turn's message, its rounds.
     messages: list[Message] = field(default_factory=list)
-    outbox: Outbox = field(default_factory=lambda: Outbox())
+    outbox: Outbox = field(default_factory=Outbox)
     progress: Progress = field(default_factory=Progress)
     lost_lease: bool = False
     usage_sink: UsageSink | None = None
