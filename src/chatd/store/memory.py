@@ -11,7 +11,7 @@ from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.ports import HistoryCut
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
-from chatd.store.rows import LEASE_EXPIRED, busy
+from chatd.store.rows import LEASE_EXPIRED, busy, read_back
 from chatd.types import (
     GenerationParams,
     Message,
@@ -119,11 +119,7 @@ class MemoryStore:
                 return TurnStart(prior)
         if any(t.state is TurnState.STREAMING for t in session.turns):
             raise busy(session_id)
-        newest_first: list[Message] = []
-        for m in reversed(_in_context(session)):
-            newest_first.append(_copy(m))
-            if history_until is not None and history_until(newest_first[-1]):
-                break
+        history = read_back((_copy(m) for m in reversed(_in_context(session))), history_until)
         seq = session.turns[-1].seq + 1 if session.turns else 1
         turn = TurnRecord(
             id=uuid4().hex,
@@ -143,7 +139,7 @@ class MemoryStore:
         if idempotency_key is not None:
             session.keys[idempotency_key] = turn.id
         session.info = replace(session.info, updated_at=now)
-        return TurnStart(turn, tuple(reversed(newest_first)))
+        return TurnStart(turn, history)
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""

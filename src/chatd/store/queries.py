@@ -66,15 +66,8 @@ TOUCH_SESSION = (
 )
 DELETE_SESSION = delete(sessions).where(THIS_SESSION)
 
-# Ordered by turn, then message: a turn's messages stay together whatever the timing.
-CONTEXT_MESSAGES = (
-    select(messages.c.role, messages.c.parts)
-    .join(turns, turns.c.id == messages.c.turn_id)
-    .join(sessions, sessions.c.id == messages.c.session_pk)
-    .where(THIS_SESSION, turns.c.state.in_(IN_CONTEXT_STATES))
-    .order_by(turns.c.seq, messages.c.seq)
-)
-# The same, newest first, for one session by pk (begin_turn reads it once its turn holds it).
+# The messages of complete and truncated turns, newest first, of one session by pk: ordered by
+# turn, then message, so a turn's messages stay together whatever the timing.
 CONTEXT_MESSAGES_NEWEST = (
     select(messages.c.role, messages.c.parts)
     # Driven from the session's turns, then each turn's messages by index: on a freshly

@@ -26,6 +26,7 @@ from chatd.store.rows import (
     message,
     message_values,
     param_values,
+    read_back,
     session_info,
     turn_record,
     utc_now,
@@ -128,11 +129,10 @@ class SqlStore:
         key = _key(user_id, session_id)
 
         def work(conn: Connection) -> list[Message]:
-            rows = conn.execute(q.CONTEXT_MESSAGES, key).all()
-            # Only an empty answer needs telling "no messages yet" from "no such session".
-            if not rows and conn.scalar(q.SESSION_PK, key) is None:
+            pk = conn.scalar(q.SESSION_PK, key)
+            if pk is None:
                 raise NotFound(f"no session {session_id!r}")
-            return [message(r.role, r.parts) for r in rows]
+            return list(_history(conn, pk, None))
 
         return await self.db.read(work)
 
@@ -397,12 +397,8 @@ def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | N
 
 def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Message, ...]:
     """Read the in-context history newest first, decoding only as far as `until` needs."""
-    newest_first: list[Message] = []
-    for row in conn.execute(q.CONTEXT_MESSAGES_NEWEST, {"pk": pk}):
-        newest_first.append(message(row.role, row.parts))
-        if until is not None and until(newest_first[-1]):
-            break
-    return tuple(reversed(newest_first))
+    rows = conn.execute(q.CONTEXT_MESSAGES_NEWEST, {"pk": pk})
+    return read_back((message(r.role, r.parts) for r in rows), until)
 
 
 def _replay(

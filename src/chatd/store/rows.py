@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -98,6 +98,18 @@ def final_values(
         "finished_at": now,
         "lease_until": None,
     }
+
+
+def read_back(
+    newest_first: Iterable[Message], until: Callable[[Message], bool] | None
+) -> tuple[Message, ...]:
+    """Take messages newest first until `until` says enough (all when None); oldest first."""
+    taken: list[Message] = []
+    for m in newest_first:
+        taken.append(m)
+        if until is not None and until(m):
+            break
+    return tuple(reversed(taken))
 
 
 def message(role: str, parts: Any) -> Message:
