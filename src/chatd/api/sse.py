@@ -125,13 +125,9 @@ class _State:
             return
         self.sending = True
         try:
-            await self._send({"type": "http.response.body", "body": body, "more_body": more})
-        except OSError:
-            # Servers on ASGI spec 2.4 raise here once the client is gone.
-            self.gone = True
+            await self._write(body, more)
         finally:
             self.sending = False
-        self.last = time.monotonic()
 
     async def ping(self, idle_s: float) -> None:
         """Send a ping if nothing went out for idle_s and nothing is going out now."""
@@ -144,10 +140,15 @@ class _State:
             return
         done = self._pinging = asyncio.Event()
         try:
-            await self._send({"type": "http.response.body", "body": PING, "more_body": True})
-        except OSError:
-            self.gone = True
+            await self._write(PING, True)
         finally:
             self._pinging = None
             done.set()
+
+    async def _write(self, body: bytes, more: bool) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+        except OSError:
+            # Servers on ASGI spec 2.4 raise here once the client is gone.
+            self.gone = True
         self.last = time.monotonic()

@@ -92,13 +92,12 @@ def _sqlite(url: URL, options: dict[str, Any]) -> SqliteDatabase:
         # One connection holds the whole database: every call and thread must share it.
         options["poolclass"] = StaticPool
         options["connect_args"] = {"check_same_thread": False}
-        engine = create_engine(url, **options)
-        event.listen(engine, "connect", _sqlite_pragmas(0))
-        return SqliteDatabase(engine, engine, in_memory=True)
-    # Two pools on the one file: calls run in the event loop on connections that never wait
-    # for a lock, and go to a thread, on connections that do, only when they must.
     engine = create_engine(url, **options)
     event.listen(engine, "connect", _sqlite_pragmas(0))
+    if in_memory:
+        return SqliteDatabase(engine, engine, in_memory=True)
+    # A second pool on the one file: calls run in the event loop on connections that never
+    # wait for a lock, and go to a thread, on connections that do, only when they must.
     waiting = create_engine(url, **options)
     event.listen(waiting, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS))
     return SqliteDatabase(engine, waiting)
