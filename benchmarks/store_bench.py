@@ -5,9 +5,10 @@ Run by the harness pinned to the server core while the servers are idle:
     python -m benchmarks.store_bench --url sqlite:////tmp/x.db --sizes 10,100,1000
 
 For each size it imports sessions with that many messages of history, then times what a turn
-costs the store, step by step as the engine calls it: `get_session`, `begin_turn` (the user's
-message, committed; then the history read, as far back as the engine's default context policy
-needs, timed apart as "history"), and `finish_turn` (the reply and final state, one transaction).
+costs the store, step by step as the engine calls it: `begin_turn` (the session's settings read
+and handed to the engine's planner, the user's message written and committed; then the history
+read, as far back as the engine's default context policy needs, timed apart as "history"), and
+`finish_turn` (the reply and final state, one transaction).
 It also counts, per step, the SQL statements sent and (on SQLite) the calls that had to go to
 a thread (only when another process holds the lock: none here). A session
 with 20 messages or fewer is used once; larger ones serve a few turns each, so the history
@@ -29,11 +30,11 @@ from sqlalchemy import event
 
 from benchmarks.workload import PLAIN, session_doc
 from chatd.engine import EngineConfig
-from chatd.ports import DEFAULT_USER
+from chatd.ports import DEFAULT_USER, TurnPlan
 from chatd.store.database import SqliteDatabase
 from chatd.store.db import open_store
 from chatd.store.export import parse_doc
-from chatd.types import Message, StopReason, TurnState, Usage
+from chatd.types import Message, SessionSettings, StopReason, TurnState, Usage
 
 REPLY = 'Fake reply #0badcafe to 11 messages. You said: "' + PLAIN + '".'
 
@@ -75,7 +76,7 @@ def _instrument(db: Any, counts: Counts) -> None:
 
 
 # begin_turn is timed in two parts: its write transaction, then the history read after it.
-STEPS = ("session", "begin", "history", "finish")
+STEPS = ("begin", "history", "finish")
 
 
 async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, float]]:
@@ -106,16 +107,14 @@ async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, fl
             for rep in range(reps + 1):
                 sid = sessions[-1] if rep == 0 else sessions[(rep - 1) // reuse]
                 marks = [(time.perf_counter(), counts.statements, counts.hops)]
-                await store.get_session(DEFAULT_USER, sid)
-                marks.append((time.perf_counter(), counts.statements, counts.hops))
                 read_before = counts.read_s
                 start = await store.begin_turn(
                     DEFAULT_USER,
                     sid,
                     Message.user(PLAIN),
-                    model="gpt-4o-mini",
-                    provider="openai",
-                    history_until=policy.history_cut(),
+                    # As the engine plans a turn: from the session's settings, in the write.
+                    lambda _settings: TurnPlan("gpt-4o-mini", "openai", policy.history_cut()),
+                    create=SessionSettings(),
                 )
                 history_s = counts.read_s - read_before
                 marks.append((time.perf_counter(), counts.statements, counts.hops))
@@ -131,7 +130,7 @@ async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, fl
                 marks.append((time.perf_counter(), counts.statements, counts.hops))
                 if rep == 0:
                     continue
-                for i, step in enumerate(("session", "begin", "finish")):
+                for i, step in enumerate(("begin", "finish")):
                     timings[step].append(marks[i + 1][0] - marks[i][0])
                     per_step[step] = (
                         marks[i + 1][1] - marks[i][1],

@@ -7,13 +7,13 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from chatd.config import Settings
 from chatd.context import ContextPolicy, SlidingWindow, TokenBudget, policy_for
 from chatd.errors import ChatdError, InputError, InputTooLarge
 from chatd.leases import LeaseKeeper
-from chatd.ports import DEFAULT_USER, Store
+from chatd.ports import DEFAULT_USER, Store, TurnPlan
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryPolicy, stream_with_retries
 from chatd.tools import ToolRegistry
@@ -23,6 +23,7 @@ from chatd.types import (
     GenerationParams,
     Message,
     Role,
+    SessionSettings,
     StopReason,
     StreamEvent,
     TextDelta,
@@ -177,43 +178,30 @@ class ChatService:
         check_session_id(session_id)
         text = clean_message(text, cfg.max_message_chars)
         check_max_tokens(opts.params.max_tokens, cfg.max_tokens_ceiling)
-        session = await self.store.get_session(opts.user_id, session_id)
-        # Resolve everything that can be refused before a new session is written.
-        provider = self.providers.get(opts.provider or (session.provider if session else None))
-        asked = opts.params if opts.tools is None else replace(opts.params, tools=opts.tools)
-        params = asked.over(session.params if session else GenerationParams()).over(cfg.defaults)
-        specs = self.tools.specs(params.tools or ())
-        if session is None:
-            session = await self.store.ensure_session(
-                opts.user_id, session_id, system_prompt=opts.system_prompt, provider=opts.provider
-            )
-        # A session's stored max_tokens may predate a lower ceiling.
-        check_max_tokens(params.max_tokens, cfg.max_tokens_ceiling)
-        base = ChatRequest(
-            model=params.model or provider.default_model,
-            messages=(),
-            max_tokens=params.max_tokens or 1024,
-            system=session.system_prompt,
-            temperature=params.temperature,
-            stop=params.stop or (),
-            tools=specs,
-        )
-        policy = policy_for(params.context_policy, params.context_limit, cfg.policy)
+        prepared: list[_Prepared] = []
+
+        def plan(session: SessionSettings) -> TurnPlan:
+            # Run inside begin_turn, before it writes: what this refuses leaves nothing stored.
+            p = self._prepare(session, opts)
+            prepared.append(p)
+            return TurnPlan(p.base.model, p.provider.name, p.policy.history_cut())
+
+        new = SessionSettings(system_prompt=opts.system_prompt, provider=opts.provider)
         start = await self.store.begin_turn(
             opts.user_id,
             session_id,
             Message.user(text),
-            model=base.model,
-            provider=provider.name,
+            plan,
+            create=new,
             lease_s=cfg.lease_s,
             idempotency_key=opts.idempotency_key,
-            history_until=policy.history_cut(),
         )
         record = start.record
         if record.state is not TurnState.STREAMING:
             for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
+        provider, base, policy = prepared[-1]
         run = TurnRun(record, self.store, provider, self.tools, cfg, base, policy, self.leases)
         run.messages = [*start.history, record.messages[0]]
         run.usage_sink = opts.usage_sink
@@ -238,6 +226,26 @@ class ChatService:
             if not ended and (opts.on_disconnect or cfg.on_disconnect) == "abort":
                 task.cancel()
                 await asyncio.wait({task})
+
+    def _prepare(self, session: SessionSettings, opts: TurnOptions) -> _Prepared:
+        """Resolve the turn's provider, request and context policy from its session."""
+        cfg = self.config
+        provider = self.providers.get(opts.provider or session.provider)
+        asked = opts.params if opts.tools is None else replace(opts.params, tools=opts.tools)
+        params = asked.over(session.params).over(cfg.defaults)
+        # A session's stored max_tokens may predate a lower ceiling.
+        check_max_tokens(params.max_tokens, cfg.max_tokens_ceiling)
+        base = ChatRequest(
+            model=params.model or provider.default_model,
+            messages=(),
+            max_tokens=params.max_tokens or 1024,
+            system=session.system_prompt,
+            temperature=params.temperature,
+            stop=params.stop or (),
+            tools=self.tools.specs(params.tools or ()),
+        )
+        policy = policy_for(params.context_policy, params.context_limit, cfg.policy)
+        return _Prepared(provider, base, policy)
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait for turns in flight to be stored; return whether all were."""
@@ -292,6 +300,14 @@ class ChatService:
             if isinstance(event, TurnEnded):
                 return event
         raise ChatdError("the turn ended without a final event")  # unreachable by construction
+
+
+class _Prepared(NamedTuple):
+    """What a turn runs with, resolved from its session's settings."""
+
+    provider: Provider
+    base: ChatRequest
+    policy: ContextPolicy
 
 
 def _replay(record: TurnRecord) -> list[TurnEvent]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -11,6 +12,7 @@ from chatd.types import (
     GenerationParams,
     Message,
     SessionInfo,
+    SessionSettings,
     StopReason,
     TurnRecord,
     TurnStart,
@@ -22,6 +24,20 @@ DEFAULT_USER = "local"
 
 # Fed a session's history newest first; True once no older message could reach the model.
 HistoryCut = Callable[[Message], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What a new turn is stored with, and how far back its history is read."""
+
+    model: str
+    provider: str
+    history_until: HistoryCut | None = None
+
+
+# Decides a turn's plan from its session's settings, inside begin_turn and before it writes:
+# what it raises refuses the turn with nothing stored. May run more than once (a retried write).
+Planner = Callable[[SessionSettings], TurnPlan]
 
 
 class Store(Protocol):
@@ -72,24 +88,25 @@ class Store(Protocol):
         user_id: str,
         session_id: str,
         user_message: Message,
+        plan: TurnPlan | Planner,
         *,
-        model: str,
-        provider: str,
+        create: SessionSettings | None = None,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
-        history_until: HistoryCut | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return.
 
-        Returns the new turn with the history in context before it, read in the same transaction
-        (so no other turn completes in between): oldest first, and only as far back as
+        The plan (or what the planner makes of the session's settings) names the turn's model
+        and provider and how far back its history is read. A missing session is created with
+        `create`'s settings in the same transaction, or NotFound without it. Returns the new turn
+        with the history in context before it, read once the turn holds the session (so no
+        other turn completes in between): oldest first, and only as far back as the plan's
         `history_until` needs (all of it when None). Turns of this session whose lease ran out
-        are marked interrupted first. SessionBusy if
-        another turn is in flight. With an idempotency key already used on this session: the
-        same message gets the earlier turn back with no history (a finished state tells it is a
-        replay) unless
-        that turn failed or was interrupted, which frees the key for a new turn; another message
-        is an IdempotencyConflict; a turn still in flight is SessionBusy.
+        are marked interrupted first. SessionBusy if another turn is in flight. With an
+        idempotency key already used on this session: the same message gets the earlier turn
+        back with no history (a finished state tells it is a replay) unless that turn failed or
+        was interrupted, which frees the key for a new turn; another message is an
+        IdempotencyConflict; a turn still in flight is SessionBusy.
         """
         ...
 

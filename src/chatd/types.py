@@ -263,6 +263,15 @@ TurnEvent = TurnStarted | TextDelta | ToolCallEvent | ToolResultEvent | UsageEve
 
 
 @dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """What a session is set up with: the settings its turns start from."""
+
+    system_prompt: str | None = None
+    params: GenerationParams = GenerationParams()
+    provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     """A conversation's settings and size."""
 
@@ -274,6 +283,11 @@ class SessionInfo:
     created_at: datetime
     updated_at: datetime
     turn_count: int = 0
+
+    @property
+    def settings(self) -> SessionSettings:
+        """Return what the session is set up with."""
+        return SessionSettings(self.system_prompt, self.params, self.provider)
 
 
 @dataclass(frozen=True, slots=True)

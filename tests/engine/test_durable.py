@@ -9,9 +9,12 @@ import pytest
 
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
+from chatd.ports import TurnPlan
 from chatd.store.repo import SqlStore
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import Message, Role, TextDelta, TurnEnded, TurnEvent, TurnState
+
+PLAN = TurnPlan("m", "p")
 
 ServiceFactory = Callable[..., Awaitable[ChatService]]
 
@@ -97,9 +100,7 @@ async def test_an_orphaned_turn_is_interrupted_once_its_lease_runs_out(
     store = service.store
     await store.ensure_session("local", "s")
     # A process that began a turn and died: nobody renews this lease.
-    start = await store.begin_turn(
-        "local", "s", Message.user("lost"), model="m", provider="p", lease_s=0.2
-    )
+    start = await store.begin_turn("local", "s", Message.user("lost"), PLAN, lease_s=0.2)
     orphan = start.record
     with pytest.raises(SessionBusy):
         await run(service, "too soon")
@@ -118,9 +119,7 @@ async def test_the_sweep_marks_expired_turns_across_sessions(service: ChatServic
     store = service.store
     for sid in ("a", "b"):
         await store.ensure_session("local", sid)
-        await store.begin_turn(
-            "local", sid, Message.user("x"), model="m", provider="p", lease_s=0.05
-        )
+        await store.begin_turn("local", sid, Message.user("x"), PLAN, lease_s=0.05)
     await asyncio.sleep(0.1)
     assert await store.expire_leases() == 2
     assert await store.expire_leases() == 0

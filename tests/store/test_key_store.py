@@ -8,11 +8,13 @@ import pytest
 
 from chatd.errors import InputError, NotFound
 from chatd.keys import KeyLimits, hash_key, looks_like_key, new_key
-from chatd.ports import KeyStore, Store
+from chatd.ports import KeyStore, Store, TurnPlan
 from chatd.store.keys import SqlKeyStore
 from chatd.store.memory_keys import MemoryKeyStore
 from chatd.store.repo import SqlStore
 from chatd.types import Message, StopReason, TurnState, Usage
+
+PLAN = TurnPlan("m", "p")
 
 
 @pytest.fixture
@@ -107,7 +109,7 @@ async def test_touch_records_last_use(keys: KeyStore) -> None:
 async def test_session_stats_per_user_and_overall(store: Store) -> None:
     for user, sid in (("ann", "a1"), ("ann", "a2"), ("bob", "b1")):
         await store.ensure_session(user, sid)
-    turn = (await store.begin_turn("ann", "a1", Message.user("hi"), model="m", provider="p")).record
+    turn = (await store.begin_turn("ann", "a1", Message.user("hi"), PLAN)).record
     await store.finish_turn(
         turn.id,
         state=TurnState.COMPLETE,

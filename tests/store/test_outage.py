@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import event
 
 from chatd.errors import StoreUnavailable
+from chatd.ports import TurnPlan
 from chatd.store.db import open_store
 from chatd.store.repo import SqlStore
 from chatd.testing.postgres import PostgresServer
@@ -74,7 +75,7 @@ async def finish(store: SqlStore, turn: TurnRecord, text: str) -> TurnRecord:
 
 async def begin(store: SqlStore, session_id: str, text: str) -> TurnRecord:
     start = await store.begin_turn(
-        USER, session_id, Message.user(text), model="test-model", provider="demo"
+        USER, session_id, Message.user(text), TurnPlan("test-model", "demo")
     )
     return start.record
 

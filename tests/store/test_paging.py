@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from chatd.errors import InputError, NotFound
-from chatd.ports import Store
+from chatd.ports import Store, TurnPlan
 from chatd.types import Message, StopReason, TurnState, Usage
+
+PLAN = TurnPlan("m", "p")
 
 ALICE, BOB = "alice", "bob"
 
 
 async def add_turn(store: Store, user: str, session: str, text: str, state: TurnState) -> None:
     """Store one finished turn with a fixed usage."""
-    turn = (
-        await store.begin_turn(user, session, Message.user(text), model="m", provider="p")
-    ).record
+    turn = (await store.begin_turn(user, session, Message.user(text), PLAN)).record
     await store.finish_turn(
         turn.id,
         state=state,

@@ -18,8 +18,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, inspect, text
 
-from chatd.errors import ConfigError, NotFound, StoreUnavailable
-from chatd.ports import Store
+from chatd.errors import ConfigError, InputError, NotFound, StoreUnavailable
+from chatd.ports import Store, TurnPlan
 from chatd.store.db import alembic_config, open_store, upgrade
 from chatd.store.repo import SqlStore
 from chatd.store.tables import metadata
@@ -28,6 +28,7 @@ from chatd.types import (
     Message,
     Part,
     Role,
+    SessionSettings,
     StopReason,
     TextPart,
     ToolCallPart,
@@ -36,6 +37,8 @@ from chatd.types import (
     TurnState,
     Usage,
 )
+
+PLAN = TurnPlan("m", "p")
 
 ALICE, BOB = "alice", "bob"
 # At most one turn streams per session, so a test that wants one of each ends on it.
@@ -79,9 +82,7 @@ async def add_turn(
     reply: Sequence[Message] | None = None,
 ) -> TurnRecord:
     """Store one turn ending in this state; failed turns carry an error and no reply."""
-    turn = (
-        await store.begin_turn(user_id, session_id, Message.user(text), model="m", provider="p")
-    ).record
+    turn = (await store.begin_turn(user_id, session_id, Message.user(text), PLAN)).record
     if state is TurnState.STREAMING:
         return turn
     failed = state is TurnState.FAILED
@@ -123,7 +124,7 @@ async def test_begin_turn_returns_the_history_in_context_before_it(store: Store)
     await add_turn(store, ALICE, "s", "one")
     await add_turn(store, ALICE, "s", "broken", state=TurnState.FAILED)
     await add_turn(store, ALICE, "s", "two", reply=TOOL_LOOP)
-    start = await store.begin_turn(ALICE, "s", Message.user("now"), model="m", provider="p")
+    start = await store.begin_turn(ALICE, "s", Message.user("now"), PLAN)
     assert start.history == (
         Message.user("one"),
         Message.assistant("re: one"),
@@ -143,22 +144,64 @@ async def test_begin_turn_reads_history_only_as_far_back_as_asked(store: Store) 
         fed.append(message.text)
         return len(fed) == 3
 
-    start = await store.begin_turn(
-        ALICE, "s", Message.user("now"), model="m", provider="p", history_until=three
-    )
+    start = await store.begin_turn(ALICE, "s", Message.user("now"), TurnPlan("m", "p", three))
     assert fed == ["re: q4", "q4", "re: q3"]  # newest first, and no further
     assert texts(start.history) == ["re: q3", "q4", "re: q4"]
+
+
+async def test_begin_turn_creates_a_missing_session_with_the_given_settings(store: Store) -> None:
+    seen: list[SessionSettings] = []
+
+    def plan(settings: SessionSettings) -> TurnPlan:
+        seen.append(settings)
+        return PLAN
+
+    new = SessionSettings(system_prompt="be brief", provider="p")
+    start = await store.begin_turn(ALICE, "fresh", Message.user("hi"), plan, create=new)
+    assert seen == [new]
+    assert start.history == ()
+    info = await store.get_session(ALICE, "fresh")
+    assert info is not None
+    assert (info.system_prompt, info.provider) == ("be brief", "p")
+    with pytest.raises(NotFound):
+        await store.begin_turn(ALICE, "other", Message.user("hi"), PLAN)
+
+
+async def test_the_planner_is_given_the_sessions_stored_settings(store: Store) -> None:
+    params = GenerationParams(
+        model="x", max_tokens=77, stop=("END",), tools=("calculate",), context_policy="window"
+    )
+    await store.ensure_session(ALICE, "s", system_prompt="sys", params=params, provider="prov")
+    seen: list[SessionSettings] = []
+
+    def plan(settings: SessionSettings) -> TurnPlan:
+        seen.append(settings)
+        return TurnPlan("chosen-model", "chosen-provider")
+
+    ignored = SessionSettings(system_prompt="not this")
+    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), plan, create=ignored)).record
+    assert seen == [SessionSettings("sys", params, "prov")]
+    assert (turn.model, turn.provider) == ("chosen-model", "chosen-provider")
+
+
+async def test_a_refused_plan_stores_nothing(store: Store) -> None:
+    def refuse(settings: SessionSettings) -> TurnPlan:
+        raise InputError("no tool named 'nope'")
+
+    with pytest.raises(InputError, match="nope"):
+        await store.begin_turn(ALICE, "new", Message.user("q"), refuse, create=SessionSettings())
+    assert await store.get_session(ALICE, "new") is None
+    await store.ensure_session(ALICE, "s")
+    with pytest.raises(InputError, match="nope"):
+        await store.begin_turn(ALICE, "s", Message.user("q"), refuse)
+    assert await store.list_turns(ALICE, "s") == []
 
 
 async def test_renewing_leases_keeps_only_turns_still_streaming(store: Store) -> None:
     for sid in ("a", "b", "c"):
         await store.ensure_session(ALICE, sid)
     live, short = [
-        (
-            await store.begin_turn(
-                ALICE, sid, Message.user("q"), model="m", provider="p", lease_s=0.05
-            )
-        ).record
+        (await store.begin_turn(ALICE, sid, Message.user("q"), PLAN, lease_s=0.05)).record
         for sid in ("a", "c")
     ]
     done = await add_turn(store, ALICE, "b", "done")
@@ -172,7 +215,7 @@ async def test_renewing_leases_keeps_only_turns_still_streaming(store: Store) ->
 async def test_messages_with_every_part_type_round_trip(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
     question = Message.user("Weather in Oslo? «ünïcode» 🌧")
-    turn = (await store.begin_turn(ALICE, "s", question, model="m", provider="p")).record
+    turn = (await store.begin_turn(ALICE, "s", question, PLAN)).record
     finished = await store.finish_turn(
         turn.id,
         state=TurnState.COMPLETE,
@@ -268,7 +311,7 @@ async def test_another_users_session_answers_as_missing(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.list_turns(BOB, "mine")
     with pytest.raises(NotFound):
-        await store.begin_turn(BOB, "mine", Message.user("x"), model="m", provider="p")
+        await store.begin_turn(BOB, "mine", Message.user("x"), PLAN)
     with pytest.raises(NotFound):
         await store.update_session(BOB, "mine", system_prompt="hijack")
     assert await store.reset_session(BOB, "mine") is None
@@ -309,7 +352,7 @@ async def test_delete_removes_the_session_and_everything_in_it(store: Store) -> 
 
 async def test_finish_turn_is_all_or_nothing(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
-    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")).record
+    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), PLAN)).record
     broken = Message(Role.ASSISTANT, (cast(Part, object()),))
     finish: dict[str, Any] = {
         "state": TurnState.COMPLETE,
@@ -373,7 +416,7 @@ async def test_update_session_changes_only_the_given_fields(store: Store) -> Non
 
 async def test_turns_keep_the_session_updated_at_current(store: Store) -> None:
     created = await store.ensure_session(ALICE, "s")
-    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")).record
+    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), PLAN)).record
     began = await store.get_session(ALICE, "s")
     assert began is not None
     assert began.updated_at >= turn.created_at >= created.updated_at
@@ -442,7 +485,7 @@ async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -
 
 async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
-    start = await sql_store.begin_turn(ALICE, "s", Message.user("q"), model="m", provider="p")
+    start = await sql_store.begin_turn(ALICE, "s", Message.user("q"), PLAN)
     turn = start.record
 
     def fail_last_write(_c: Connection, _cur: Any, sql: str, *_: Any) -> None:
@@ -463,7 +506,7 @@ async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: 
 
 async def test_begin_turn_is_committed_before_it_returns(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
-    await sql_store.begin_turn(ALICE, "s", Message.user("hold on"), model="m", provider="p")
+    await sql_store.begin_turn(ALICE, "s", Message.user("hold on"), PLAN)
     other = await open_store(sql_store.db.url.render_as_string(hide_password=False))
     try:
         [seen] = await other.list_turns(ALICE, "s")
@@ -471,6 +514,32 @@ async def test_begin_turn_is_committed_before_it_returns(sql_store: SqlStore) ->
         await other.close()
     assert seen.state is TurnState.STREAMING
     assert texts(seen.messages) == ["hold on"]
+
+
+async def test_a_turn_begun_elsewhere_is_finished_from_what_is_stored(
+    sql_store: SqlStore,
+) -> None:
+    await sql_store.ensure_session(ALICE, "s")
+    await add_turn(sql_store, ALICE, "s", "earlier")
+    here = (await sql_store.begin_turn(ALICE, "s", Message.user("q"), PLAN)).record
+    # Another process (or this one, having forgotten it) finishes the turn.
+    other = await open_store(sql_store.db.url.render_as_string(hide_password=False))
+    try:
+        done = await finish_with_tool_loop(other, here.id)
+    finally:
+        await other.close()
+    assert done.messages == (Message.user("q"), *TOOL_LOOP)
+    assert (done.session_id, done.seq, done.state) == ("s", 2, TurnState.COMPLETE)
+    stored = await sql_store.list_turns(ALICE, "s")
+    assert stored[1] == done
+    assert texts(await sql_store.context_messages(ALICE, "s"))[:3] == [
+        "earlier",
+        "re: earlier",
+        "q",
+    ]
+    # And the turn this process began itself comes back the same as it is stored.
+    mine = await add_turn(sql_store, ALICE, "s", "again", reply=TOOL_LOOP)
+    assert (await sql_store.list_turns(ALICE, "s"))[2] == mine
 
 
 async def test_deleting_a_session_leaves_no_rows_behind(sql_store: SqlStore) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
-from chatd.ports import HistoryCut
+from chatd.ports import Planner, TurnPlan
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import LEASE_EXPIRED, busy, read_back
@@ -16,6 +17,7 @@ from chatd.types import (
     GenerationParams,
     Message,
     SessionInfo,
+    SessionSettings,
     StopReason,
     TurnRecord,
     TurnStart,
@@ -102,14 +104,20 @@ class MemoryStore:
         user_id: str,
         session_id: str,
         user_message: Message,
+        plan: TurnPlan | Planner,
         *,
-        model: str,
-        provider: str,
+        create: SessionSettings | None = None,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
-        history_until: HistoryCut | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
+        found = self._sessions.get((user_id, session_id))
+        settings = found.info.settings if found is not None else create
+        if settings is None:
+            raise NotFound(f"no session {session_id!r}")
+        chosen = plan(settings) if callable(plan) else plan
+        if found is None:
+            await self.ensure_session(user_id, session_id, **_fields(settings))
         session = self._get(user_id, session_id)
         now = _now()
         self._expire(session.turns, now)
@@ -119,7 +127,8 @@ class MemoryStore:
                 return TurnStart(prior)
         if any(t.state is TurnState.STREAMING for t in session.turns):
             raise busy(session_id)
-        history = read_back((_copy(m) for m in reversed(_in_context(session))), history_until)
+        newest_first = (_copy(m) for m in reversed(_in_context(session)))
+        history = read_back(newest_first, chosen.history_until)
         seq = session.turns[-1].seq + 1 if session.turns else 1
         turn = TurnRecord(
             id=uuid4().hex,
@@ -129,8 +138,8 @@ class MemoryStore:
             messages=(_copy(user_message),),
             stop_reason=None,
             usage=Usage(),
-            model=model,
-            provider=provider,
+            model=chosen.model,
+            provider=chosen.provider,
             created_at=now,
         )
         session.turns.append(turn)
@@ -331,6 +340,14 @@ class MemoryStore:
         if session is None:
             raise NotFound(f"no session {session_id!r}")
         return session
+
+
+def _fields(settings: SessionSettings) -> dict[str, Any]:
+    return {
+        "system_prompt": settings.system_prompt,
+        "params": settings.params,
+        "provider": settings.provider,
+    }
 
 
 def _info(session: _Session) -> SessionInfo:

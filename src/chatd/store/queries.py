@@ -60,6 +60,7 @@ LIST_SESSIONS = (
 )
 SESSION_PK = select(sessions.c.id).where(THIS_SESSION)
 INSERT_SESSION = insert(sessions)
+CREATE_SESSION = INSERT_SESSION.returning(sessions.c.id)
 # Parameters: pk, now.
 TOUCH_SESSION = (
     update(sessions).where(sessions.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
@@ -90,10 +91,10 @@ SESSION_MESSAGES = (
     .order_by(messages.c.seq)
 )
 
-# What begin_turn needs in one read: the session's pk, its last turn and message seqs, and
-# whether a turn is streaming (only then may a lease need expiring first).
+# What begin_turn needs in one read: the session (its pk and settings), its last turn and
+# message seqs, and whether a turn is streaming (only then may a lease need expiring first).
 BEGIN_HEAD = select(
-    sessions.c.id,
+    sessions,
     _last_turn_seq.label("last_turn"),
     _last_message_seq.label("last_message"),
     exists()

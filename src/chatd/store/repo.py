@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -14,7 +15,7 @@ from chatd.errors import (
     IdempotencyConflict,
     NotFound,
 )
-from chatd.ports import HistoryCut
+from chatd.ports import HistoryCut, Planner, TurnPlan
 from chatd.store import queries as q
 from chatd.store.database import Database
 from chatd.store.paging import parse_session_cursor, session_cursor
@@ -28,6 +29,8 @@ from chatd.store.rows import (
     param_values,
     read_back,
     session_info,
+    session_settings,
+    settings_values,
     turn_record,
     utc_now,
 )
@@ -36,6 +39,7 @@ from chatd.types import (
     GenerationParams,
     Message,
     SessionInfo,
+    SessionSettings,
     StopReason,
     TurnRecord,
     TurnStart,
@@ -43,12 +47,26 @@ from chatd.types import (
     Usage,
 )
 
+# Turns begun here whose finish_turn can skip reading them back (beyond: it reads).
+BEGUN_KEPT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """A streaming turn as finish_turn needs it: where its reply's messages go, and its row."""
+
+    session_pk: int
+    next_message: int
+    row: Mapping[str, Any]
+    record: TurnRecord
+
 
 class SqlStore:
     """The Store port over SQL; each call is one function run on one connection."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._begun: dict[str, _Begun] = {}
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -158,59 +176,76 @@ class SqlStore:
         user_id: str,
         session_id: str,
         user_message: Message,
+        plan: TurnPlan | Planner,
         *,
-        model: str,
-        provider: str,
+        create: SessionSettings | None = None,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
-        history_until: HistoryCut | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         turn_id, now = uuid4().hex, utc_now()
+        key = _key(user_id, session_id)
 
-        def work(conn: Connection) -> tuple[int, TurnRecord, bool]:
-            head = conn.execute(q.BEGIN_HEAD, _key(user_id, session_id)).one_or_none()
-            if head is None:
+        def work(conn: Connection) -> tuple[_Begun | None, TurnRecord, HistoryCut | None]:
+            head = conn.execute(q.BEGIN_HEAD, key).one_or_none()
+            if head is not None:
+                pk, settings = head.id, session_settings(head._mapping)
+                last_turn, last_message = head.last_turn or 0, head.last_message or 0
+            elif create is not None:
+                # Created here, in the turn's transaction: a refused turn leaves no session.
+                values = {**key, **settings_values(create), "created_at": now, "updated_at": now}
+                pk, settings = conn.execute(q.CREATE_SESSION, values).scalar_one(), create
+                last_turn = last_message = 0
+            else:
                 raise NotFound(f"no session {session_id!r}")
-            if head.streaming:
+            chosen = plan(settings) if callable(plan) else plan
+            if head is not None and head.streaming:
                 # Its process may have died: an expired lease frees the session for this turn.
-                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": head.id, "now": now})
+                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
             if idempotency_key is not None:
-                prior = _replay(conn, head.id, idempotency_key, user_message, session_id)
+                prior = _replay(conn, pk, idempotency_key, user_message, session_id)
                 if prior is not None:
-                    return head.id, prior, False
+                    return None, prior, None
             turn = {
                 "id": turn_id,
-                "session_pk": head.id,
-                "seq": (head.last_turn or 0) + 1,
+                "session_pk": pk,
+                "seq": last_turn + 1,
                 "state": q.STREAMING,
-                "model": model,
-                "provider": provider,
+                "model": chosen.model,
+                "provider": chosen.provider,
                 "created_at": now,
                 "lease_until": now + timedelta(seconds=lease_s),
                 "idempotency_key": idempotency_key,
                 **UNFINISHED_TURN,
             }
             conn.execute(q.INSERT_TURN, turn)
-            seq = (head.last_message or 0) + 1
-            row = message_values(turn_id, head.id, seq, user_message, now)
-            conn.execute(q.INSERT_MESSAGES, row)
-            conn.execute(q.TOUCH_SESSION, {"pk": head.id, "now": now})
-            return head.id, turn_record(turn, session_id, (user_message,)), True
+            seq = last_message + 1
+            conn.execute(q.INSERT_MESSAGES, message_values(turn_id, pk, seq, user_message, now))
+            conn.execute(q.TOUCH_SESSION, {"pk": pk, "now": now})
+            record = turn_record(turn, session_id, (user_message,))
+            return _Begun(pk, seq + 1, turn, record), record, chosen.history_until
 
         try:
-            pk, record, began = await self.db.write(work)
+            begun, record, until = await self.db.write(work)
         except exc.IntegrityError:
             # One streaming turn per session (a partial unique index), unique seqs and keys:
             # another turn is in flight or began on this session just now.
             raise busy(session_id) from None
-        if not began:
+        if begun is None:
             return TurnStart(record)
+        self._remember(begun)
         # Read only now that this turn holds the session (committed): no other turn can
         # complete in between, so the model sees exactly the history this turn is stored after.
         # Outside the write, so a long history never holds up other writers.
-        history = await self.db.read(lambda conn: _history(conn, pk, history_until))
+        history = await self.db.read(lambda conn: _history(conn, begun.session_pk, until))
         return TurnStart(record, history)
+
+    def _remember(self, begun: _Begun) -> None:
+        # What finish_turn would otherwise read back; bounded, as a turn whose task never ran
+        # is never finished here (its lease runs out).
+        if len(self._begun) >= BEGUN_KEPT:
+            del self._begun[next(iter(self._begun))]
+        self._begun[begun.row["id"]] = begun
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""
@@ -243,26 +278,25 @@ class SqlStore:
         now = utc_now()
         final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
 
+        begun = self._begun.pop(turn_id, None)
+
         def work(conn: Connection) -> TurnRecord:
-            rows = conn.execute(q.FINISH_HEAD, {"turn_id": turn_id}).all()
-            if not rows or rows[0].state != q.STREAMING:
-                raise NotFound(f"no turn {turn_id!r} in flight")
-            head = rows[0]
-            # The state check in the statement settles a race with another finisher.
+            head = begun or _finish_head(conn, turn_id)
+            # The state check in the statement settles a race with another finisher (or the
+            # sweep that took an expired lease); the messages go in only after it.
             if conn.execute(q.FINISH_TURN, {"turn_id": turn_id, **final}).rowcount != 1:
                 raise NotFound(f"no turn {turn_id!r} in flight")
             if messages:
-                first = (head.last_message or 0) + 1
                 conn.execute(
                     q.INSERT_MESSAGES,
                     [
-                        message_values(turn_id, head.session_pk, first + i, m, now)
+                        message_values(turn_id, head.session_pk, head.next_message + i, m, now)
                         for i, m in enumerate(messages)
                     ],
                 )
             conn.execute(q.TOUCH_SESSION, {"pk": head.session_pk, "now": now})
-            earlier = tuple(message(r.role, r.parts) for r in rows if r.role is not None)
-            return turn_record({**head._mapping, **final}, head.session_id, (*earlier, *messages))
+            earlier = head.record.messages
+            return turn_record({**head.row, **final}, head.record.session_id, (*earlier, *messages))
 
         return await self.db.write(work)
 
@@ -315,7 +349,7 @@ class SqlStore:
         }
 
         def work(conn: Connection) -> None:
-            pk = conn.execute(q.INSERT_SESSION.returning(sessions.c.id), session).scalar_one()
+            pk = conn.execute(q.CREATE_SESSION, session).scalar_one()
             turn_rows, message_rows = imported_rows(pk, turns, now)
             if turn_rows:
                 conn.execute(q.INSERT_TURN, turn_rows)
@@ -399,6 +433,17 @@ def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Messa
     """Read the in-context history newest first, decoding only as far as `until` needs."""
     rows = conn.execute(q.CONTEXT_MESSAGES_NEWEST, {"pk": pk})
     return read_back((message(r.role, r.parts) for r in rows), until)
+
+
+def _finish_head(conn: Connection, turn_id: str) -> _Begun:
+    """Read back a streaming turn that was begun elsewhere (another process, or forgotten)."""
+    rows = conn.execute(q.FINISH_HEAD, {"turn_id": turn_id}).all()
+    if not rows or rows[0].state != q.STREAMING:
+        raise NotFound(f"no turn {turn_id!r} in flight")
+    head = rows[0]
+    earlier = tuple(message(r.role, r.parts) for r in rows if r.role is not None)
+    record = turn_record(head._mapping, head.session_id, earlier)
+    return _Begun(head.session_pk, (head.last_message or 0) + 1, dict(head._mapping), record)
 
 
 def _replay(

@@ -14,6 +14,7 @@ from chatd.types import (
     Message,
     Role,
     SessionInfo,
+    SessionSettings,
     StopReason,
     TurnRecord,
     TurnState,
@@ -58,6 +59,15 @@ def param_values(params: GenerationParams) -> dict[str, Any]:
         "tools": None if params.tools is None else list(params.tools),
         "context_policy": params.context_policy,
         "context_limit": params.context_limit,
+    }
+
+
+def settings_values(settings: SessionSettings) -> dict[str, Any]:
+    """Return the sessions columns for these settings."""
+    return {
+        "system_prompt": settings.system_prompt,
+        "provider": settings.provider,
+        **param_values(settings.params),
     }
 
 
@@ -117,11 +127,9 @@ def message(role: str, parts: Any) -> Message:
     return Message(Role(role), parts_from_list(parts))
 
 
-def session_info(row: Mapping[Any, Any]) -> SessionInfo:
-    """Build a SessionInfo from a sessions row plus its turn_count."""
-    return SessionInfo(
-        id=row["session_id"],
-        user_id=row["user_id"],
+def session_settings(row: Mapping[Any, Any]) -> SessionSettings:
+    """Build a session's settings from its sessions row."""
+    return SessionSettings(
         system_prompt=row["system_prompt"],
         params=GenerationParams(
             model=row["model"],
@@ -133,6 +141,18 @@ def session_info(row: Mapping[Any, Any]) -> SessionInfo:
             context_limit=row["context_limit"],
         ),
         provider=row["provider"],
+    )
+
+
+def session_info(row: Mapping[Any, Any]) -> SessionInfo:
+    """Build a SessionInfo from a sessions row plus its turn_count."""
+    settings = session_settings(row)
+    return SessionInfo(
+        id=row["session_id"],
+        user_id=row["user_id"],
+        system_prompt=settings.system_prompt,
+        params=settings.params,
+        provider=settings.provider,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         turn_count=row["turn_count"],
