@@ -12,16 +12,21 @@ Nlla  N on the SDK's aiohttp transport (`openai.DefaultAioHttpClient`), in its o
 Extras, by name with --arms:
 Gpg   G on PostgreSQL (a throwaway server from chatd.testing.postgres)
 Ga    G with auth on (CHATD_AUTH=on and a key from `chatd keys create`), beside G to price it
+Gb    G at another git revision (--baseline REV): that revision's src/ first on PYTHONPATH, so
+      the same venv runs the old code, measured in the same run as G (added by --baseline);
+      its store is timed by that revision's own benchmarks/store_bench.py when it has one
 (--auth turns auth on for G and Gpg themselves.)
 """
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +65,10 @@ def nlla_install() -> str:
 
 UPSTREAM_KEY = "sk-bench-upstream"
 DEFAULT_ARMS = ("D", "N", "G", "L", "Nc", "Nlla")
-ALL_ARMS = ("D", "N", "G", "L", "Gpg", "Ga", "Nc", "Nlla")
+ALL_ARMS = ("D", "N", "G", "L", "Gpg", "Ga", "Gb", "Nc", "Nlla")
+CHATD_ARMS = ("G", "Gpg", "Ga", "Gb")
+# G at the revision given with --baseline.
+BASELINE = "Gb"
 # Old names: Nll (the low-level call) is what N is now.
 ARM_ALIASES = {"Nll": "N"}
 # The floor app's variants: (--client, --transport).
@@ -84,6 +92,8 @@ class Arm:
     headers: list[tuple[str, str]] = field(default_factory=list)
     pool: SessionPool | None = None
     note: str = ""
+    # The chatd source tree this arm imports, when it is not the editable install (arm Gb).
+    src: Path | None = None
 
     def request(
         self, captured: dict[str, Any], text: str, *, stream: bool, size: int = MAIN_HISTORY
@@ -158,8 +168,12 @@ def chatd_server(
     auth: bool,
     extra_env: dict[str, str],
     pin: bool,
+    src: Path | None = None,
 ) -> Server:
-    """`chatd serve` on the openai provider pointed at the fake; its own empty cwd (no .env)."""
+    """`chatd serve` on the openai provider pointed at the fake; its own empty cwd (no .env).
+
+    With `src`, that tree's `chatd` is imported instead of the editable install (arm Gb).
+    """
     port = free_port()
     cwd = work / name
     cwd.mkdir(parents=True, exist_ok=True)
@@ -175,6 +189,10 @@ def chatd_server(
     # Explicit either way: "auto" would depend on chatd's reading of the bind address.
     env["CHATD_AUTH"] = "on" if auth else "off"
     env.update(extra_env)
+    if src is not None:
+        # Ahead of site-packages, whose .pth adds the working tree's src/; `chatd serve` execs
+        # `python -m chatd.server` with this environment, so the server imports it too.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     chatd = str(Path(sys.executable).parent / "chatd")
     return Server(
         name,
@@ -186,6 +204,64 @@ def chatd_server(
         log=work / "logs" / f"{name}.log",
         cores=SERVER_CORES if pin else None,
     )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """chatd's src/ at another git revision, exported for arm Gb."""
+
+    rev: str
+    sha: str
+    subject: str
+    src: Path
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, timeout=120)
+
+
+def export_baseline(rev: str, work: Path) -> Baseline:
+    """Export src/ (and benchmarks/) at `rev` into <work>/baseline; RuntimeError if it cannot."""
+    try:
+        found = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+        sha = found.stdout.decode().strip()
+        if found.returncode != 0 or not sha:
+            raise RuntimeError(f"{rev!r} is not a commit of {REPO}")
+        paths = ["src"]
+        # store_bench calls the store's internal API, which changes between revisions: the
+        # baseline's store is timed by its own store_bench when the revision has one.
+        if _git("cat-file", "-e", f"{sha}:benchmarks/store_bench.py").returncode == 0:
+            paths.append("benchmarks")
+        archive = _git("archive", "--format=tar", sha, *paths)
+        if archive.returncode != 0:
+            raise RuntimeError(f"git archive {sha}: {archive.stderr.decode().strip()[-300:]}")
+        short = _git("rev-parse", "--short", sha).stdout.decode().strip()
+        subject = _git("log", "-1", "--format=%s", sha).stdout.decode().strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"git failed: {exc}") from exc
+    dest = work / "baseline"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    src = dest / "src"
+    if not (src / "chatd" / "__init__.py").is_file():
+        raise RuntimeError(f"{short} has no src/chatd/__init__.py")
+    return Baseline(rev, short, subject, src)
+
+
+def imported_chatd(server: Server) -> str:
+    """The file `import chatd` loads in a server's environment and cwd (as its server would)."""
+    code = "import chatd; print(chatd.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=server.env,
+        cwd=server.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"`import chatd` failed: {done.stderr.strip()[-300:]}")
+    return done.stdout.strip()
 
 
 def create_key(server: Server) -> str:

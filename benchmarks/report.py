@@ -30,7 +30,7 @@ def _get(d: Any, *keys: str) -> Any:
 def targets(r: dict[str, Any]) -> list[list[str]]:
     """Rows of (measurement, arm, value, target, verdict) against DESIGN.md §8."""
     rows: list[list[str]] = []
-    chatd = [a for a in ("G", "Ga", "Gpg") if a in r.get("arms", {})]
+    chatd = [a for a in ("G", "Gb", "Ga", "Gpg") if a in r.get("arms", {})]
     lat = _get(r, "latency", "summary") or {}
     st = _get(r, "streaming", "summary") or {}
     tp = _get(r, "throughput", "summary") or {}
@@ -175,6 +175,56 @@ def targets(r: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def baseline(r: dict[str, Any]) -> list[str]:
+    """The section comparing G with Gb, chatd at the --baseline revision, in the same run."""
+    b = r.get("baseline")
+    if not b:
+        return []
+    lines = ["## Against the baseline (same run)", ""]
+    if "sha" not in b:
+        return [*lines, f"Baseline `{b.get('rev')}` could not be exported (see the notes).", ""]
+    lines.append(
+        f"Baseline `{b.get('rev')}` = `{b.get('sha')}` ({b.get('subject')}), imported from "
+        f"`{b.get('chatd_imported_from')}`; G is the working tree "
+        f"({_get(r, 'machine', 'commit')}). Differences and ratios are taken within each run, "
+        "then the median."
+    )
+    lines.append("")
+    if "G" not in (r.get("arms") or {}) or "Gb" not in (r.get("arms") or {}):
+        return [*lines, "G and Gb did not both run (see the notes): nothing to compare.", ""]
+    lat = _get(r, "latency", "summary") or {}
+    st = _get(r, "streaming", "summary") or {}
+    tp = _get(r, "throughput", "summary") or {}
+    op = r.get("open_streams") or {}
+
+    def pair(section: dict[str, Any], key: str, digits: int) -> list[str]:
+        return [_f(_get(section, "G", key), digits), _f(_get(section, "Gb", key), digits)]
+
+    def once(label: str, section: dict[str, Any], key: str, digits: int) -> list[str]:
+        # Measured once per run (or once in all): the difference of the two figures.
+        g, gb = _get(section, "G", key), _get(section, "Gb", key)
+        d = g - gb if g is not None and gb is not None else None
+        return [label, _f(g, digits), _f(gb, digits), _f(d, digits)]
+
+    rows = [
+        ["latency p50 ms", *pair(lat, "p50", 3), _f(_get(lat, "G", "p50_minus_Gb"), 3)],
+        ["latency p99 ms", *pair(lat, "p99", 3), _f(_get(lat, "G", "p99_minus_Gb"), 3)],
+        ["TTFT p50 ms", *pair(st, "ttft_p50", 2), _f(_get(st, "G", "ttft_p50_minus_Gb"), 2)],
+        ["throughput req/s", *pair(tp, "rps", 0), _f(_get(tp, "G", "ratio_to_Gb"), 2, "×")],
+        [
+            "server CPU ms/req",
+            *pair(tp, "server_cpu_ms_per_req", 2),
+            _f(_get(tp, "G", "cpu_ratio_to_Gb"), 2, "×"),
+        ],
+        once("idle RSS MB", r.get("idle_rss") or {}, "rss_mb", 1),
+    ]
+    if op:
+        rows.append(once("open streams held", op, "most_held", 0))
+        rows.append(once("RSS KiB per extra open stream", op, "rss_per_stream_kib", 1))
+    lines += _table(["figure", "G", f"Gb (`{b.get('sha')}`)", "G−Gb, or G/Gb"], rows)
+    return [*lines, ""]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(row) + " |" for row in rows]
@@ -208,6 +258,7 @@ def render(r: dict[str, Any]) -> str:
     lines.append("")
     lines += _table(["measurement", "arm", "value (median of runs)", "target", ""], targets(r))
     lines.append("")
+    lines += baseline(r)
 
     lat = _get(r, "latency", "summary")
     if lat:

@@ -27,7 +27,7 @@ import uvloop
 
 from benchmarks import arms as A
 from benchmarks import report, tests
-from benchmarks.client import Conn
+from benchmarks.client import ClientError, Conn
 from benchmarks.procs import Server
 from benchmarks.workload import MAIN_HISTORY, PLAIN, SessionPool
 
@@ -106,6 +106,7 @@ class Bench:
         self.captured: dict[int, dict[str, Any]] = {}
         self.results: dict[str, Any] = {"notes": self.notes}
         self.pg: Any = None
+        self.baseline: A.Baseline | None = None
 
     def note(self, text: str) -> None:
         """Record a note for the report (and say it now)."""
@@ -144,35 +145,10 @@ class Bench:
                 call = "client.post(…, stream=True)" if client == "lowlevel" else "create()"
                 title = f"floor app: SDK {call} streamed upstream, {transport}"
                 pending.append((A.Arm(name, title, server.port, server), server))
-            elif name in ("G", "Gpg", "Ga"):
-                url = self._database_url(name)
-                if url is None:
-                    continue
-                auth = self.args.auth or name == "Ga"
-                server = A.chatd_server(
-                    name,
-                    self.work,
-                    upstream,
-                    url,
-                    auth=auth,
-                    extra_env=extra_env,
-                    pin=self.pin,
-                )
-                auth_headers: list[tuple[str, str]] = []
-                if auth:
-                    key = self.args.auth_key or A.create_key(server)
-                    auth_headers = [("Authorization", f"Bearer {key}")]
-                db = "PostgreSQL" if name == "Gpg" else "SQLite"
-                arm = A.Arm(
-                    name,
-                    f"chatd serve, /v1 send, {db}, auth " + ("on" if auth else "off"),
-                    server.port,
-                    server,
-                    chatd=True,
-                    headers=auth_headers,
-                    pool=SessionPool(name.lower()),
-                )
-                pending.append((arm, server))
+            elif name in A.CHATD_ARMS:
+                made = self._chatd_arm(name, upstream, extra_env)
+                if made is not None:
+                    pending.append(made)
             elif name == "L":
                 binary = A.litellm_binary()
                 if binary is None:
@@ -192,6 +168,71 @@ class Bench:
                 self.arms[arm.name] = arm
         # Keep the order asked for.
         self.arms = {n: self.arms[n] for n in wanted if n in self.arms}
+
+    def _chatd_arm(
+        self, name: str, upstream: str, extra_env: dict[str, str]
+    ) -> tuple[A.Arm, Server] | None:
+        """A chatd arm's server, not started yet (None, with a note, when it cannot run)."""
+        src = None
+        if name == A.BASELINE:
+            src = self._baseline_src()
+            if src is None:
+                return None
+        url = self._database_url(name)
+        if url is None:
+            return None
+        auth = self.args.auth or name == "Ga"
+        server = A.chatd_server(
+            name, self.work, upstream, url, auth=auth, extra_env=extra_env, pin=self.pin, src=src
+        )
+        auth_headers: list[tuple[str, str]] = []
+        try:
+            if src is not None:
+                self._check_imports(server, src)
+            if auth:
+                key = self.args.auth_key or A.create_key(server)
+                auth_headers = [("Authorization", f"Bearer {key}")]
+        except RuntimeError as exc:
+            if src is None:
+                raise
+            self.note(f"arm {name} skipped: {exc}")
+            return None
+        db = "PostgreSQL" if name == "Gpg" else "SQLite"
+        title = f"chatd serve, /v1 send, {db}, auth " + ("on" if auth else "off")
+        if self.baseline is not None and src is not None:
+            title += f", at baseline {self.baseline.sha}"
+        arm = A.Arm(
+            name,
+            title,
+            server.port,
+            server,
+            chatd=True,
+            headers=auth_headers,
+            pool=SessionPool(name.lower()),
+            src=src,
+        )
+        return arm, server
+
+    def _baseline_src(self) -> Path | None:
+        """Export --baseline's src/ (once); None, with a note, if it cannot be."""
+        try:
+            self.baseline = A.export_baseline(self.args.baseline, self.work)
+        except RuntimeError as exc:
+            self.results["baseline"] = {"rev": self.args.baseline}
+            self.note(f"arm {A.BASELINE} skipped: could not export {self.args.baseline}: {exc}")
+            return None
+        b = self.baseline
+        print(f"baseline {b.rev} = {b.sha} ({b.subject}) exported to {b.src}", flush=True)
+        self.results["baseline"] = {"rev": b.rev, "sha": b.sha, "subject": b.subject}
+        return b.src
+
+    def _check_imports(self, server: Server, src: Path) -> None:
+        """Make sure the server's environment imports chatd from `src`, not the working tree."""
+        found = A.imported_chatd(server)
+        if not Path(found).resolve().is_relative_to(src.resolve()):
+            raise RuntimeError(f"its environment imports chatd from {found}, not from {src}")
+        print(f"{server.name} imports chatd from {found}", flush=True)
+        self.results["baseline"]["chatd_imported_from"] = found
 
     def _nlla_python(self, name: str) -> str | None:
         """Arm Nlla's interpreter, with a note when it is missing or its SDK is not .venv's."""
@@ -214,7 +255,7 @@ class Bench:
         return python
 
     def _database_url(self, name: str) -> str | None:
-        if name in ("G", "Ga"):
+        if name in ("G", "Ga", "Gb"):
             return f"sqlite:///{self.work / name / 'chatd.db'}"
         from chatd.testing.postgres import PostgresServer
 
@@ -270,23 +311,18 @@ class Bench:
     async def prepare(self) -> None:
         """Seed sessions on chatd arms and capture what chatd sends upstream, per history size."""
         p = self.plan
-        for arm in self.arms.values():
-            if not arm.chatd:
-                continue
-            assert arm.pool is not None
-            conns = [await Conn.open("127.0.0.1", arm.port) for _ in range(8)]
-            t0 = time.perf_counter()
-            await arm.pool.seed(conns, MAIN_HISTORY, self.sessions_needed(), arm.headers)
-            for size in p.hist_sizes:
-                if size != MAIN_HISTORY:
-                    count = 1 + p.runs * -(-p.hist_n // tests.history_reuse(size))
-                    if self.args.profile and size == max(p.hist_sizes):
-                        count += p.profile_big_sessions
-                    await arm.pool.seed(conns, size, count, arm.headers)
-            took = time.perf_counter() - t0
-            print(f"seeded {arm.pool.seeded} sessions on {arm.name} in {took:.1f} s", flush=True)
-            for c in conns:
-                c.close()
+        for arm in [a for a in self.arms.values() if a.chatd]:
+            try:
+                await self._seed(arm)
+            except (RuntimeError, ClientError) as exc:
+                if arm.src is None:
+                    raise
+                # Another revision may lack what the harness relies on (the import route).
+                self.note(f"arm {arm.name} dropped: seeding its sessions failed: {exc}")
+                del self.arms[arm.name]
+                self.results.get("arms", {}).pop(arm.name, None)
+                if arm.server is not None:
+                    arm.server.stop()
         chatd_arm = next((a for a in self.arms.values() if a.chatd), None)
         if chatd_arm is None:
             # No chatd arm: build the body chatd would send from the seeded history directly.
@@ -297,6 +333,26 @@ class Bench:
             self.captured[size] = await self._capture(chatd_arm, size)
         n = len(self.captured[MAIN_HISTORY]["messages"])
         print(f"chatd sends {n} messages upstream for {MAIN_HISTORY} of history", flush=True)
+
+    async def _seed(self, arm: A.Arm) -> None:
+        """Import every session a chatd arm will use in the run, at each history size."""
+        p = self.plan
+        assert arm.pool is not None
+        conns = [await Conn.open("127.0.0.1", arm.port) for _ in range(8)]
+        t0 = time.perf_counter()
+        try:
+            await arm.pool.seed(conns, MAIN_HISTORY, self.sessions_needed(), arm.headers)
+            for size in p.hist_sizes:
+                if size != MAIN_HISTORY:
+                    count = 1 + p.runs * -(-p.hist_n // tests.history_reuse(size))
+                    if self.args.profile and size == max(p.hist_sizes):
+                        count += p.profile_big_sessions
+                    await arm.pool.seed(conns, size, count, arm.headers)
+        finally:
+            for c in conns:
+                c.close()
+        took = time.perf_counter() - t0
+        print(f"seeded {arm.pool.seeded} sessions on {arm.name} in {took:.1f} s", flush=True)
 
     async def _capture(self, arm: A.Arm, size: int) -> dict[str, Any]:
         assert self.fake is not None
@@ -440,6 +496,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment for chatd arms (e.g. how --auth's key is configured)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help=f"add arm {A.BASELINE}: chatd's src/ at this git revision, beside G in the same run",
+    )
     parser.add_argument("--start-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -451,6 +512,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [a for a in args.arms if a not in A.ALL_ARMS]
     if unknown:
         parser.error(f"unknown arms: {', '.join(unknown)}")
+    if A.BASELINE in args.arms and not args.baseline:
+        parser.error(f"arm {A.BASELINE} is chatd at another revision: give it with --baseline REV")
+    if args.baseline and A.BASELINE not in args.arms:
+        at = args.arms.index("G") + 1 if "G" in args.arms else len(args.arms)
+        args.arms.insert(at, A.BASELINE)
     if args.only:
         args.only = [t.strip() for t in args.only.split(",")]
         bad = [t for t in args.only if t not in tests.ALL_TESTS]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import profile as prof
-from benchmarks.arms import Arm
+from benchmarks.arms import BASELINE, Arm
 from benchmarks.client import ClientError, Conn, Result, percentile
 from benchmarks.procs import pinning, thread_count
 from benchmarks.workload import (
@@ -166,15 +166,20 @@ def _brief(run: dict[str, dict[str, Any]], key: str) -> str:
     return " ".join(f"{n}={v[key]}" for n, v in run.items())
 
 
+def _bases(name: str, bases: tuple[str, ...]) -> tuple[str, ...]:
+    """What an arm is compared with within a run: G also with its baseline, Gb."""
+    return (*bases, BASELINE) if name == "G" else bases
+
+
 def _summarise(runs: list[dict[str, dict[str, Any]]], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Median over runs of each figure, and of each arm minus D and minus N within a run."""
+    """Median over runs of each figure, and of each arm minus D and N (G: and Gb) within a run."""
     names = list(runs[0]) if runs else []
     out: dict[str, Any] = {}
     for name in names:
         entry: dict[str, Any] = {}
         for key in keys:
             entry[key] = med([run[name][key] for run in runs])
-            for base in ("D", "N"):
+            for base in _bases(name, ("D", "N")):
                 if base in runs[0] and base != name:
                     entry[f"{key}_minus_{base}"] = med(
                         [run[name][key] - run[base][key] for run in runs]
@@ -403,11 +408,16 @@ async def throughput(bench: Bench) -> dict[str, Any]:
         entry["server_cpu_ms_per_req"] = med([run[name]["server_cpu_ms_per_req"] for run in runs])
         entry["errors"] = sum(run[name]["errors"] for run in runs)
         entry["first_error"] = next((run[name]["first_error"] for run in runs), None)
-        for base in ("N", "L"):
+        for base in _bases(name, ("N", "L")):
             if base in run and base != name:
                 entry[f"ratio_to_{base}"] = med(
                     [run[name]["rps"] / run[base]["rps"] for run in runs if run[base]["rps"]]
                 )
+        if name == "G" and BASELINE in run:
+            cpu = "server_cpu_ms_per_req"
+            entry[f"cpu_ratio_to_{BASELINE}"] = med(
+                [run[name][cpu] / run[BASELINE][cpu] for run in runs if run[BASELINE][cpu]]
+            )
         if arm.chatd:
             entry["turns_per_session"] = med([run[name]["turns_per_session"] for run in runs])
         summary[name] = entry
@@ -662,7 +672,7 @@ def store_timing(bench: Bench) -> dict[str, Any]:
         if arm.name == "Gpg":
             url = bench.pg.create_database("chatd_store_bench")
         else:
-            url = f"sqlite:///{bench.work / 'store_bench.db'}"
+            url = f"sqlite:///{bench.work / f'store_bench-{arm.name}.db'}"
         argv = [
             *pinning([0] if bench.pin else None),
             sys.executable,
@@ -671,8 +681,16 @@ def store_timing(bench: Bench) -> dict[str, Any]:
         ]
         argv += ["--url", url, "--reps", str(p.store_reps)]
         argv += ["--sizes", ",".join(str(s) for s in p.hist_sizes)]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        root, paths = Path(__file__).resolve().parent.parent, []
+        if arm.src is not None:
+            # Gb: its chatd, timed by its own store_bench (exported beside it) if it has one.
+            paths.append(str(arm.src))
+            if (arm.src.parent / "benchmarks" / "store_bench.py").is_file():
+                root = arm.src.parent
+        paths.append(str(root))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        # In `root` too: `python -m` puts the working directory first on sys.path.
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, timeout=300)
         if done.returncode != 0:
             out[arm.name] = {"error": done.stderr.strip()[-500:]}
             continue
@@ -707,7 +725,7 @@ async def profile(bench: Bench) -> dict[str, Any]:
     p = bench.plan
     out: dict[str, Any] = {}
     for arm in bench.arms.values():
-        if arm.name not in ("G", "N", "Gpg", "Ga") or arm.server is None:
+        if arm.name not in ("G", "N", "Gpg", "Ga", BASELINE) or arm.server is None:
             continue
         big = max(p.hist_sizes)
         phases = [

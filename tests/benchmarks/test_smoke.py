@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(120)
 def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results"
+    argv = [sys.executable, "-m", "benchmarks.run", "--quick", "--arms", "D,N,G"]
+    # Arm Gb: chatd's committed src/ exported and run beside G.
+    argv += ["--baseline", "HEAD", "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--arms", "D,N,G", "--out", str(out)],
+        argv,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -48,6 +51,24 @@ def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "Against DESIGN.md §8" in report
     assert "G−D" in report
+
+    # Gb: the baseline tree really imported, and measured wherever G is.
+    baseline = results["baseline"]
+    assert baseline["sha"]
+    assert "/baseline/src/chatd/" in baseline["chatd_imported_from"]
+    assert list(results["arms"]) == ["D", "N", "G", "Gb"]
+    assert latency["Gb"]["p50"] > 0
+    assert latency["Gb"]["errors"] == 0
+    assert latency["G"]["p50_minus_Gb"] is not None
+    assert results["streaming"]["summary"]["G"]["ttft_p50_minus_Gb"] is not None
+    assert results["throughput"]["summary"]["G"]["ratio_to_Gb"] > 0
+    assert results["throughput"]["summary"]["G"]["cpu_ratio_to_Gb"] > 0
+    assert results["idle_rss"]["Gb"]["rss_mb"] > 0
+    assert results["open_streams"]["Gb"]["levels"]
+    assert set(results["history"]["summary"]) >= {"Gb@10", "Gb@100"}
+    assert results["store"]["Gb"]["10"]["store_ms"] > 0
+    assert "Against the baseline (same run)" in report
+    assert f"Gb (`{baseline['sha']}`)" in report
 
 
 @pytest.mark.timeout(150)
