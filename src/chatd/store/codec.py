@@ -28,6 +28,10 @@ def part_to_dict(part: Part) -> dict[str, Any]:
 
 def part_from_dict(data: Mapping[str, Any]) -> Part:
     """Decode one part; InputError if it is malformed."""
+    # Most parts are text, read back for every turn's history: decoded without the checks'
+    # detours (an abstract-class isinstance costs more than building the part).
+    if type(data) is dict and data.get("type") == "text" and type(data.get("text")) is str:
+        return TextPart(data["text"])
     if not isinstance(data, Mapping):
         raise InputError(f"malformed message part: expected an object, got {type(data).__name__}")
     kind = data.get("type")
@@ -53,9 +57,9 @@ def parts_to_list(parts: Sequence[Part]) -> list[dict[str, Any]]:
 
 def parts_from_list(data: Sequence[Mapping[str, Any]]) -> tuple[Part, ...]:
     """Decode a list of part dicts; InputError if it is malformed."""
-    if not isinstance(data, Sequence) or isinstance(data, str):
+    if type(data) is not list and (not isinstance(data, Sequence) or isinstance(data, str)):
         raise InputError("malformed message: 'parts' must be a list")
-    return tuple(part_from_dict(p) for p in data)
+    return tuple([part_from_dict(p) for p in data])
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:

@@ -47,6 +47,8 @@ from chatd.types import (
     Usage,
 )
 
+# History rows fetched at a time: about what a short conversation holds.
+HISTORY_BATCH = 50
 # Turns begun here whose finish_turn can skip reading them back (beyond: it reads).
 BEGUN_KEPT = 4096
 
@@ -432,7 +434,9 @@ def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | N
 def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Message, ...]:
     """Read the in-context history newest first, decoding only as far as `until` needs."""
     rows = conn.execute(q.CONTEXT_MESSAGES_NEWEST, {"pk": pk})
-    return read_back((message(r.role, r.parts) for r in rows), until)
+    # Fetched a batch at a time (a row at a time costs more), decoded one at a time.
+    batches = iter(lambda: rows.fetchmany(HISTORY_BATCH), [])
+    return read_back((message(role, parts) for b in batches for role, parts in b), until)
 
 
 def _finish_head(conn: Connection, turn_id: str) -> _Begun:
