@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends, Header, Path, Request
@@ -59,6 +60,20 @@ async def current_user(principal: PrincipalDep) -> str:
     return principal.user_id
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sends a turn, and where its usage is charged (None when the key has no quotas)."""
+
+    user_id: str
+    meter: UsageSink | None
+
+
+async def current_caller(request: Request) -> Caller:
+    """Return the caller of a metered route: one dependency for what the route needs."""
+    scope = request.scope
+    return Caller((principal_of(scope) or _NOBODY).user_id, charge_of(scope))
+
+
 async def admin_principal(principal: PrincipalDep) -> Principal:
     """Return the caller if their key is an admin's; Forbidden (403) otherwise."""
     if principal.key_id is None:
@@ -70,17 +85,12 @@ async def admin_principal(principal: PrincipalDep) -> Principal:
     return principal
 
 
-async def usage_sink(request: Request) -> UsageSink | None:
-    """Return where a metered request's usage is charged (None when the key has no quotas)."""
-    return charge_of(request.scope)
-
-
 Service = Annotated[ChatService, Depends(get_service)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentUser = Annotated[str, Depends(current_user)]
 Admin = Annotated[Principal, Depends(admin_principal)]
-Meter = Annotated[UsageSink | None, Depends(usage_sink)]
+CallerDep = Annotated[Caller, Depends(current_caller)]
 
 SessionPath = Annotated[
     str,

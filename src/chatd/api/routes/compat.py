@@ -9,9 +9,10 @@ from uuid import uuid4
 from fastapi import APIRouter, HTTPException
 
 from chatd.api.deps import (
+    Caller,
+    CallerDep,
     CurrentUser,
     IdempotencyKey,
-    Meter,
     PrincipalDep,
     Service,
     SessionPath,
@@ -42,7 +43,6 @@ from chatd.api.streams import (
 from chatd.api.views import history, strip_controls
 from chatd.engine import TurnOptions, clean_message
 from chatd.ports import Store
-from chatd.turnrun import UsageSink
 
 router = APIRouter(tags=["compatibility"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -65,22 +65,20 @@ async def root() -> ServiceStatus:
 
 
 async def _prepare(
-    store: Store,
-    user: str,
-    body: ChatIn,
-    max_chars: int,
-    meter: UsageSink | None,
-    key: str | None = None,
+    store: Store, caller: Caller, body: ChatIn, max_chars: int, key: str | None = None
 ) -> TurnOptions:
     # Refuse a bad message before the system prompt is written anywhere.
     clean_message(body.message, max_chars)
     prompt = None if body.system_prompt is None else strip_controls(body.system_prompt)
+    user = caller.user_id
     if prompt is not None and body.session_id is not None:
         # The prompt given with a message applies to the session from now on.
         found = await store.get_session(user, body.session_id)
         if found is not None and found.system_prompt != prompt:
             await store.update_session(user, body.session_id, system_prompt=prompt)
-    return TurnOptions(user_id=user, system_prompt=prompt, idempotency_key=key, usage_sink=meter)
+    return TurnOptions(
+        user_id=user, system_prompt=prompt, idempotency_key=key, usage_sink=caller.meter
+    )
 
 
 @router.post("/chat", responses=ERRORS)
@@ -89,15 +87,14 @@ async def chat(
     service: Service,
     store: StoreDep,
     settings: SettingsDep,
-    user: CurrentUser,
-    meter: Meter,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ChatOut:
     """Send a message and get the whole reply; the session is created on first use."""
     session_id = body.session_id or uuid4().hex
-    options = await _prepare(store, user, body, settings.max_message_chars, meter, idempotency_key)
+    options = await _prepare(store, caller, body, settings.max_message_chars, idempotency_key)
     end = await service.reply(session_id, body.message, options)
-    info = await store.get_session(user, session_id)
+    info = await store.get_session(caller.user_id, session_id)
     return ChatOut(
         response=end.text,
         session_id=session_id,
@@ -116,11 +113,10 @@ async def chat_stream(
     service: Service,
     store: StoreDep,
     settings: SettingsDep,
-    user: CurrentUser,
-    meter: Meter,
+    caller: CallerDep,
 ) -> EventStream:
     """Stream the reply's text as plain-text chunks; a failure ends it with an [error] line."""
-    options = await _prepare(store, user, body, settings.max_message_chars, meter)
+    options = await _prepare(store, caller, body, settings.max_message_chars)
     events = service.turn(body.session_id or uuid4().hex, body.message, options)
     first = await started(events)
     return EventStream(
@@ -134,10 +130,10 @@ async def chat_stream(
     responses={200: {"content": {"application/x-ndjson": {}}}, **STREAM_ERRORS},
 )
 async def chat_session(
-    session_id: SessionPath, body: MessageIn, service: Service, user: CurrentUser, meter: Meter
+    session_id: SessionPath, body: MessageIn, service: Service, caller: CallerDep
 ) -> EventStream:
     """Stream the reply as NDJSON {"delta": ...} lines; a failure ends it with {"error": ...}."""
-    options = TurnOptions(user_id=user, usage_sink=meter)
+    options = TurnOptions(user_id=caller.user_id, usage_sink=caller.meter)
     events = service.turn(session_id, body.message, options)
     first = await started(events)
     return EventStream(

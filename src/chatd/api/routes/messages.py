@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from chatd.api.deps import (
+    CallerDep,
     CurrentUser,
     IdempotencyKey,
-    Meter,
     RuntimeDep,
     SessionPath,
     StoreDep,
@@ -76,8 +76,7 @@ async def send_message(
     body: SendIn,
     request: Request,
     runtime: RuntimeDep,
-    user: CurrentUser,
-    meter: Meter,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ReplyOut | EventStream:
     """Send a message; the reply is JSON, or SSE with `stream` or Accept: text/event-stream.
@@ -86,7 +85,7 @@ async def send_message(
     """
     provider, model = resolve_model(runtime, body.model, body.provider)
     options = TurnOptions(
-        user_id=user,
+        user_id=caller.user_id,
         params=GenerationParams(
             model,
             body.max_tokens,
@@ -96,7 +95,7 @@ async def send_message(
         provider=provider,
         tools=None if body.tools is None else tuple(body.tools),
         idempotency_key=idempotency_key,
-        usage_sink=meter,
+        usage_sink=caller.meter,
     )
     events = runtime.service.turn(session_id, body.content, options)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):

@@ -12,7 +12,7 @@ from uuid import uuid4
 
 from fastapi import APIRouter, Header
 
-from chatd.api.deps import CurrentUser, IdempotencyKey, Meter, RuntimeDep, resolve_model
+from chatd.api.deps import CallerDep, IdempotencyKey, RuntimeDep, resolve_model
 from chatd.api.openai_schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
 from chatd.api.openai_wire import Reply, collect, content_text, stream, to_chatd, tool_specs
 from chatd.api.schemas import SESSION_ID_PATTERN
@@ -47,8 +47,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def chat_completions(
     body: CompletionRequest,
     runtime: RuntimeDep,
-    user: CurrentUser,
-    meter: Meter,
+    caller: CallerDep,
     session_id: SessionHeader = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Completion | EventStream:
@@ -65,7 +64,7 @@ async def chat_completions(
     if session_id is None:
         system, messages = to_chatd(body.messages)
         tools = tool_specs(body.tools, body.tool_choice)
-        options = CompletionOptions(params, system, provider, tools, usage_sink=meter)
+        options = CompletionOptions(params, system, provider, tools, usage_sink=caller.meter)
         events: Any = service.complete(messages, options)
         reply = Reply(f"chatcmpl-{uuid4().hex}", body.model, stateless=True)
     else:
@@ -78,12 +77,12 @@ async def chat_completions(
             content_text(m.content) for m in body.messages if m.role in ("system", "developer")
         )
         turn_options = TurnOptions(
-            user,
+            caller.user_id,
             params,
             system or None,
             provider,
             idempotency_key=idempotency_key,
-            usage_sink=meter,
+            usage_sink=caller.meter,
         )
         events = service.turn(session_id, content_text(last.content), turn_options)
         reply = Reply("", body.model, stateless=False)
