@@ -40,6 +40,10 @@ def default_limits(settings: Settings) -> KeyLimits:
     )
 
 
+# The docs' sections, in reading order.
+DOC_ORDER = ("compatibility", "sessions", "messages", "openai", "admin", "health")
+
+
 def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> FastAPI:
     """Build the app; nothing is opened until the lifespan starts.
 
@@ -65,11 +69,20 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
                 await app.state.key_cache.aclose()
                 await app.state.limiter.aclose()
 
-    app = FastAPI(title="chatd", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="chatd",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[{"name": t} for t in DOC_ORDER],
+    )
     counts: Counter[tuple[str, int]] = Counter()
     app.state.response_counts = counts
     errors.install(app)
-    for module in (compat, sessions, messages, openai, admin, health):
+    # Routers are matched in this order, route by route, so the hot routes go first: sending
+    # a message used to try 20 routes before its own (3 % of a turn's instructions). The
+    # docs keep their reading order through the tags.
+    for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
     # Added innermost first: CORS sees a request first, the body cap last.
     big = settings.max_completions_body_bytes

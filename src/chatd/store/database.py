@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -169,7 +170,13 @@ def _write(engine: Engine, work: Work[T]) -> T:
     with engine.connect() as conn:
         # Take the write lock up front: a deferred transaction that reads and then writes
         # fails at once (SQLITE_BUSY_SNAPSHOT) when another process's writer got in between.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # On the driver's connection: through SQLAlchemy's execute, this BEGIN costs as much
+        # as a statement of the turn's. Its errors are wrapped as SQLAlchemy's would be, so
+        # a lock held elsewhere (SQLITE_BUSY) still sends the call to the waiting thread.
+        try:
+            conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        except sqlite3.Error as e:
+            raise exc.OperationalError("BEGIN IMMEDIATE", None, e) from e
         try:
             result = work(conn)
         except BaseException:
