@@ -474,7 +474,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(A.DEFAULT_ARMS),
         help=f"comma-separated arms of {', '.join(A.ALL_ARMS)} (default %(default)s)",
     )
-    parser.add_argument("--only", help=f"comma-separated tests of {', '.join(tests.ALL_TESTS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated tests of {', '.join(tests.ALL_TESTS)}; or `instructions` alone "
+        "(benchmarks.instructions: instructions per request under callgrind)",
+    )
     parser.add_argument("--runs", type=int, help="interleaved runs (default 3; 1 with --quick)")
     parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/)")
     parser.add_argument("--profile", action="store_true", help="py-spy G (and N) after the tests")
@@ -519,15 +523,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.arms.insert(at, A.BASELINE)
     if args.only:
         args.only = [t.strip() for t in args.only.split(",")]
-        bad = [t for t in args.only if t not in tests.ALL_TESTS]
+        bad = [t for t in args.only if t not in (*tests.ALL_TESTS, "instructions")]
         if bad:
             parser.error(f"unknown tests: {', '.join(bad)}")
+        if "instructions" in args.only and len(args.only) > 1:
+            parser.error("--only instructions runs alone: its servers run under callgrind")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write results.json and report.md; print the report."""
     args = parse_args(argv)
+    if args.only == ["instructions"]:
+        from benchmarks import instructions
+
+        return instructions.main(instructions.run_argv(args))
     plan = Plan.quick() if args.quick else Plan()
     if args.runs:
         plan.runs = args.runs
