@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
@@ -117,7 +116,13 @@ class MemoryStore:
             raise NotFound(f"no session {session_id!r}")
         chosen = plan(settings) if callable(plan) else plan
         if found is None:
-            await self.ensure_session(user_id, session_id, **_fields(settings))
+            await self.ensure_session(
+                user_id,
+                session_id,
+                system_prompt=settings.system_prompt,
+                params=settings.params,
+                provider=settings.provider,
+            )
         session = self._get(user_id, session_id)
         now = _now()
         self._expire(session.turns, now)
@@ -340,14 +345,6 @@ class MemoryStore:
         if session is None:
             raise NotFound(f"no session {session_id!r}")
         return session
-
-
-def _fields(settings: SessionSettings) -> dict[str, Any]:
-    return {
-        "system_prompt": settings.system_prompt,
-        "params": settings.params,
-        "provider": settings.provider,
-    }
 
 
 def _info(session: _Session) -> SessionInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -88,14 +88,9 @@ class SqlStore:
         if found is not None:
             return found
         params, now = params or GenerationParams(), utc_now()
-        row = {
-            **_key(user_id, session_id),
-            **param_values(params),
-            "system_prompt": system_prompt,
-            "provider": provider,
-            "created_at": now,
-            "updated_at": now,
-        }
+        row = _session_row(
+            user_id, session_id, SessionSettings(system_prompt, params, provider), now
+        )
         try:
             await self.db.write(lambda conn: conn.execute(q.INSERT_SESSION, row))
         except exc.IntegrityError:
@@ -195,7 +190,7 @@ class SqlStore:
                 last_turn, last_message = head.last_turn or 0, head.last_message or 0
             elif create is not None:
                 # Created here, in the turn's transaction: a refused turn leaves no session.
-                values = {**key, **settings_values(create), "created_at": now, "updated_at": now}
+                values = _session_row(user_id, session_id, create, now)
                 pk, settings = conn.execute(q.CREATE_SESSION, values).scalar_one(), create
                 last_turn = last_message = 0
             else:
@@ -247,7 +242,7 @@ class SqlStore:
         # is never finished here (its lease runs out).
         if len(self._begun) >= BEGUN_KEPT:
             del self._begun[next(iter(self._begun))]
-        self._begun[begun.row["id"]] = begun
+        self._begun[begun.record.id] = begun
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""
@@ -340,15 +335,9 @@ class SqlStore:
     ) -> SessionInfo:
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         now = utc_now()
-        session = {
-            "user_id": user_id,
-            "session_id": session_id,
-            "system_prompt": system_prompt,
-            "provider": provider,
-            "created_at": now,
-            "updated_at": now,
-            **param_values(params),
-        }
+        session = _session_row(
+            user_id, session_id, SessionSettings(system_prompt, params, provider), now
+        )
 
         def work(conn: Connection) -> None:
             pk = conn.execute(q.CREATE_SESSION, session).scalar_one()
@@ -424,6 +413,18 @@ class SqlStore:
 
 def _key(user_id: str, session_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "session_id": session_id}
+
+
+def _session_row(
+    user_id: str, session_id: str, settings: SessionSettings, now: datetime
+) -> dict[str, Any]:
+    """Return the sessions row of a new session."""
+    return {
+        **_key(user_id, session_id),
+        **settings_values(settings),
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | None:
