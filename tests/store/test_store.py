@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -16,7 +17,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy import Connection, event, exc, inspect, text
 
 from chatd.errors import ConfigError, InputError, NotFound, StoreUnavailable
 from chatd.ports import Store, TurnPlan
@@ -446,19 +447,42 @@ async def test_sessions_are_listed_oldest_first(store: Store) -> None:
 # What only the SQL store promises.
 
 
-@contextmanager
-def statements(store: SqlStore) -> Iterator[list[tuple[str, Any, bool]]]:
-    """Record (sql, parameters, executemany) for every statement the store sends."""
-    seen: list[tuple[str, Any, bool]] = []
+@asynccontextmanager
+async def statements(store: SqlStore) -> AsyncIterator[list[str]]:
+    """Record every statement the database runs (an executemany once per row), values as `?`."""
+    seen: list[str] = []
+    engine = store.db.sync_engine
+    if engine.dialect.name == "sqlite":
+        # Traced by SQLite itself, on the connection the store's calls share: chatd runs a
+        # turn's statements on the driver (store.direct), past SQLAlchemy's statement events.
+        def trace(on: bool) -> Callable[[Connection], None]:
+            def work(conn: Connection) -> None:
+                driver = cast(sqlite3.Connection, conn.connection.driver_connection)
+                driver.set_trace_callback((lambda sql: seen.append(_shape(sql))) if on else None)
+
+            return work
+
+        await store.db.read(trace(True))
+        seen.clear()
+        try:
+            yield seen
+        finally:
+            await store.db.read(trace(False))
+        return
 
     def record(_c: Connection, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
-        seen.append((sql, params, many))
+        seen.extend([_shape(sql)] * (len(params) if many else 1))
 
-    event.listen(store.db.sync_engine, "before_cursor_execute", record)
+    event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(store.db.sync_engine, "before_cursor_execute", record)
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _shape(sql: str) -> str:
+    # SQLite's trace has the values in the text: the same statement must read the same.
+    return re.sub(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b", "?", " ".join(sql.split()))
 
 
 async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -> None:
@@ -468,36 +492,36 @@ async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -
         for n in range(history_turns):
             await add_turn(sql_store, ALICE, session_id, f"q{n}")
         assert len(await sql_store.context_messages(ALICE, session_id)) == 2 * history_turns
-        with statements(sql_store) as seen:
+        async with statements(sql_store) as seen:
             turn = await add_turn(sql_store, ALICE, session_id, "now", reply=TOOL_LOOP)
         issued[session_id] = seen
         assert turn.messages[1:] == TOOL_LOOP
     short, long = issued["short"], issued["long"]
-    assert [sql for sql, _, _ in short] == [sql for sql, _, _ in long]
-    assert not [sql for sql, _, _ in long if sql.startswith(("UPDATE messages", "DELETE"))]
-    message_rows = [
-        len(params) if many else 1
-        for sql, params, many in long
-        if sql.startswith("INSERT INTO messages")
-    ]
-    assert message_rows == [1, len(TOOL_LOOP)]  # the question, then the reply
+    assert short == long
+    assert not [sql for sql in long if sql.startswith(("UPDATE messages", "DELETE"))]
+    inserts = [sql for sql in long if sql.startswith("INSERT INTO messages")]
+    assert len(inserts) == 1 + len(TOOL_LOOP)  # the question, then the reply
 
 
 async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
     start = await sql_store.begin_turn(ALICE, "s", Message.user("q"), PLAN)
     turn = start.record
-
-    def fail_last_write(_c: Connection, _cur: Any, sql: str, *_: Any) -> None:
-        if sql.startswith("UPDATE sessions"):  # after the turn update and the message insert
-            raise RuntimeError("injected failure")
-
-    event.listen(sql_store.db.sync_engine, "before_cursor_execute", fail_last_write)
-    try:
-        with pytest.raises(RuntimeError, match="injected"):
-            await finish_with_tool_loop(sql_store, turn.id)
-    finally:
-        event.remove(sql_store.db.sync_engine, "before_cursor_execute", fail_last_write)
+    # A failure inside the database, after the turn update and the message insert.
+    if sql_store.db.sync_engine.dialect.name == "sqlite":
+        fail = [
+            "CREATE TRIGGER fail BEFORE UPDATE ON sessions "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        ]
+    else:
+        fail = [
+            "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+            "CREATE TRIGGER fail BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION fail()",
+        ]
+    await sql_store.db.write(lambda c: [c.execute(text(sql)) for sql in fail])
+    with pytest.raises(exc.DBAPIError, match="injected failure"):
+        await finish_with_tool_loop(sql_store, turn.id)
     [stored] = await sql_store.list_turns(ALICE, "s")
     assert stored.state is TurnState.STREAMING
     assert texts(stored.messages) == ["q"]
@@ -568,11 +592,11 @@ async def test_migrations_build_exactly_the_declared_schema(sql_store: SqlStore)
 async def test_upgrading_a_current_schema_changes_nothing(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
     await add_turn(sql_store, ALICE, "s", "keep me")
-    with statements(sql_store) as seen:
+    async with statements(sql_store) as seen:
         await upgrade(sql_store.db)
         await upgrade(sql_store.db)
     changes = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")
-    assert not [sql for sql, _, _ in seen if sql.lstrip().upper().startswith(changes)]
+    assert not [sql for sql in seen if sql.upper().startswith(changes)]
     versions = await sql_store.db.read(
         lambda c: c.execute(text("SELECT version_num FROM alembic_version")).all()
     )

@@ -95,6 +95,9 @@ class SqliteDatabase:
         self._waiting = waiting
         self._in_memory = in_memory
         self._closed = False
+        # The event loop's calls never overlap (each runs to its end without yielding), so
+        # they share one connection: a pool checkout and return cost as much as a statement.
+        self._conn: Connection | None = None
         self._writes = 0
         self._checkpoint: Future[None] | None = None
         # One thread for calls that must wait, and the checkpoints that follow writes.
@@ -107,7 +110,7 @@ class SqliteDatabase:
         return self.engine
 
     async def read(self, work: Work[T]) -> T:
-        """Run work on a pooled connection."""
+        """Run work on a connection, outside any transaction."""
         return await self._run(_read, work)
 
     async def write(self, work: Work[T]) -> T:
@@ -127,21 +130,31 @@ class SqliteDatabase:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._checkpointer.shutdown)
         await loop.run_in_executor(None, self._patient.shutdown)
+        if self._conn is not None:
+            self._conn.close()
         self._waiting.dispose()
         self.engine.dispose()
 
-    async def _run(self, how: Callable[[Engine, Work[T]], T], work: Work[T]) -> T:
+    async def _run(self, how: Callable[[Connection, Work[T]], T], work: Work[T]) -> T:
         if self._closed:
             raise StoreUnavailable("database unavailable: the store was closed")
         with store_errors():
             try:
-                return how(self.engine, work)
+                return how(self._connection(), work)
             except exc.OperationalError as e:
                 if not _is_busy(e):
                     raise
             # Another process holds the lock: wait for it on a thread, not in the loop.
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._patient, how, self._waiting, work)
+            return await loop.run_in_executor(self._patient, _pooled, self._waiting, how, work)
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self.engine.connect()
+        return conn
 
     def _wal_checkpoint(self) -> None:
         # The bulk of the work (copying pages, fsync) here, beside the writes: PASSIVE never
@@ -161,29 +174,47 @@ class SqliteDatabase:
             log.warning("WAL checkpoint failed: %s", _one_line(e))
 
 
-def _read(engine: Engine, work: Work[T]) -> T:
+def _pooled(engine: Engine, how: Callable[[Connection, Work[T]], T], work: Work[T]) -> T:
     with engine.connect() as conn:
+        return how(conn, work)
+
+
+def _read(conn: Connection, work: Work[T]) -> T:
+    try:
         return work(conn)
+    finally:
+        # SQLAlchemy begins a transaction at a connection's first statement: end it. The
+        # driver itself begins none for reads, so no snapshot outlives the call.
+        conn.rollback()
 
 
-def _write(engine: Engine, work: Work[T]) -> T:
-    with engine.connect() as conn:
-        # Take the write lock up front: a deferred transaction that reads and then writes
-        # fails at once (SQLITE_BUSY_SNAPSHOT) when another process's writer got in between.
-        # On the driver's connection: through SQLAlchemy's execute, this BEGIN costs as much
-        # as a statement of the turn's. Its errors are wrapped as SQLAlchemy's would be, so
-        # a lock held elsewhere (SQLITE_BUSY) still sends the call to the waiting thread.
-        try:
-            conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-        except sqlite3.Error as e:
-            raise exc.OperationalError("BEGIN IMMEDIATE", None, e) from e
-        try:
-            result = work(conn)
-        except BaseException:
-            conn.rollback()
-            raise
+def _write(conn: Connection, work: Work[T]) -> T:
+    # Take the write lock up front: a deferred transaction that reads and then writes
+    # fails at once (SQLITE_BUSY_SNAPSHOT) when another process's writer got in between.
+    # On the driver's connection: through SQLAlchemy's execute, this BEGIN costs as much
+    # as a statement of the turn's. Its errors are wrapped as SQLAlchemy's would be, so
+    # a lock held elsewhere (SQLITE_BUSY) still sends the call to the waiting thread.
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as e:
+        raise exc.OperationalError("BEGIN IMMEDIATE", None, e) from e
+    # Both ends, as the work may run statements through SQLAlchemy (whose transaction is
+    # then begun) or only on the driver (chatd.store.direct), or both: the second is a
+    # no-op once the first has ended the driver's transaction. Nothing may leave it open:
+    # the connection is shared by the calls that follow.
+    try:
+        result = work(conn)
         conn.commit()
-        return result
+        driver.commit()
+    except BaseException as e:
+        conn.rollback()
+        driver.rollback()
+        if isinstance(e, sqlite3.Error):
+            raise exc.OperationalError("COMMIT", None, e) from e
+        raise
+    return result
 
 
 def _is_busy(error: exc.OperationalError) -> bool:

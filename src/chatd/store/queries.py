@@ -17,6 +17,7 @@ from sqlalchemy import (
     update,
 )
 
+from chatd.store.direct import Direct
 from chatd.store.rows import LEASE_EXPIRED
 from chatd.store.tables import messages, sessions, turns
 from chatd.types import TurnState
@@ -26,6 +27,8 @@ STREAMING = TurnState.STREAMING.value
 # The state inline in the SQL, not a bound parameter: only then can SQLite (and PostgreSQL, for
 # generic plans) use the partial indexes on streaming turns instead of scanning the session's.
 IS_STREAMING = turns.c.state == literal_column(f"'{STREAMING}'")
+# Inline too: a bound list is expanded per execution, which chatd.store.direct does not do.
+IN_CONTEXT = turns.c.state.in_([literal_column(f"'{s}'") for s in IN_CONTEXT_STATES])
 
 # Parameters: user_id and session_id.
 THIS_SESSION = and_(
@@ -35,7 +38,7 @@ THIS_SESSION = and_(
 
 _turn_count = (
     select(func.count())
-    .where(turns.c.session_pk == sessions.c.id, turns.c.state.in_(IN_CONTEXT_STATES))
+    .where(turns.c.session_pk == sessions.c.id, IN_CONTEXT)
     .correlate_except(turns)
     .scalar_subquery()
     .label("turn_count")
@@ -62,20 +65,20 @@ SESSION_PK = select(sessions.c.id).where(THIS_SESSION)
 INSERT_SESSION = insert(sessions)
 CREATE_SESSION = INSERT_SESSION.returning(sessions.c.id)
 # Parameters: pk, now.
-TOUCH_SESSION = (
+TOUCH_SESSION = Direct(
     update(sessions).where(sessions.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
 )
 DELETE_SESSION = delete(sessions).where(THIS_SESSION)
 
 # The messages of complete and truncated turns, newest first, of one session by pk: ordered by
 # turn, then message, so a turn's messages stay together whatever the timing.
-CONTEXT_MESSAGES_NEWEST = (
+CONTEXT_MESSAGES_NEWEST = Direct(
     select(messages.c.role, messages.c.parts)
     # Driven from the session's turns, then each turn's messages by index: on a freshly
     # filled table PostgreSQL misjudged the other way round (messages first) as 10x slower.
     .select_from(turns)
     .join(messages, messages.c.turn_id == turns.c.id)
-    .where(turns.c.session_pk == bindparam("pk"), turns.c.state.in_(IN_CONTEXT_STATES))
+    .where(turns.c.session_pk == bindparam("pk"), IN_CONTEXT)
     .order_by(turns.c.seq.desc(), messages.c.seq.desc())
 )
 LIST_TURNS = (
@@ -93,17 +96,19 @@ SESSION_MESSAGES = (
 
 # What begin_turn needs in one read: the session (its pk and settings), its last turn and
 # message seqs, and whether a turn is streaming (only then may a lease need expiring first).
-BEGIN_HEAD = select(
-    sessions,
-    _last_turn_seq.label("last_turn"),
-    _last_message_seq.label("last_message"),
-    exists()
-    .where(turns.c.session_pk == sessions.c.id, IS_STREAMING)
-    .correlate_except(turns)
-    .label("streaming"),
-).where(THIS_SESSION)
-INSERT_TURN = insert(turns)
-INSERT_MESSAGES = insert(messages)
+BEGIN_HEAD = Direct(
+    select(
+        sessions,
+        _last_turn_seq.label("last_turn"),
+        _last_message_seq.label("last_message"),
+        exists()
+        .where(turns.c.session_pk == sessions.c.id, IS_STREAMING)
+        .correlate_except(turns)
+        .label("streaming"),
+    ).where(THIS_SESSION)
+)
+INSERT_TURN = Direct(insert(turns))
+INSERT_MESSAGES = Direct(insert(messages))
 
 # What finish_turn needs in one read: the turn, its session id and last message seq, and the
 # turn's messages so far (one row each; outer join, so a row even if there are none).
@@ -122,7 +127,7 @@ FINISH_HEAD = (
     .order_by(messages.c.seq)
 )
 # Parameters: turn_id and the final column values; only a turn still streaming is finished.
-FINISH_TURN = update(turns).where(turns.c.id == bindparam("turn_id"), IS_STREAMING)
+FINISH_TURN = Direct(update(turns).where(turns.c.id == bindparam("turn_id"), IS_STREAMING))
 
 # Parameter: pk.
 DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))
@@ -197,10 +202,7 @@ MESSAGES_OF_TURNS = (
 # Sessions, and their turns that are in context; filtered by user, or not at all.
 SESSION_STATS = select(
     select(func.count()).select_from(sessions).scalar_subquery(),
-    select(func.count())
-    .select_from(turns)
-    .where(turns.c.state.in_(IN_CONTEXT_STATES))
-    .scalar_subquery(),
+    select(func.count()).select_from(turns).where(IN_CONTEXT).scalar_subquery(),
 )
 USER_SESSION_STATS = select(
     select(func.count())
@@ -209,7 +211,7 @@ USER_SESSION_STATS = select(
     .scalar_subquery(),
     select(func.count())
     .select_from(turns.join(sessions, sessions.c.id == turns.c.session_pk))
-    .where(sessions.c.user_id == bindparam("user_id"), turns.c.state.in_(IN_CONTEXT_STATES))
+    .where(sessions.c.user_id == bindparam("user_id"), IN_CONTEXT)
     .scalar_subquery(),
 )
 USAGE_TOTALS = (

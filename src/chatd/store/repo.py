@@ -184,10 +184,10 @@ class SqlStore:
         key = _key(user_id, session_id)
 
         def work(conn: Connection) -> tuple[_Begun | None, TurnRecord, HistoryCut | None]:
-            head = conn.execute(q.BEGIN_HEAD, key).one_or_none()
+            head = q.BEGIN_HEAD.first(conn, key)
             if head is not None:
-                pk, settings = head.id, session_settings(head._mapping)
-                last_turn, last_message = head.last_turn or 0, head.last_message or 0
+                pk, settings = head["id"], session_settings(head)
+                last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
             elif create is not None:
                 # Created here, in the turn's transaction: a refused turn leaves no session.
                 values = _session_row(user_id, session_id, create, now)
@@ -196,7 +196,7 @@ class SqlStore:
             else:
                 raise NotFound(f"no session {session_id!r}")
             chosen = plan(settings) if callable(plan) else plan
-            if head is not None and head.streaming:
+            if head is not None and head["streaming"]:
                 # Its process may have died: an expired lease frees the session for this turn.
                 conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
             if idempotency_key is not None:
@@ -215,10 +215,10 @@ class SqlStore:
                 "idempotency_key": idempotency_key,
                 **UNFINISHED_TURN,
             }
-            conn.execute(q.INSERT_TURN, turn)
+            q.INSERT_TURN.execute(conn, turn)
             seq = last_message + 1
-            conn.execute(q.INSERT_MESSAGES, message_values(turn_id, pk, seq, user_message, now))
-            conn.execute(q.TOUCH_SESSION, {"pk": pk, "now": now})
+            q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
+            q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": now})
             record = turn_record(turn, session_id, (user_message,))
             return _Begun(pk, seq + 1, turn, record), record, chosen.history_until
 
@@ -281,17 +281,17 @@ class SqlStore:
             head = begun or _finish_head(conn, turn_id)
             # The state check in the statement settles a race with another finisher (or the
             # sweep that took an expired lease); the messages go in only after it.
-            if conn.execute(q.FINISH_TURN, {"turn_id": turn_id, **final}).rowcount != 1:
+            if q.FINISH_TURN.execute(conn, {"turn_id": turn_id, **final}) != 1:
                 raise NotFound(f"no turn {turn_id!r} in flight")
             if messages:
-                conn.execute(
-                    q.INSERT_MESSAGES,
+                q.INSERT_MESSAGES.execute(
+                    conn,
                     [
                         message_values(turn_id, head.session_pk, head.next_message + i, m, now)
                         for i, m in enumerate(messages)
                     ],
                 )
-            conn.execute(q.TOUCH_SESSION, {"pk": head.session_pk, "now": now})
+            q.TOUCH_SESSION.execute(conn, {"pk": head.session_pk, "now": now})
             earlier = head.record.messages
             return turn_record({**head.row, **final}, head.record.session_id, (*earlier, *messages))
 
@@ -306,7 +306,7 @@ class SqlStore:
                 return None
             conn.execute(q.DELETE_SESSION_MESSAGES, {"pk": pk})
             removed = conn.execute(q.DELETE_SESSION_TURNS, {"pk": pk}).rowcount
-            conn.execute(q.TOUCH_SESSION, {"pk": pk, "now": utc_now()})
+            q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": utc_now()})
             return removed
 
         return await self.db.write(work)
@@ -343,8 +343,8 @@ class SqlStore:
             pk = conn.execute(q.CREATE_SESSION, session).scalar_one()
             turn_rows, message_rows = imported_rows(pk, turns, now)
             if turn_rows:
-                conn.execute(q.INSERT_TURN, turn_rows)
-                conn.execute(q.INSERT_MESSAGES, message_rows)
+                q.INSERT_TURN.execute(conn, turn_rows)
+                q.INSERT_MESSAGES.execute(conn, message_rows)
 
         try:
             await self.db.write(work)
@@ -434,10 +434,9 @@ def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | N
 
 def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Message, ...]:
     """Read the in-context history newest first, decoding only as far as `until` needs."""
-    rows = conn.execute(q.CONTEXT_MESSAGES_NEWEST, {"pk": pk})
     # Fetched a batch at a time (a row at a time costs more), decoded one at a time.
-    batches = iter(lambda: rows.fetchmany(HISTORY_BATCH), [])
-    return read_back((message(role, parts) for b in batches for role, parts in b), until)
+    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
+    return read_back((message(role, parts) for role, parts in rows), until)
 
 
 def _finish_head(conn: Connection, turn_id: str) -> _Begun:
