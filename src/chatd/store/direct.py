@@ -100,10 +100,17 @@ class Direct:
         values = plan.values(params)
         try:
             cursor = _driver(conn).execute(plan.sql, values)
+        except sqlite3.Error as e:
+            raise _wrapped(plan.sql, values, e) from e
+        # Closed however the reading ends: an unfinished statement would keep its read
+        # snapshot open on a connection later calls share (store.database).
+        try:
             while fetched := cursor.fetchmany(batch):
                 yield from map(plan.row, fetched)
         except sqlite3.Error as e:
             raise _wrapped(plan.sql, values, e) from e
+        finally:
+            cursor.close()
 
     def _plan(self, conn: Connection, params: Params) -> _Plan:
         names = tuple(params)
