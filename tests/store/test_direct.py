@@ -14,6 +14,7 @@ from chatd.store import queries as q
 from chatd.store.db import open_store
 from chatd.store.direct import Direct
 from chatd.store.repo import SqlStore
+from chatd.store.rows import UNFINISHED_TURN
 from chatd.store.tables import sessions, turns
 from chatd.types import (
     GenerationParams,
@@ -150,19 +151,12 @@ async def test_a_statement_that_needs_sqlalchemys_execution_is_refused(tmp_path:
 def _turn_row(turn_id: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
+        **UNFINISHED_TURN,
         "id": turn_id,
         "seq": 9,
         "state": "complete",
-        "stop_reason": None,
         "model": "m",
         "provider": "p",
-        "input_tokens": 0,
-        "output_tokens": 0,
-        "cache_read_tokens": 0,
-        "cache_write_tokens": 0,
-        "latency_ms": None,
-        "ttft_ms": None,
-        "error": None,
         "created_at": now,
         "finished_at": now,
         "lease_until": None,

@@ -1,13 +1,12 @@
 """Direct: a statement every turn runs, compiled once by SQLAlchemy, run on SQLite's driver.
 
 SQLAlchemy's execution layer (execution context, parameter and result processing, the result
-object) costs about as much per statement as SQLite itself: some 150 k instructions each,
-eight statements a turn. On SQLite a Direct statement is compiled by SQLAlchemy once, with the
-same bind and result processors it would apply, and then run on the stdlib driver's cursor.
-Elsewhere (PostgreSQL), or when something listens for statements on the engine (tracing),
-it runs through SQLAlchemy as any statement does. Errors come out as SQLAlchemy's exception
-classes either way, so callers handle one kind.
-"""
+object) cost a turn's eight statements about 0.56 M instructions, over half of what SQLite and
+its driver take for the whole turn (~1 M, measured). On SQLite a Direct statement is compiled
+by SQLAlchemy once, with the same bind and result processors it would apply, and then run on
+the stdlib driver's cursor. Elsewhere (PostgreSQL), or when something listens for statements
+on the engine (tracing), it runs through SQLAlchemy as any statement does. Errors come out as
+SQLAlchemy's exception classes either way, so callers handle one kind."""
 
 from __future__ import annotations
 
