@@ -14,6 +14,7 @@ from chatd.api.auth import Authenticate, KeyCache, redact_access_logs
 from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
 from chatd.api.routes import admin, compat, health, messages, openai, sessions
+from chatd.api.sse import StreamHandoff
 from chatd.config import Settings
 from chatd.keys import KeyLimits
 from chatd.prices import load_prices
@@ -84,7 +85,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     # docs keep their reading order through the tags.
     for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
-    # Added innermost first: CORS sees a request first, the body cap last.
+    # Added innermost first: CORS sees a request first, the body cap last, then streams are
+    # run past the framework's frames.
+    app.add_middleware(StreamHandoff)
     big = settings.max_completions_body_bytes
     app.add_middleware(
         BodyLimit,

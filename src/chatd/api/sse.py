@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 PING = b": ping\n\n"
+# Where StreamHandoff leaves room in the scope for a stream to run after the framework returns.
+HANDOFF = "chatd.stream_handoff"
 
 
 def event_schema(names: list[str] | None = None) -> dict[str, object]:
@@ -62,6 +64,14 @@ class EventStream(StreamingResponse):
         self.ping_s = ping_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream the body now, or leave it to StreamHandoff when that is in place."""
+        slot: list[EventStream] | None = scope.get(HANDOFF)
+        if slot is not None:
+            slot.append(self)
+            return
+        await self.run(receive, send)
+
+    async def run(self, receive: Receive, send: Send) -> None:
         """Stream the body, watching for the client's disconnect."""
         state = _State(send)
         await send(
@@ -99,6 +109,36 @@ class EventStream(StreamingResponse):
             if message["type"] == "http.disconnect":
                 state.gone = True
                 return
+
+
+class StreamHandoff:
+    """Run a route's EventStream after the framework's handling of the request has returned.
+
+    FastAPI and Starlette hold a chain of coroutine frames, exit stacks, the request and its
+    scope additions while a response runs: for a stream open for minutes, that is held for
+    nothing. An EventStream that finds this middleware's slot in the scope leaves itself
+    there; the middleware runs it, on the receive and send it was given, once the framework
+    has returned. Errors before the stream starts still go through the framework's handlers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; then run the stream it left, if any."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        slot: list[EventStream] = []
+        scope[HANDOFF] = slot
+        before = set(scope)
+        await self.app(scope, receive, send)
+        if slot:
+            # What the framework put in the scope (its exit stacks, the route, the path
+            # parameters) is of no use to the stream, and would live as long as it.
+            for key in scope.keys() - before:
+                del scope[key]
+            await slot.pop().run(receive, send)
 
 
 class _State:
