@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncGenerator, Awaitable
 from typing import Any
 
-from chatd.api.sse import PING, EventStream
+from chatd.api.sse import HANDOFF, PING, EventStream, StreamHandoff
 
 
 class Server:
@@ -107,3 +109,42 @@ async def test_a_client_that_leaves_stops_the_stream_and_closes_its_source() -> 
     await asyncio.wait_for(run(EventStream(source(), media_type="x"), server), 5)
     assert closed.is_set()
     assert b"<end>" not in server.bodies()
+
+
+class Held:
+    """Something a framework keeps per request (a Request, an exit stack)."""
+
+
+async def test_a_handed_off_stream_runs_after_the_framework_has_let_go() -> None:
+    server = Server()
+    seen: list[tuple[bool, set[str]]] = []
+    held: list[weakref.ReferenceType[Held]] = []
+
+    async def source() -> AsyncGenerator[bytes, None]:
+        gc.collect()
+        seen.append((held[0]() is None, set(scope)))
+        yield b"a"
+
+    async def framework(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request = Held()
+        held.append(weakref.ref(request))
+        scope["framework.stack"] = request
+        await EventStream(source(), media_type="x")(scope, receive, send)
+
+    scope: dict[str, Any] = {"type": "http"}
+    await asyncio.wait_for(StreamHandoff(framework)(scope, server.receive, server.send), 5)
+    assert server.bodies() == [b"a", b"<end>"]
+    [(released, keys)] = seen
+    assert released  # the framework's frame and what it held are gone while the stream runs
+    assert keys == {"type", HANDOFF}
+
+
+async def test_without_the_handoff_a_stream_runs_inside_the_framework() -> None:
+    server = Server()
+    stream = EventStream(_one(b"a"), media_type="x")
+    await asyncio.wait_for(stream({"type": "http"}, server.receive, server.send), 5)
+    assert server.bodies() == [b"a", b"<end>"]
+
+
+async def _one(chunk: bytes) -> AsyncGenerator[bytes, None]:
+    yield chunk
