@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import URL
 
 from chatd.errors import StoreUnavailable
+from chatd.store.direct import driver, driver_error
 
 if TYPE_CHECKING:
     # The asyncio extension loads the ORM (7 MB); only PostgreSQL needs it, at run time.
@@ -194,12 +195,11 @@ def _write(conn: Connection, work: Work[T]) -> T:
     # On the driver's connection: through SQLAlchemy's execute, this BEGIN costs as much
     # as a statement of the turn's. Its errors are wrapped as SQLAlchemy's would be, so
     # a lock held elsewhere (SQLITE_BUSY) still sends the call to the waiting thread.
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, sqlite3.Connection)
+    sqlite = driver(conn)
     try:
-        driver.execute("BEGIN IMMEDIATE")
+        sqlite.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as e:
-        raise exc.OperationalError("BEGIN IMMEDIATE", None, e) from e
+        raise driver_error("BEGIN IMMEDIATE", (), e) from e
     # Both ends, as the work may run statements through SQLAlchemy (whose transaction is
     # then begun) or only on the driver (chatd.store.direct), or both: the second is a
     # no-op once the first has ended the driver's transaction. Nothing may leave it open:
@@ -207,12 +207,12 @@ def _write(conn: Connection, work: Work[T]) -> T:
     try:
         result = work(conn)
         conn.commit()
-        driver.commit()
+        sqlite.commit()
     except BaseException as e:
         conn.rollback()
-        driver.rollback()
+        sqlite.rollback()
         if isinstance(e, sqlite3.Error):
-            raise exc.OperationalError("COMMIT", None, e) from e
+            raise driver_error("COMMIT", (), e) from e
         raise
     return result
 

@@ -67,13 +67,13 @@ class Direct:
             return 0
         plan = self._plan(conn, batch[0])
         values = [plan.values(p) for p in batch]
-        driver = _driver(conn)
+        sqlite = driver(conn)
         try:
             if len(values) > 1:
-                return driver.executemany(plan.sql, values).rowcount
-            return driver.execute(plan.sql, values[0]).rowcount
+                return sqlite.executemany(plan.sql, values).rowcount
+            return sqlite.execute(plan.sql, values[0]).rowcount
         except sqlite3.Error as e:
-            raise _wrapped(plan.sql, values, e) from e
+            raise driver_error(plan.sql, values, e) from e
 
     def first(self, conn: Connection, params: Params) -> dict[str, Any] | None:
         """Return the first row as a mapping of column names, or None."""
@@ -83,9 +83,9 @@ class Direct:
         plan = self._plan(conn, params)
         values = plan.values(params)
         try:
-            raw = _driver(conn).execute(plan.sql, values).fetchone()
+            raw = driver(conn).execute(plan.sql, values).fetchone()
         except sqlite3.Error as e:
-            raise _wrapped(plan.sql, values, e) from e
+            raise driver_error(plan.sql, values, e) from e
         return None if raw is None else dict(zip(plan.keys, plan.row(raw), strict=True))
 
     def rows(self, conn: Connection, params: Params, batch: int) -> Iterator[Sequence[Any]]:
@@ -98,16 +98,16 @@ class Direct:
         plan = self._plan(conn, params)
         values = plan.values(params)
         try:
-            cursor = _driver(conn).execute(plan.sql, values)
+            cursor = driver(conn).execute(plan.sql, values)
         except sqlite3.Error as e:
-            raise _wrapped(plan.sql, values, e) from e
+            raise driver_error(plan.sql, values, e) from e
         # Closed however the reading ends: an unfinished statement would keep its read
         # snapshot open on a connection later calls share (store.database).
         try:
             while fetched := cursor.fetchmany(batch):
                 yield from map(plan.row, fetched)
         except sqlite3.Error as e:
-            raise _wrapped(plan.sql, values, e) from e
+            raise driver_error(plan.sql, values, e) from e
         finally:
             cursor.close()
 
@@ -155,12 +155,13 @@ def _impl(type_: TypeEngine[Any], dialect: Dialect) -> TypeEngine[Any]:
     return type_.dialect_impl(dialect)
 
 
-def _driver(conn: Connection) -> sqlite3.Connection:
+def driver(conn: Connection) -> sqlite3.Connection:
+    """Return the stdlib driver's connection under a SQLite connection."""
     driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
     return driver
 
 
-def _wrapped(sql: str, values: Sequence[Any], error: sqlite3.Error) -> exc.StatementError:
-    # The same class SQLAlchemy would raise (IntegrityError, OperationalError, ...).
+def driver_error(sql: str, values: Sequence[Any], error: sqlite3.Error) -> exc.StatementError:
+    """Wrap a driver error in the class SQLAlchemy would raise (IntegrityError, ...)."""
     return exc.DBAPIError.instance(sql, values, error, sqlite3.Error)
