@@ -33,6 +33,8 @@ def run(host: str, port: int, workers: int) -> None:
         workers=workers,
         log_level="info",
         timeout_graceful_shutdown=30,
+        # No WebSocket routes: without this uvicorn imports websockets whenever installed.
+        ws="none",
     )
 
 

@@ -107,6 +107,8 @@ class AnthropicProvider:
             base_url=options.base_url,
             max_retries=0,
             timeout=options.timeout_s,
+            # The SDK's aiohttp transport, as for OpenAI (providers/openai_compat.py).
+            http_client=anthropic.DefaultAioHttpClient(timeout=options.timeout_s),
         )
 
     async def aclose(self) -> None:

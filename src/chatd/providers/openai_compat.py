@@ -139,6 +139,9 @@ class OpenAICompatProvider:
             base_url=options.base_url,
             max_retries=0,
             timeout=options.timeout_s,
+            # The SDK's aiohttp transport: about half the work per streamed chunk of its default
+            # httpx one, and 15 % less per request (benchmarks/README.md).
+            http_client=openai.DefaultAioHttpClient(timeout=options.timeout_s),
         )
 
     async def aclose(self) -> None:
