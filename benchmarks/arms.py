@@ -2,13 +2,13 @@
 
 D   the load client straight to the fake upstream (zero delay)
 N   benchmarks/floor_app.py: a bare forwarding ASGI app on chatd's server stack and upstream
-    client path (the SDK's low-level `client.post(..., stream=True)`, streamed upstream always)
+    client path (the SDK's low-level `client.post(..., stream=True)` on its aiohttp transport,
+    streamed upstream always)
 G   chatd's full path: `chatd serve`, /v1/sessions/{id}/messages, 10 turns of history, stored
 L   LiteLLM's proxy pointed at the same fake upstream (skipped with a note when not installed)
 Nc    N calling `chat.completions.create(...)` instead (typed models; chatd's path before c62d48e)
-Nlla  N on the SDK's aiohttp transport (`openai.DefaultAioHttpClient`), in its own venv
-      (benchmarks/.nlla; skipped with a note saying how to make it when it is missing)
-      (Nc and Nlla only price upstream-client choices: latency, throughput and memory)
+Nh    N on the SDK's default httpx transport (chatd's path before the aiohttp transport)
+      (Nc and Nh only price upstream-client choices: latency, throughput and memory)
 Extras, by name with --arms:
 Gpg   G on PostgreSQL (a throwaway server from chatd.testing.postgres)
 Ga    G with auth on (CHATD_AUTH=on and a key from `chatd keys create`), beside G to price it
@@ -42,40 +42,21 @@ LITELLM_INSTALL = (
     f"python3 -m venv {LITELLM_VENV.relative_to(REPO)} && "
     f"{LITELLM_VENV.relative_to(REPO)}/bin/pip install 'litellm[proxy]=={LITELLM_VERSION}'"
 )
-# Arm Nlla's own venv: the SDK's aiohttp transport is not installed in .venv, as the SDK imports
-# aiohttp whenever it can, which would add to chatd's measured idle RSS (pyproject.toml).
-NLLA_VENV = REPO / "benchmarks" / ".nlla"
-NLLA_PACKAGES = ("openai", "uvicorn", "uvloop", "httptools", "orjson")
-
-
-def nlla_install() -> str:
-    """The command that makes arm Nlla's venv, with .venv's versions of what the floor uses."""
-    import importlib.metadata as metadata
-
-    pins = []
-    for name in NLLA_PACKAGES:
-        extra = "[aiohttp]" if name == "openai" else ""
-        try:
-            pins.append(f"'{name}{extra}=={metadata.version(name)}'")
-        except metadata.PackageNotFoundError:
-            pins.append(f"'{name}{extra}'")
-    venv = NLLA_VENV.relative_to(REPO)
-    return f"python3 -m venv {venv} && {venv}/bin/pip install {' '.join(pins)}"
 
 
 UPSTREAM_KEY = "sk-bench-upstream"
-DEFAULT_ARMS = ("D", "N", "G", "L", "Nc", "Nlla")
-ALL_ARMS = ("D", "N", "G", "L", "Gpg", "Ga", "Gb", "Nc", "Nlla")
+DEFAULT_ARMS = ("D", "N", "G", "L", "Nc", "Nh")
+ALL_ARMS = ("D", "N", "G", "L", "Gpg", "Ga", "Gb", "Nc", "Nh")
 CHATD_ARMS = ("G", "Gpg", "Ga", "Gb")
 # G at the revision given with --baseline.
 BASELINE = "Gb"
-# Old names: Nll (the low-level call) is what N is now.
-ARM_ALIASES = {"Nll": "N"}
+# Old names: Nll (the low-level call) and Nlla (it on aiohttp) are what N is now.
+ARM_ALIASES = {"Nll": "N", "Nlla": "N"}
 # The floor app's variants: (--client, --transport).
 FLOOR_ARMS = {
-    "N": ("lowlevel", "httpx"),
-    "Nc": ("create", "httpx"),
-    "Nlla": ("lowlevel", "aiohttp"),
+    "N": ("lowlevel", "aiohttp"),
+    "Nc": ("create", "aiohttp"),
+    "Nh": ("lowlevel", "httpx"),
 }
 SERVER_CORES = [0]
 
@@ -119,21 +100,6 @@ def litellm_binary() -> str | None:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
     return None
-
-
-def nlla_python() -> str | None:
-    """The interpreter for arm Nlla: $CHATD_BENCH_NLLA_PYTHON or benchmarks/.nlla/bin/python."""
-    for c in (os.environ.get("CHATD_BENCH_NLLA_PYTHON"), str(NLLA_VENV / "bin" / "python")):
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
-    return None
-
-
-def package_version(python: str, package: str) -> str | None:
-    """The version of a package as another interpreter sees it (None if it is not there)."""
-    code = f"import importlib.metadata as m; print(m.version({package!r}))"
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _base_env() -> dict[str, str]:
@@ -287,14 +253,13 @@ def floor_server(
     client: str,
     transport: str,
     pin: bool,
-    python: str | None = None,
 ) -> Server:
-    """benchmarks/floor_app.py under uvicorn (on another interpreter for Nlla)."""
+    """benchmarks/floor_app.py under uvicorn."""
     port = free_port()
     env = _base_env()
     env["OPENAI_API_KEY"] = UPSTREAM_KEY
     env["PYTHONPATH"] = str(REPO)
-    argv = [python or sys.executable, "-m", "benchmarks.floor_app", "--port", str(port)]
+    argv = [sys.executable, "-m", "benchmarks.floor_app", "--port", str(port)]
     argv += ["--upstream", upstream, "--client", client, "--transport", transport]
     return Server(
         name,

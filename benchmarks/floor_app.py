@@ -2,7 +2,7 @@
 
 `POST /v1/chat/completions` takes an OpenAI Chat Completions body and forwards it through one
 process-wide `openai.AsyncOpenAI` client built the way chatd builds its own (max_retries=0, the
-default httpx transport), called the way chatd calls it (`providers/openai_compat.py`
+SDK's aiohttp transport), called the way chatd calls it (`providers/openai_compat.py`
 `OpenAICompatProvider._open`): the SDK's low-level
 
     client.post("/chat/completions", body=dict, cast_to=object, stream=True,
@@ -21,7 +21,8 @@ References for what the SDK's layers cost (`--client`, `--transport`):
   lowlevel  the call above: chatd's path (the default; arm N)
   create    `client.chat.completions.create(**body, stream=True)`: the SDK's typed path, with
             its request transform and a pydantic model per chunk (arm Nc; chatd before c62d48e)
-  --transport aiohttp: the low-level call on the SDK's `DefaultAioHttpClient` (arm Nlla)
+  --transport httpx: the low-level call on the SDK's default httpx transport (arm Nh; chatd's
+            path before it moved to aiohttp)
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class FloorApp:
         self.client: openai.AsyncOpenAI | None = None
 
     def _build(self) -> openai.AsyncOpenAI:
-        http_client = openai.DefaultAioHttpClient() if self.transport == "aiohttp" else None
+        aio = self.transport == "aiohttp"
+        http_client = openai.DefaultAioHttpClient(timeout=120.0) if aio else None
         return openai.AsyncOpenAI(
             api_key=self.api_key,
             base_url=self.upstream,
@@ -195,7 +197,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="OpenAI base URL, ending in /v1")
     parser.add_argument("--client", choices=["lowlevel", "create"], default="lowlevel")
-    parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="httpx")
+    parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="aiohttp")
     args = parser.parse_args()
     key = os.environ.get("OPENAI_API_KEY", "sk-bench")
     app = FloorApp(args.upstream, key, args.client, args.transport)
@@ -208,6 +210,7 @@ def main() -> None:
         workers=1,
         log_level="info",
         timeout_graceful_shutdown=30,
+        ws="none",
     )
 
 

@@ -134,14 +134,7 @@ class Bench:
                 )
             elif name in A.FLOOR_ARMS:
                 client, transport = A.FLOOR_ARMS[name]
-                python = None
-                if transport == "aiohttp":
-                    python = self._nlla_python(name)
-                    if python is None:
-                        continue
-                server = A.floor_server(
-                    name, self.work, upstream, client, transport, self.pin, python
-                )
+                server = A.floor_server(name, self.work, upstream, client, transport, self.pin)
                 call = "client.post(…, stream=True)" if client == "lowlevel" else "create()"
                 title = f"floor app: SDK {call} streamed upstream, {transport}"
                 pending.append((A.Arm(name, title, server.port, server), server))
@@ -233,26 +226,6 @@ class Bench:
             raise RuntimeError(f"its environment imports chatd from {found}, not from {src}")
         print(f"{server.name} imports chatd from {found}", flush=True)
         self.results["baseline"]["chatd_imported_from"] = found
-
-    def _nlla_python(self, name: str) -> str | None:
-        """Arm Nlla's interpreter, with a note when it is missing or its SDK is not .venv's."""
-        python = A.nlla_python()
-        if python is None:
-            self.note(
-                f"arm {name} skipped: the SDK's aiohttp transport is kept out of .venv (it "
-                f"would add to chatd's idle RSS), so {name} runs from a venv of its own: "
-                + A.nlla_install()
-            )
-            return None
-        import openai
-
-        theirs = A.package_version(python, "openai")
-        if theirs != openai.__version__:
-            self.note(
-                f"arm {name} runs openai SDK {theirs} where .venv has {openai.__version__}: "
-                "it no longer differs from N by the transport alone"
-            )
-        return python
 
     def _database_url(self, name: str) -> str | None:
         if name in ("G", "Ga", "Gb"):

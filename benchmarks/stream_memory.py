@@ -2,7 +2,7 @@
 
     python -m benchmarks.stream_memory                    # chatd, 100 -> 300 open streams
     python -m benchmarks.stream_memory --target floor     # the same for arm N (floor_app.py)
-    python -m benchmarks.stream_memory --target floor --transport aiohttp    # arm Nlla
+    python -m benchmarks.stream_memory --target floor --transport httpx      # arm Nh
     python -m benchmarks.stream_memory --no-trace         # the plain pass only (about 1 minute)
 
 A pass is one process that is the server under measurement: `chatd serve`'s app
@@ -526,12 +526,7 @@ def _both(args: argparse.Namespace) -> dict[str, Any]:
 def _pass(args: argparse.Namespace, flag: str, work: Path) -> dict[str, Any]:
     """One pass in a fresh process of its own; its figures."""
     out = work / f"pass{flag}.json"
-    python = sys.executable
-    if args.transport == "aiohttp":  # the SDK's aiohttp transport lives in arm Nlla's venv
-        python = A.nlla_python() or ""
-        if not python:
-            raise SystemExit(f"--transport aiohttp needs arm Nlla's venv: {A.nlla_install()}")
-    argv = [python, "-m", "benchmarks.stream_memory", "server", flag]
+    argv = [sys.executable, "-m", "benchmarks.stream_memory", "server", flag]
     argv += ["--chatd", args.chatd or str(Path(sys.executable).parent / "chatd")]
     argv += ["--json", str(out), "--target", args.target, "--transport", args.transport]
     argv += ["--levels", ",".join(map(str, args.levels))]
@@ -561,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--transport",
         choices=["httpx", "aiohttp"],
-        default="httpx",
-        help="the floor's SDK transport (aiohttp: arm Nlla)",
+        default="aiohttp",
+        help="the floor's SDK transport (httpx: arm Nh)",
     )
     parser.add_argument("--levels", default="100,300", help="open streams at each snapshot")
     parser.add_argument("--chunks", type=int, default=120, help="chunks per stream")
