@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from chatd.api import errors
 from chatd.api.auth import Authenticate, KeyCache, redact_access_logs
+from chatd.api.hotpath import HotPath
 from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
 from chatd.api.routes import admin, compat, health, messages, openai, sessions
@@ -85,9 +86,11 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     # docs keep their reading order through the tags.
     for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
-    # Added innermost first: CORS sees a request first, the body cap last, then streams are
-    # run past the framework's frames.
+    # Added innermost first: CORS sees a request first, the body cap last, then sends take
+    # their hot path, then streams are run past the framework's frames.
     app.add_middleware(StreamHandoff)
+    # Well-formed sends are run here, past the router; all else goes on to FastAPI.
+    app.add_middleware(HotPath)
     big = settings.max_completions_body_bytes
     app.add_middleware(
         BodyLimit,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Path, Request
 
@@ -68,10 +69,14 @@ class Caller:
     meter: UsageSink | None
 
 
+def caller_of(scope: Mapping[str, Any]) -> Caller:
+    """Return who sends, as the auth and limit middleware found (the local user without auth)."""
+    return Caller((principal_of(scope) or _NOBODY).user_id, charge_of(scope))
+
+
 async def current_caller(request: Request) -> Caller:
     """Return the caller of a metered route: one dependency for what the route needs."""
-    scope = request.scope
-    return Caller((principal_of(scope) or _NOBODY).user_id, charge_of(scope))
+    return caller_of(request.scope)
 
 
 async def admin_principal(principal: PrincipalDep) -> Principal:

@@ -98,15 +98,18 @@ def _openai_type(status: int, kind: str) -> str:
 async def chatd_error(request: Request, exc: Exception) -> Response:
     """Answer a chatd error with its status."""
     assert isinstance(exc, ChatdError)
+    return chatd_error_response(request.url.path, exc)
+
+
+def chatd_error_response(path: str, exc: ChatdError) -> Response:
+    """Build the response to a chatd error on a path: its status, in the path's error shape."""
     status = exc.status
     if isinstance(exc, UpstreamBadRequest) and exc.upstream_status == 404:
         # The provider knows no such model (or endpoint): a setting to fix, not an outage.
         status = 400
     if status >= 500 and not isinstance(exc, UpstreamError) and status != 503:
         log.error("request failed: %s", exc.message)
-    return error_response(
-        request.url.path, status, error_type(exc), exc.message, retry_s=retry_after(exc)
-    )
+    return error_response(path, status, error_type(exc), exc.message, retry_s=retry_after(exc))
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:

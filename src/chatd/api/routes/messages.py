@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from chatd.api.deps import (
+    Caller,
     CallerDep,
     CurrentUser,
     IdempotencyKey,
@@ -21,6 +22,7 @@ from chatd.api.streams import encode, sse_chunk, sse_failure, started
 from chatd.api.views import reply_out, turn_out
 from chatd.engine import TurnOptions
 from chatd.errors import ChatdError
+from chatd.runtime import Runtime
 from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -83,6 +85,19 @@ async def send_message(
 
     The session is created with default settings if it does not exist yet.
     """
+    accept = request.headers.get("accept", "")
+    return await send(runtime, caller, session_id, body, idempotency_key, accept)
+
+
+async def send(
+    runtime: Runtime,
+    caller: Caller,
+    session_id: str,
+    body: SendIn,
+    idempotency_key: str | None,
+    accept: str,
+) -> ReplyOut | EventStream:
+    """Run one turn for a validated send: its reply, or the stream of its events."""
     provider, model = resolve_model(runtime, body.model, body.provider)
     options = TurnOptions(
         user_id=caller.user_id,
@@ -98,7 +113,7 @@ async def send_message(
         usage_sink=caller.meter,
     )
     events = runtime.service.turn(session_id, body.content, options)
-    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+    if body.stream or "text/event-stream" in accept:
         first = await started(events)
         return EventStream(
             encode(first, events, sse_chunk, sse_failure),
