@@ -26,9 +26,13 @@ LIBRARIES: list[tuple[str, tuple[str, ...]]] = [
     ("aiosqlite/sqlite3", ("aiosqlite/", "sqlite3/")),
     ("asyncpg", ("asyncpg/",)),
     ("SQLAlchemy", ("sqlalchemy/",)),
+    # Before the SDK: its aiohttp transport is vendored under openai/_vendor/.
+    ("aiohttp", ("aiohttp/", "httpx_aiohttp/", "multidict/", "yarl/")),
     ("openai SDK", ("openai/",)),
-    ("httpx/httpcore/anyio", ("httpx/", "httpcore/", "h11/", "anyio/", "sniffio/")),
-    ("aiohttp", ("aiohttp/", "httpx_aiohttp/")),
+    (
+        "httpx/httpcore/anyio",
+        ("httpx/", "httpx2/", "httpcore/", "httpcore2/", "h11/", "anyio/", "sniffio/"),
+    ),
     ("pydantic", ("pydantic/", "pydantic_core/")),
     ("FastAPI", ("fastapi/",)),
     ("Starlette", ("starlette/",)),
