@@ -95,3 +95,50 @@ def test_a_streamed_send_on_the_hot_path_ends_with_message_end(
         events = [line for line in response.iter_lines() if line.startswith("event: ")]
     assert events[0] == "event: message_start"
     assert events[-1] == "event: message_end"
+
+
+def complete(client: httpx.Client, body: Any, content_type: str, **headers: str) -> Any:
+    """Post a Chat Completions body with the given content type."""
+    return client.post(
+        "/v1/chat/completions",
+        content=orjson.dumps(body),
+        headers={"content-type": content_type, **headers},
+    )
+
+
+COMPLETION = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_completion_answers_the_same_on_either_path(client: httpx.Client) -> None:
+    hot = complete(client, COMPLETION, "application/json")
+    framework = complete(client, COMPLETION, FRAMEWORK_ONLY)
+    assert hot.status_code == framework.status_code == 200
+    assert hot.headers["content-type"] == framework.headers["content-type"]
+    keep = ("object", "model", "usage")
+    assert {k: hot.json()[k] for k in keep} == {k: framework.json()[k] for k in keep}
+    assert hot.json()["choices"][0].keys() == framework.json()["choices"][0].keys()
+
+
+def test_a_session_completion_on_the_hot_path_keeps_the_conversation(
+    client: httpx.Client, sid: str
+) -> None:
+    for text in ("one", "two"):
+        body = {**COMPLETION, "messages": [{"role": "user", "content": text}]}
+        response = complete(client, body, "application/json", **{"X-Chatd-Session": sid})
+        assert response.status_code == 200, response.text
+    turns = client.get(f"/v1/sessions/{sid}/messages").json()["data"]
+    assert [t["messages"][0]["content"] for t in turns] == ["one", "two"]
+
+
+def test_a_refused_completion_reads_the_same_on_either_path(client: httpx.Client, sid: str) -> None:
+    body = {**COMPLETION, "messages": [{"role": "assistant", "content": "not the user's"}]}
+    hot = complete(client, body, "application/json", **{"X-Chatd-Session": sid})
+    framework = complete(client, body, FRAMEWORK_ONLY, **{"X-Chatd-Session": sid})
+    assert hot.status_code == framework.status_code == 400
+    assert hot.json() == framework.json()
+
+
+def test_a_bad_session_header_still_gets_the_framework_s_400(client: httpx.Client) -> None:
+    response = complete(client, COMPLETION, "application/json", **{"X-Chatd-Session": "a b"})
+    assert response.status_code == 400
+    assert "X-Chatd-Session" in response.json()["error"]["message"]

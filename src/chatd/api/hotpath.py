@@ -1,66 +1,110 @@
-"""The hot route, `POST /v1/sessions/{id}/messages`, served ahead of the framework when it can be.
+"""The hot routes, served ahead of the framework when the request is well-formed.
 
 FastAPI's own work for a send (matching it against the routes, solving its dependencies,
 decoding the body with the standard library, checking the reply against its response model)
-was about 1 M of a turn's 7.8 M instructions (benchmarks/README.md). A send whose session id,
-headers and JSON body are all well-formed is validated here, with the same model and the same
-patterns, and run by the same `routes.messages.send`. Anything else (a bad id, another content
-type, a body that does not validate) goes on to FastAPI with its body replayed, so every refusal
-still comes from one place and reads the same.
+was about 0.7 M of a turn's 7.8 M instructions (benchmarks/README.md). A send to
+`POST /v1/sessions/{id}/messages` or `POST /v1/chat/completions` whose path, headers and JSON
+body are all well-formed is validated here, with the same models and the same patterns, and run
+by the same function the route calls. Anything else (a bad id, another content type, a body
+that does not validate) goes on to FastAPI with its body replayed, so every refusal still comes
+from one place and reads the same.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.api.deps import caller_of
 from chatd.api.errors import chatd_error_response
-from chatd.api.routes import messages
+from chatd.api.openai_schemas import CompletionRequest
+from chatd.api.routes import messages, openai
 from chatd.api.schemas import SESSION_ID_PATTERN, SendIn
 from chatd.api.sse import EventStream
 from chatd.errors import ChatdError
 
-SEND_PATH = re.compile("/v1/sessions/(" + SESSION_ID_PATTERN.strip("^$") + ")/messages")
-# As `deps.IdempotencyKey` declares it: 1-255 printable ASCII characters, no spaces.
+_SESSION_ID = SESSION_ID_PATTERN.strip("^$")
+# As `deps.IdempotencyKey` and `routes.openai.SessionHeader` declare them.
 IDEMPOTENCY_KEY = re.compile(rb"[\x21-\x7e]{1,255}")
+SESSION_HEADER = re.compile(_SESSION_ID.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """What the hot routes read from the headers, already checked."""
+
+    idempotency_key: str | None
+    session: str | None
+    accept: str
+
+
+Run = Callable[[Scope, "re.Match[str]", Any, Headers], Awaitable[BaseModel | EventStream]]
+
+
+@dataclass(frozen=True, slots=True)
+class HotRoute:
+    """A path, the model its body must fit, and what runs it."""
+
+    path: re.Pattern[str]
+    body: type[BaseModel]
+    run: Run
+
+
+async def _send(scope: Scope, match: re.Match[str], body: SendIn, headers: Headers) -> Any:
+    runtime = scope["app"].state.runtime
+    caller = caller_of(scope)
+    return await messages.send(
+        runtime, caller, match[1], body, headers.idempotency_key, headers.accept
+    )
+
+
+async def _complete(
+    scope: Scope, match: re.Match[str], body: CompletionRequest, headers: Headers
+) -> Any:
+    runtime = scope["app"].state.runtime
+    caller = caller_of(scope)
+    return await openai.complete(runtime, caller, body, headers.session, headers.idempotency_key)
+
+
+ROUTES = (
+    HotRoute(re.compile(f"/v1/sessions/({_SESSION_ID})/messages"), SendIn, _send),
+    HotRoute(re.compile("/v1/chat/completions"), CompletionRequest, _complete),
+)
 
 
 class HotPath:
-    """Serve well-formed sends directly; pass everything else on unchanged."""
+    """Serve well-formed requests to the hot routes directly; pass everything else on."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run a well-formed send here, or hand the request on."""
-        match = None
+        """Run a well-formed hot request here, or hand the request on."""
+        route = match = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = SEND_PATH.fullmatch(scope["path"])
-        if match is None:
+            for route in ROUTES:
+                match = route.path.fullmatch(scope["path"])
+                if match is not None:
+                    break
+        if route is None or match is None:
             await self.app(scope, receive, send)
             return
         read: list[Message] = []
         body = await _read_body(receive, read)
-        request = None if body is None else _parse(scope, body)
+        request = None if body is None else _parse(scope, body, route.body)
         if request is None:
             await self.app(scope, _replay(read, receive), send)
             return
-        payload, idempotency_key, accept = request
         response: Response
         try:
-            result = await messages.send(
-                scope["app"].state.runtime,
-                caller_of(scope),
-                match[1],
-                payload,
-                idempotency_key,
-                accept,
-            )
+            result = await route.run(scope, match, *request)
         except ChatdError as exc:
             response = chatd_error_response(scope["path"], exc)
         else:
@@ -84,9 +128,9 @@ async def _read_body(receive: Receive, read: list[Message]) -> bytes | None:
             return b"".join(chunks)
 
 
-def _parse(scope: Scope, body: bytes) -> tuple[SendIn, str | None, str] | None:
-    """Return the send's body, Idempotency-Key and Accept, or None if FastAPI should answer."""
-    content_type = key = accept = None
+def _parse(scope: Scope, body: bytes, model: type[BaseModel]) -> tuple[Any, Headers] | None:
+    """Return the validated body and headers, or None if FastAPI should answer."""
+    content_type = key = session = accept = None
     for name, value in scope["headers"]:
         if name == b"content-type":
             content_type = value
@@ -94,20 +138,25 @@ def _parse(scope: Scope, body: bytes) -> tuple[SendIn, str | None, str] | None:
             if key is not None or not IDEMPOTENCY_KEY.fullmatch(value):
                 return None
             key = value
+        elif name == b"x-chatd-session":
+            if session is not None or not SESSION_HEADER.fullmatch(value):
+                return None
+            session = value
         elif name == b"accept" and accept is None:
             accept = value
     # Exactly what FastAPI decodes as JSON and nothing it treats otherwise (+json, no type).
     if content_type is None or content_type.split(b";")[0].strip().lower() != b"application/json":
         return None
     try:
-        payload = SendIn.model_validate_json(body)
+        payload = model.model_validate_json(body)
     except ValidationError:
         return None
-    return (
-        payload,
+    headers = Headers(
         None if key is None else key.decode(),
+        None if session is None else session.decode(),
         "" if accept is None else accept.decode("latin-1"),
     )
+    return payload, headers
 
 
 def _replay(read: list[Message], receive: Receive) -> Receive:

@@ -12,7 +12,7 @@ from uuid import uuid4
 
 from fastapi import APIRouter, Header
 
-from chatd.api.deps import CallerDep, IdempotencyKey, RuntimeDep, resolve_model
+from chatd.api.deps import Caller, CallerDep, IdempotencyKey, RuntimeDep, resolve_model
 from chatd.api.openai_schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
 from chatd.api.openai_wire import Reply, collect, content_text, stream, to_chatd, tool_specs
 from chatd.api.schemas import SESSION_ID_PATTERN
@@ -20,6 +20,7 @@ from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
 from chatd.api.streams import started
 from chatd.engine import CompletionOptions, TurnOptions
 from chatd.errors import ConfigError, InputError
+from chatd.runtime import Runtime
 from chatd.types import GenerationParams, TurnStarted
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -52,6 +53,17 @@ async def chat_completions(
     idempotency_key: IdempotencyKey = None,
 ) -> Completion | EventStream:
     """Create a chat completion, streamed as SSE chunks with `stream: true`."""
+    return await complete(runtime, caller, body, session_id, idempotency_key)
+
+
+async def complete(
+    runtime: Runtime,
+    caller: Caller,
+    body: CompletionRequest,
+    session_id: str | None,
+    idempotency_key: str | None,
+) -> Completion | EventStream:
+    """Run one validated completion: stateless, or a turn of the session named."""
     provider, model = resolve_model(runtime, body.model, None)
     stop = (body.stop,) if isinstance(body.stop, str) else body.stop
     params = GenerationParams(
