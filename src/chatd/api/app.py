@@ -86,10 +86,10 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     # docs keep their reading order through the tags.
     for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
-    # Added innermost first: CORS sees a request first, the body cap last, then sends take
-    # their hot path, then streams are run past the framework's frames.
+    # Added innermost first: CORS sees a request first, the body cap last, then the hot
+    # routes are taken, then streams are run past the framework's frames.
     app.add_middleware(StreamHandoff)
-    # Well-formed sends are run here, past the router; all else goes on to FastAPI.
+    # Well-formed sends and completions run here, past the router; all else goes on.
     app.add_middleware(HotPath)
     big = settings.max_completions_body_bytes
     app.add_middleware(
