@@ -156,11 +156,6 @@ def _upgrade_sync(connection: Connection) -> None:
     # (SQLite's writes already hold its lock: BEGIN IMMEDIATE.)
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-    elif not connection.in_transaction():
-        # The lock was taken on the driver, unseen by SQLAlchemy: Alembic, finding no
-        # transaction, would commit after each migration (SQLite's DDL is not transactional
-        # to it) and let the lock go between them, for another worker to migrate too.
-        connection.begin()
     from alembic import command
 
     command.upgrade(alembic_config(connection), "head")

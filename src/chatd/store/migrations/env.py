@@ -15,7 +15,12 @@ target_metadata = metadata
 
 
 def run_on(connection: Connection) -> None:
-    """Run the migrations on an open connection."""
+    """Run the migrations on an open connection, in one transaction."""
+    if not connection.in_transaction():
+        # SQLite's write lock is taken on the driver (store.database), unseen by SQLAlchemy:
+        # Alembic, finding no transaction, would commit after each migration (SQLite's DDL
+        # is not transactional to it) and let the lock go, for another worker to migrate too.
+        connection.begin()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
