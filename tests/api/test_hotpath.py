@@ -12,13 +12,21 @@ import orjson
 FRAMEWORK_ONLY = "application/merge-patch+json"
 
 
-def post(client: httpx.Client, sid: str, body: Any, content_type: str, **headers: str) -> Any:
-    """Send a raw body with the given content type."""
+def post(client: httpx.Client, url: str, body: Any, content_type: str, **headers: str) -> Any:
+    """Post a JSON body with the given content type."""
     return client.post(
-        f"/v1/sessions/{sid}/messages",
-        content=orjson.dumps(body),
-        headers={"content-type": content_type, **headers},
+        url, content=orjson.dumps(body), headers={"content-type": content_type, **headers}
     )
+
+
+def send(client: httpx.Client, sid: str, body: Any, content_type: str, **headers: str) -> Any:
+    """Send a message to a session."""
+    return post(client, f"/v1/sessions/{sid}/messages", body, content_type, **headers)
+
+
+def complete(client: httpx.Client, body: Any, content_type: str, **headers: str) -> Any:
+    """Post a Chat Completions body."""
+    return post(client, "/v1/chat/completions", body, content_type, **headers)
 
 
 def shape(reply: dict[str, Any]) -> dict[str, Any]:
@@ -27,8 +35,8 @@ def shape(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_send_answers_the_same_on_either_path(client: httpx.Client, sid: str) -> None:
-    hot = post(client, sid, {"content": "hello"}, "application/json")
-    framework = post(client, sid + "-b", {"content": "hello"}, FRAMEWORK_ONLY)
+    hot = send(client, sid, {"content": "hello"}, "application/json")
+    framework = send(client, sid + "-b", {"content": "hello"}, FRAMEWORK_ONLY)
     assert hot.status_code == framework.status_code == 200
     assert hot.headers["content-type"] == framework.headers["content-type"]
     assert shape(hot.json()) == {**shape(framework.json()), "session_id": sid}
@@ -57,8 +65,8 @@ def test_a_body_sent_in_pieces_is_read_whole(client: httpx.Client, sid: str) -> 
 
 def test_a_refused_send_reads_the_same_on_either_path(client: httpx.Client, sid: str) -> None:
     body = {"content": "hi", "provider": "no-such-provider"}
-    hot = post(client, sid, body, "application/json")
-    framework = post(client, sid, body, FRAMEWORK_ONLY)
+    hot = send(client, sid, body, "application/json")
+    framework = send(client, sid, body, FRAMEWORK_ONLY)
     assert hot.status_code == framework.status_code == 400, hot.text
     assert hot.json() == framework.json()
     assert client.get(f"/v1/sessions/{sid}/messages").status_code == 404
@@ -67,14 +75,14 @@ def test_a_refused_send_reads_the_same_on_either_path(client: httpx.Client, sid:
 def test_a_bad_idempotency_key_still_gets_the_framework_s_422(
     client: httpx.Client, sid: str
 ) -> None:
-    response = post(client, sid, {"content": "hi"}, "application/json", **{"Idempotency-Key": ""})
+    response = send(client, sid, {"content": "hi"}, "application/json", **{"Idempotency-Key": ""})
     assert response.status_code == 422
     assert "Idempotency-Key" in response.json()["error"]["message"]
 
 
 def test_a_retried_send_with_its_key_is_one_turn(client: httpx.Client, sid: str) -> None:
-    first = post(client, sid, {"content": "once"}, "application/json", **{"Idempotency-Key": "k1"})
-    again = post(client, sid, {"content": "once"}, "application/json", **{"Idempotency-Key": "k1"})
+    first = send(client, sid, {"content": "once"}, "application/json", **{"Idempotency-Key": "k1"})
+    again = send(client, sid, {"content": "once"}, "application/json", **{"Idempotency-Key": "k1"})
     assert first.status_code == again.status_code == 200
     assert first.json()["turn_id"] == again.json()["turn_id"]
     assert len(client.get(f"/v1/sessions/{sid}/messages").json()["data"]) == 1
@@ -95,15 +103,6 @@ def test_a_streamed_send_on_the_hot_path_ends_with_message_end(
         events = [line for line in response.iter_lines() if line.startswith("event: ")]
     assert events[0] == "event: message_start"
     assert events[-1] == "event: message_end"
-
-
-def complete(client: httpx.Client, body: Any, content_type: str, **headers: str) -> Any:
-    """Post a Chat Completions body with the given content type."""
-    return client.post(
-        "/v1/chat/completions",
-        content=orjson.dumps(body),
-        headers={"content-type": content_type, **headers},
-    )
 
 
 COMPLETION = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

@@ -22,13 +22,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatd.api.deps import caller_of
+from chatd.api.deps import Caller, caller_of
 from chatd.api.errors import chatd_error_response
 from chatd.api.openai_schemas import CompletionRequest
 from chatd.api.routes import messages, openai
 from chatd.api.schemas import SESSION_ID_PATTERN, SendIn
 from chatd.api.sse import EventStream
 from chatd.errors import ChatdError
+from chatd.runtime import Runtime
 
 _SESSION_ID = SESSION_ID_PATTERN.strip("^$")
 # As `deps.IdempotencyKey` and `routes.openai.SessionHeader` declare them.
@@ -45,7 +46,7 @@ class Headers:
     accept: str
 
 
-Run = Callable[[Scope, "re.Match[str]", Any, Headers], Awaitable[BaseModel | EventStream]]
+Run = Callable[[Runtime, Caller, "re.Match[str]", Any, Headers], Awaitable[BaseModel | EventStream]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +58,17 @@ class HotRoute:
     run: Run
 
 
-async def _send(scope: Scope, match: re.Match[str], body: SendIn, headers: Headers) -> Any:
-    runtime = scope["app"].state.runtime
-    caller = caller_of(scope)
+async def _send(
+    runtime: Runtime, caller: Caller, match: re.Match[str], body: SendIn, headers: Headers
+) -> Any:
     return await messages.send(
         runtime, caller, match[1], body, headers.idempotency_key, headers.accept
     )
 
 
 async def _complete(
-    scope: Scope, match: re.Match[str], body: CompletionRequest, headers: Headers
+    runtime: Runtime, caller: Caller, _: re.Match[str], body: CompletionRequest, headers: Headers
 ) -> Any:
-    runtime = scope["app"].state.runtime
-    caller = caller_of(scope)
     return await openai.complete(runtime, caller, body, headers.session, headers.idempotency_key)
 
 
@@ -87,15 +86,11 @@ class HotPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run a well-formed hot request here, or hand the request on."""
-        route = match = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            for route in ROUTES:
-                match = route.path.fullmatch(scope["path"])
-                if match is not None:
-                    break
-        if route is None or match is None:
+        found = _route(scope)
+        if found is None:
             await self.app(scope, receive, send)
             return
+        route, match = found
         read: list[Message] = []
         body = await _read_body(receive, read)
         request = None if body is None else _parse(scope, body, route.body)
@@ -104,7 +99,8 @@ class HotPath:
             return
         response: Response
         try:
-            result = await route.run(scope, match, *request)
+            runtime = scope["app"].state.runtime
+            result = await route.run(runtime, caller_of(scope), match, *request)
         except ChatdError as exc:
             response = chatd_error_response(scope["path"], exc)
         else:
@@ -113,6 +109,17 @@ class HotPath:
             else:
                 response = Response(result.model_dump_json(), media_type="application/json")
         await response(scope, receive, send)
+
+
+def _route(scope: Scope) -> tuple[HotRoute, re.Match[str]] | None:
+    """Return the hot route a request is for, and its path's match."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    for route in ROUTES:
+        match = route.path.fullmatch(scope["path"])
+        if match is not None:
+            return route, match
+    return None
 
 
 async def _read_body(receive: Receive, read: list[Message]) -> bytes | None:
