@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from chatd.errors import ProviderNotConfigured, UpstreamError, UpstreamStreamError
 from chatd.providers.base import (
     ProviderOptions,
@@ -15,7 +17,10 @@ from chatd.providers.base import (
     is_transport_error,
     parse_tool_input,
     redact,
+    response_bytes,
+    stream_json,
 )
+from chatd.providers.sse import SSE, SSEDecoder
 from chatd.types import (
     ChatRequest,
     Message,
@@ -119,9 +124,9 @@ class AnthropicProvider:
         """Yield normalized events for one streamed Messages call."""
         import anthropic
 
-        emitted = False
+        events = _Events(self.name)
         try:
-            # The SDK's low-level request with a plain dict: its error classes and SSE handling
+            # The SDK's low-level request with a plain dict: its error classes and transport
             # stay, its per-call request transform and typed event models go.
             stream = await self._client.post(
                 "/v1/messages",
@@ -130,65 +135,101 @@ class AnthropicProvider:
                 stream=True,
                 stream_cls=anthropic.AsyncStream[object],
             )
+            decoder = SSEDecoder()
             async with stream:
-                async for event in _normalize(stream):
-                    emitted = emitted or isinstance(event, TextDelta | ToolCallEvent)
-                    yield event
+                response = stream.response
+                async for data in response_bytes(response):
+                    for sse in decoder.feed(data):
+                        if sse.event == "error":
+                            raise self._stream_error(sse, response.headers)
+                        for event in events.read(sse):
+                            yield event
+            for event in events.end():
+                yield event
         except anthropic.APIStatusError as exc:
-            raise self._status_error(exc, emitted) from None
+            raise self._status_error(exc, events.emitted) from None
         except (anthropic.APIConnectionError, OSError) as exc:
-            raise after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), events.emitted) from None
         except UpstreamError as exc:
-            raise after_output(exc, emitted) from None
+            raise after_output(exc, events.emitted) from None
         except Exception as exc:
             if not is_transport_error(exc):
                 raise
-            raise after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), events.emitted) from None
 
     def _status_error(self, exc: anthropic.APIStatusError, emitted: bool) -> UpstreamError:
-        status = exc.status_code
-        if status == 200:  # an `error` event inside the stream
-            status = STREAM_ERROR_STATUS.get(str(exc.type), 500)
         detail = redact(str(exc.api_message or exc.message), self._api_key)
-        quota = "credit balance" in str(detail).lower()
-        error = error_for_status(
-            self.name, status, str(detail), exc.response.headers, quota_spent=quota
-        )
-        return after_output(error, emitted)
+        return after_output(self._error(exc.status_code, detail, exc.response.headers), emitted)
+
+    def _stream_error(self, sse: SSE, headers: Mapping[str, str]) -> UpstreamError:
+        # An `error` event inside a 200 stream: its type stands for a status.
+        try:
+            body = orjson.loads(sse.data)
+        except orjson.JSONDecodeError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        kind = error.get("type") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str) or not message:
+            message = sse.data.decode("utf-8", "replace") or "an error event without a message"
+        status = STREAM_ERROR_STATUS.get(str(kind), 500)
+        return self._error(status, redact(message, self._api_key), headers)
+
+    def _error(self, status: int, detail: str, headers: Mapping[str, str]) -> UpstreamError:
+        quota = "credit balance" in detail.lower()
+        return error_for_status(self.name, status, detail, headers, quota_spent=quota)
 
 
-async def _normalize(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent]:
-    usage = Usage()
-    stop: StopReason | None = None
-    tool: dict[str, Any] | None = None
-    async for event in stream:
+class _Events:
+    """Read a Messages stream's events into chatd's, one event at a time."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.usage = Usage()
+        self.stop: StopReason | None = None
+        self.tool: dict[str, Any] | None = None
+        self.stopped = False
+        # Reply output went out: a failure from now on is not retried.
+        self.emitted = False
+
+    def read(self, sse: SSE) -> list[StreamEvent]:
+        """Return the events one server-sent event carries (most carry one text delta)."""
+        if self.stopped or not sse.event or sse.event == "ping":
+            # After message_stop the body is read to its end only to reuse the connection.
+            return []
+        event = stream_json(self.provider, sse.data)
         # Unknown event types (Anthropic adds them) are skipped by falling through.
         kind = event.get("type") if isinstance(event, dict) else None
-        if kind == "message_start":
-            usage = _usage(event.get("message", {}).get("usage") or {}, usage)
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                self.emitted = True
+                return [TextDelta(delta["text"])]
+            if delta.get("type") == "input_json_delta" and self.tool is not None:
+                self.tool["json"].append(delta.get("partial_json", ""))
+        elif kind == "message_start":
+            self.usage = _usage(event.get("message", {}).get("usage") or {}, self.usage)
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
-                tool = {"id": block.get("id", ""), "name": block.get("name", ""), "json": []}
-        elif kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
-                yield TextDelta(delta["text"])
-            elif delta.get("type") == "input_json_delta" and tool is not None:
-                tool["json"].append(delta.get("partial_json", ""))
-        elif kind == "content_block_stop" and tool is not None:
-            raw = "".join(tool["json"])
-            yield ToolCallEvent(ToolCallPart(tool["id"], tool["name"], parse_tool_input(raw)))
-            tool = None
+                self.tool = {"id": block.get("id", ""), "name": block.get("name", ""), "json": []}
+        elif kind == "content_block_stop" and self.tool is not None:
+            tool, self.tool = self.tool, None
+            self.emitted = True
+            arguments = parse_tool_input("".join(tool["json"]))
+            return [ToolCallEvent(ToolCallPart(tool["id"], tool["name"], arguments))]
         elif kind == "message_delta":
-            stop = StopReason.parse((event.get("delta") or {}).get("stop_reason"))
-            usage = _usage(event.get("usage") or {}, usage)
+            self.stop = StopReason.parse((event.get("delta") or {}).get("stop_reason"))
+            self.usage = _usage(event.get("usage") or {}, self.usage)
         elif kind == "message_stop":
-            break
-    if stop is None:
-        raise UpstreamStreamError("anthropic ended the stream without a stop reason")
-    yield UsageEvent(usage)
-    yield StopEvent(stop)
+            self.stopped = True
+        return []
+
+    def end(self) -> list[StreamEvent]:
+        """Return the usage and stop reason once the stream has stopped."""
+        if self.stop is None:
+            raise UpstreamStreamError("anthropic ended the stream without a stop reason")
+        return [UsageEvent(self.usage), StopEvent(self.stop)]
 
 
 def _resolve(

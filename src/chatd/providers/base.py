@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from chatd.errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -134,6 +136,26 @@ def after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
     return UpstreamStreamError(
         f"the reply broke off: {error.message}", upstream_status=error.upstream_status
     )
+
+
+def response_bytes(response: Any) -> AsyncIterator[bytes]:
+    """Return an SDK response's body as it arrives, decoded only if it was compressed."""
+    # The SDKs' aiohttp transport leaves decompression to httpx's decoders: a layer of work
+    # on every chunk that an uncompressed stream (every provider's SSE) does not need.
+    if "content-encoding" in response.headers:
+        body: AsyncIterator[bytes] = response.aiter_bytes()
+    else:
+        body = response.aiter_raw()
+    return body
+
+
+def stream_json(provider: str, data: bytes) -> Any:
+    """Parse one event's JSON data, or fail the stream with a plain message."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        shown = data[:200].decode("utf-8", "replace")
+        raise UpstreamStreamError(f"{provider} sent an event that is not JSON: {shown!r}") from None
 
 
 def is_transport_error(exc: BaseException) -> bool:

@@ -26,7 +26,10 @@ from chatd.providers.base import (
     is_transport_error,
     parse_tool_input,
     redact,
+    response_bytes,
+    stream_json,
 )
+from chatd.providers.sse import SSE, SSEDecoder
 from chatd.types import (
     ChatRequest,
     Message,
@@ -188,25 +191,24 @@ class OpenAICompatProvider:
             log.info("%s does not accept stream_options; usage will be estimated", self.name)
             self._include_usage = False
             stream = await self._open(request)
-        emitted = False
+        chunks = _Chunks(self.name, request)
+        decoder = SSEDecoder()
         try:
             async with stream:
-                async for event in _normalize(stream, request):
-                    emitted = emitted or isinstance(event, TextDelta | ToolCallEvent)
-                    yield event
-        except openai.APIStatusError as exc:
-            raise after_output(self._status_error(exc), emitted) from None
+                async for data in response_bytes(stream.response):
+                    for sse in decoder.feed(data):
+                        for event in chunks.read(sse):
+                            yield event
+            for event in chunks.end():
+                yield event
         except openai.APIConnectionError as exc:
-            raise after_output(connection_error(self.name, exc), emitted) from None
-        except openai.APIError as exc:  # an error object inside the stream
-            error = UpstreamUnavailable(f"{self.name} reported an error mid-stream: {exc.message}")
-            raise after_output(error, emitted) from None
+            raise after_output(connection_error(self.name, exc), chunks.emitted) from None
         except UpstreamError as exc:
-            raise after_output(exc, emitted) from None
+            raise after_output(exc, chunks.emitted) from None
         except Exception as exc:
             if not is_transport_error(exc):
                 raise
-            raise after_output(connection_error(self.name, exc), emitted) from None
+            raise after_output(connection_error(self.name, exc), chunks.emitted) from None
 
     async def _open(self, request: ChatRequest) -> Any:
         import openai
@@ -235,20 +237,39 @@ class OpenAICompatProvider:
         )
 
 
-async def _normalize(
-    stream: AsyncIterator[Any], request: ChatRequest
-) -> AsyncIterator[StreamEvent]:
-    usage: Usage | None = None
-    finish: str | None = None
-    calls: dict[int, dict[str, Any]] = {}
-    out_chars = 0
-    async for chunk in stream:
+class _Chunks:
+    """Read a Chat Completions stream's events into chatd's, one event at a time."""
+
+    def __init__(self, provider: str, request: ChatRequest) -> None:
+        self.provider = provider
+        self.request = request
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.out_chars = 0
+        self.done = False
+        # Reply output went out: a failure from now on is not retried.
+        self.emitted = False
+
+    def read(self, sse: SSE) -> list[StreamEvent]:
+        """Return the events one server-sent event carries (most carry one text delta)."""
+        if self.done:
+            return []  # after [DONE]: the body is read to its end only to reuse the connection
+        if sse.data.startswith(b"[DONE]"):
+            self.done = True
+            return []
+        chunk = stream_json(self.provider, sse.data)
         if not isinstance(chunk, dict):
-            continue  # a keep-alive or a shape from a server we do not know: nothing to pass on
+            return []  # a shape from a server we do not know: nothing to pass on
+        if chunk.get("error"):
+            raise UpstreamUnavailable(
+                f"{self.provider} reported an error mid-stream: {_error_message(chunk['error'])}"
+            )
+        out: list[StreamEvent] = []
         u = chunk.get("usage")
         if isinstance(u, dict):
             details = u.get("prompt_tokens_details") or {}
-            usage = Usage(
+            self.usage = Usage(
                 input_tokens=u.get("prompt_tokens") or 0,
                 output_tokens=u.get("completion_tokens") or 0,
                 cache_read_tokens=details.get("cached_tokens") or 0,
@@ -257,10 +278,11 @@ async def _normalize(
             delta = choice.get("delta") or {}
             content = delta.get("content")
             if content:
-                out_chars += len(content)
-                yield TextDelta(content)
+                self.out_chars += len(content)
+                self.emitted = True
+                out.append(TextDelta(content))
             for tc in delta.get("tool_calls") or ():
-                slot = calls.setdefault(tc.get("index", 0), {"id": "", "name": "", "args": []})
+                slot = self.calls.setdefault(tc.get("index", 0), {"id": "", "name": "", "args": []})
                 if tc.get("id"):
                     slot["id"] = tc["id"]
                 function = tc.get("function") or {}
@@ -269,15 +291,32 @@ async def _normalize(
                 if function.get("arguments"):
                     slot["args"].append(function["arguments"])
             if choice.get("finish_reason"):
-                finish = choice["finish_reason"]
-    if finish is None:
-        raise UpstreamStreamError("the stream ended without a finish_reason")
-    for index in sorted(calls):
-        slot = calls[index]
-        arguments = parse_tool_input("".join(slot["args"]))
-        yield ToolCallEvent(ToolCallPart(slot["id"] or f"call_{index}", slot["name"], arguments))
-    yield UsageEvent(usage if usage is not None else _estimate(request, out_chars))
-    yield StopEvent(FINISH_REASONS.get(finish, StopReason.UNKNOWN))
+                self.finish = choice["finish_reason"]
+        return out
+
+    def end(self) -> list[StreamEvent]:
+        """Return the tool calls, usage and stop reason once the body has ended."""
+        if self.finish is None:
+            raise UpstreamStreamError("the stream ended without a finish_reason")
+        out: list[StreamEvent] = []
+        for index in sorted(self.calls):
+            slot = self.calls[index]
+            arguments = parse_tool_input("".join(slot["args"]))
+            out.append(
+                ToolCallEvent(ToolCallPart(slot["id"] or f"call_{index}", slot["name"], arguments))
+            )
+        if out:
+            self.emitted = True
+        usage = self.usage or _estimate(self.request, self.out_chars)
+        out.append(UsageEvent(usage))
+        out.append(StopEvent(FINISH_REASONS.get(self.finish, StopReason.UNKNOWN)))
+        return out
+
+
+def _error_message(error: Any) -> str:
+    # As the SDK words it when the error object has no message of its own.
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else "An error occurred during streaming"
 
 
 def _estimate(request: ChatRequest, out_chars: int) -> Usage:
