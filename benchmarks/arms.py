@@ -3,12 +3,13 @@
 D   the load client straight to the fake upstream (zero delay)
 N   benchmarks/floor_app.py: a bare forwarding ASGI app on chatd's server stack and upstream
     client path (the SDK's low-level `client.post(..., stream=True)` on its aiohttp transport,
-    streamed upstream always)
+    streamed upstream always, the body's bytes read with chatd's SSE framing)
 G   chatd's full path: `chatd serve`, /v1/sessions/{id}/messages, 10 turns of history, stored
 L   LiteLLM's proxy pointed at the same fake upstream (skipped with a note when not installed)
 Nc    N calling `chat.completions.create(...)` instead (typed models; chatd's path before c62d48e)
 Nh    N on the SDK's default httpx transport (chatd's path before the aiohttp transport)
-      (Nc and Nh only price upstream-client choices: latency, throughput and memory)
+Ns    N reading the body through the SDK's own event iterator (chatd's path before it read bytes)
+      (Nc, Nh and Ns only price upstream-client choices: latency, throughput and memory)
 Extras, by name with --arms:
 Gpg   G on PostgreSQL (a throwaway server from chatd.testing.postgres)
 Ga    G with auth on (CHATD_AUTH=on and a key from `chatd keys create`), beside G to price it
@@ -45,8 +46,8 @@ LITELLM_INSTALL = (
 
 
 UPSTREAM_KEY = "sk-bench-upstream"
-DEFAULT_ARMS = ("D", "N", "G", "L", "Nc", "Nh")
-ALL_ARMS = ("D", "N", "G", "L", "Gpg", "Ga", "Gb", "Nc", "Nh")
+DEFAULT_ARMS = ("D", "N", "G", "L", "Nc", "Nh", "Ns")
+ALL_ARMS = ("D", "N", "G", "L", "Gpg", "Ga", "Gb", "Nc", "Nh", "Ns")
 CHATD_ARMS = ("G", "Gpg", "Ga", "Gb")
 # G at the revision given with --baseline.
 BASELINE = "Gb"
@@ -57,6 +58,7 @@ FLOOR_ARMS = {
     "N": ("lowlevel", "aiohttp"),
     "Nc": ("create", "aiohttp"),
     "Nh": ("lowlevel", "httpx"),
+    "Ns": ("sdkstream", "aiohttp"),
 }
 SERVER_CORES = [0]
 

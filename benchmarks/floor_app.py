@@ -9,16 +9,20 @@ SDK's aiohttp transport), called the way chatd calls it (`providers/openai_compa
                 stream_cls=openai.AsyncStream[object])
 
 with `"stream": true` and `stream_options.include_usage` always set, as chatd always streams
-upstream. A streamed request gets each chunk re-encoded as an SSE event; a non-streamed one gets
-the chunks' text gathered into one JSON completion, as chatd gathers a non-streamed turn. Nothing
-else: no framework, no validation, no storage, no middleware. `GET /healthz` answers 200. It runs
-under uvicorn with the settings `chatd serve` uses, so the only difference from chatd's path is
-chatd itself.
+upstream, and reads the response's body as chatd's providers do: its bytes
+(`chatd.providers.base.response_bytes`) cut into events by chatd's `SSEDecoder`, each event's
+JSON parsed with orjson. A streamed request gets each chunk re-encoded as an SSE event; a
+non-streamed one gets the chunks' text gathered into one JSON completion, as chatd gathers a
+non-streamed turn. Nothing else: no framework, no validation, no storage, no middleware.
+`GET /healthz` answers 200. It runs under uvicorn with the settings `chatd serve` uses, so the
+only difference from chatd's path is chatd itself.
 
     python -m benchmarks.floor_app --port 8101 --upstream http://127.0.0.1:8100/v1
 
 References for what the SDK's layers cost (`--client`, `--transport`):
   lowlevel  the call above: chatd's path (the default; arm N)
+  sdkstream the same call, its body read through the SDK's own event iterator (`async for chunk
+            in stream`: its SSE decoder and `json.loads`) (arm Ns; chatd before it read bytes)
   create    `client.chat.completions.create(**body, stream=True)`: the SDK's typed path, with
             its request transform and a pydantic model per chunk (arm Nc; chatd before c62d48e)
   --transport httpx: the low-level call on the SDK's default httpx transport (arm Nh; chatd's
@@ -35,6 +39,9 @@ from typing import Any
 import openai
 import orjson
 import uvicorn
+
+from chatd.providers.base import response_bytes
+from chatd.providers.sse import SSEDecoder
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -117,10 +124,29 @@ class FloorApp:
         """A streamed request: each upstream chunk goes out as one SSE event."""
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         async with stream:
-            async for chunk in stream:
-                event = b"data: " + self._encode(chunk) + b"\n\n"
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            if self.mode == "lowlevel":
+                decoder = SSEDecoder()
+                async for data in response_bytes(stream.response):
+                    for sse in decoder.feed(data):
+                        if sse.data.startswith(b"[DONE]"):
+                            continue
+                        event = b"data: " + orjson.dumps(orjson.loads(sse.data)) + b"\n\n"
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+            else:
+                async for chunk in stream:
+                    event = b"data: " + self._encode(chunk) + b"\n\n"
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async def _dicts(self, stream: Any) -> list[Any]:
+        """Read a non-streamed request's upstream chunks whole, as chatd reads them."""
+        if self.mode != "lowlevel":
+            return [chunk async for chunk in stream]
+        chunks: list[Any] = []
+        decoder = SSEDecoder()
+        async for data in response_bytes(stream.response):
+            chunks += [orjson.loads(e.data) for e in decoder.feed(data) if e.data[:6] != b"[DONE]"]
+        return chunks
 
     async def _gather(self, stream: Any, send: Send) -> None:
         """A non-streamed request: the chunks' text, finish reason and usage as one completion."""
@@ -129,7 +155,7 @@ class FloorApp:
         usage: Any = None
         model = ""
         async with stream:
-            async for chunk in stream:
+            for chunk in await self._dicts(stream):
                 if self.mode == "create":  # typed chunks, read as chatd's old _normalize did
                     model = chunk.model or model
                     if chunk.usage is not None:
@@ -196,7 +222,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="OpenAI base URL, ending in /v1")
-    parser.add_argument("--client", choices=["lowlevel", "create"], default="lowlevel")
+    parser.add_argument("--client", choices=["lowlevel", "sdkstream", "create"], default="lowlevel")
     parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="aiohttp")
     args = parser.parse_args()
     key = os.environ.get("OPENAI_API_KEY", "sk-bench")

@@ -35,7 +35,7 @@ from benchmarks.instructions_report import KINDS, LONG, SHORT, render
 from benchmarks.procs import Server
 from benchmarks.workload import MAIN_HISTORY, PLAIN, Req, SessionPool, streaming_text
 
-SUPPORTED = ("N", "G", "Gb")
+SUPPORTED = ("N", "G", "Gb", "Ns")
 IDLE_S = 3.0
 WARM_STREAMS = 2
 

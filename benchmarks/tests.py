@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 MAX_GAP_RATIO = 1.15
 MIN_WINDOW_S = 1.0
 # Arms that only compare upstream-client choices: measured for latency, throughput, memory.
-INFO_ARMS = frozenset({"Nc", "Nh"})
+INFO_ARMS = frozenset({"Nc", "Nh", "Ns"})
 
 ALL_TESTS = ("latency", "streaming", "throughput", "history", "open_streams", "store")
 _nonce = itertools.count()
