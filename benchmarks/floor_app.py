@@ -5,7 +5,7 @@ process-wide `openai.AsyncOpenAI` client built the way chatd builds its own (max
 SDK's aiohttp transport), called the way chatd calls it (`providers/openai_compat.py`
 `OpenAICompatProvider._open`): the SDK's low-level
 
-    client.post("/chat/completions", body=dict, cast_to=object, stream=True,
+    client.post("/chat/completions", content=orjson.dumps(body), cast_to=object, stream=True,
                 stream_cls=openai.AsyncStream[object])
 
 with `"stream": true` and `stream_options.include_usage` always set, as chatd always streams
@@ -108,7 +108,7 @@ class FloorApp:
             return await self.client.chat.completions.create(**body)
         return await self.client.post(
             "/chat/completions",
-            body=body,
+            content=orjson.dumps(body),
             cast_to=object,
             stream=True,
             stream_cls=openai.AsyncStream[object],

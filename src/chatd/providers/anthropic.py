@@ -126,11 +126,11 @@ class AnthropicProvider:
 
         events = _Events(self.name)
         try:
-            # The SDK's low-level request with a plain dict: its error classes and transport
-            # stay, its per-call request transform and typed event models go.
+            # The SDK's low-level request with the body as JSON bytes (orjson): its error
+            # classes, headers and transport stay; its request transform and typed events go.
             stream = await self._client.post(
                 "/v1/messages",
-                body={**request_body(request), "stream": True},
+                content=orjson.dumps({**request_body(request), "stream": True}),
                 cast_to=object,
                 stream=True,
                 stream_cls=anthropic.AsyncStream[object],

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from chatd.context import estimate_request_tokens
 from chatd.errors import (
     ConfigError,
@@ -214,11 +216,13 @@ class OpenAICompatProvider:
         import openai
 
         try:
-            # The SDK's low-level request with a plain dict: its error classes and wire handling
-            # stay, its per-call request transform and typed chunk models (~2 ms a turn) go.
+            # The SDK's low-level request with the body as JSON bytes: its error classes, headers
+            # and transport stay; its per-call request transform and typed chunk models (~2 ms a
+            # turn) go, and orjson writes the body (the SDK's stdlib json took 0.15 M
+            # instructions for a 21-message body).
             return await self._client.post(
                 "/chat/completions",
-                body=self._body(request),
+                content=orjson.dumps(self._body(request)),
                 cast_to=object,
                 stream=True,
                 stream_cls=openai.AsyncStream[object],

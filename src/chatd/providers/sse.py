@@ -24,7 +24,7 @@ class SSE:
 class SSEDecoder:
     """Turn body chunks, split anywhere, into complete events."""
 
-    __slots__ = ("_buffer", "_after_cr")
+    __slots__ = ("_after_cr", "_buffer")
 
     def __init__(self) -> None:
         self._buffer = b""
