@@ -135,7 +135,11 @@ class Bench:
             elif name in A.FLOOR_ARMS:
                 client, transport = A.FLOOR_ARMS[name]
                 server = A.floor_server(name, self.work, upstream, client, transport, self.pin)
-                call = "client.post(…, stream=True)" if client == "lowlevel" else "create()"
+                call = {
+                    "lowlevel": "client.post(…, stream=True), body bytes read as chatd does",
+                    "sdkstream": "client.post(…, stream=True) read by its own iterator",
+                    "create": "create()",
+                }[client]
                 title = f"floor app: SDK {call} streamed upstream, {transport}"
                 pending.append((A.Arm(name, title, server.port, server), server))
             elif name in A.CHATD_ARMS:
