@@ -2,8 +2,8 @@
 
 `POST /v1/chat/completions` takes an OpenAI Chat Completions body and forwards it through one
 process-wide `openai.AsyncOpenAI` client built the way chatd builds its own (max_retries=0, the
-SDK's aiohttp transport), called the way chatd calls it (`providers/openai_compat.py`
-`OpenAICompatProvider._open`): the SDK's low-level
+SDK's aiohttp transport, pooled connections dropped after 4 s idle), called the way chatd calls
+it (`providers/openai_compat.py` `OpenAICompatProvider._open`): the SDK's low-level
 
     client.post("/chat/completions", content=orjson.dumps(body), cast_to=object, stream=True,
                 stream_cls=openai.AsyncStream[object])
@@ -40,7 +40,7 @@ import openai
 import orjson
 import uvicorn
 
-from chatd.providers.base import response_bytes
+from chatd.providers.base import pool_limits, response_bytes
 from chatd.providers.sse import SSEDecoder
 
 Scope = MutableMapping[str, Any]
@@ -64,7 +64,8 @@ class FloorApp:
 
     def _build(self) -> openai.AsyncOpenAI:
         aio = self.transport == "aiohttp"
-        http_client = openai.DefaultAioHttpClient(timeout=120.0) if aio else None
+        limits = pool_limits(openai.DEFAULT_CONNECTION_LIMITS)  # as chatd's providers
+        http_client = openai.DefaultAioHttpClient(timeout=120.0, limits=limits) if aio else None
         return openai.AsyncOpenAI(
             api_key=self.api_key,
             base_url=self.upstream,

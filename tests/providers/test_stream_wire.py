@@ -6,6 +6,7 @@ the provider over a socket, as chatd reads a provider.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -122,3 +123,53 @@ async def test_an_anthropic_error_event_stands_for_its_status(serve: Serve) -> N
     with pytest.raises(UpstreamRateLimited) as info:
         await read(provider)
     assert "slow down" in info.value.message
+
+
+ANTHROPIC_EVENTS: list[dict[str, object]] = [
+    {"type": "message_start", "message": {"usage": {"input_tokens": 3}}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}},
+    {"type": "message_stop"},
+]
+ANTHROPIC_BODY = b"".join(
+    f"event: {e['type']}\ndata: ".encode() + orjson.dumps(e) + b"\n\n" for e in ANTHROPIC_EVENTS
+)
+
+
+async def test_an_upstream_connection_idle_for_4_s_is_not_reused() -> None:
+    # uvicorn (vLLM, LiteLLM), Node and llama.cpp's server close a connection idle for 5 s: one
+    # reused at that moment fails the request. The SDKs' pool kept connections for 5 s too.
+    peers: dict[str, list[int]] = {"openai": [], "anthropic": []}
+
+    async def reply(request: web.Request) -> web.Response:
+        anthropic = request.path.startswith("/v1/messages")
+        port = request.transport.get_extra_info("peername")[1]  # type: ignore[union-attr]
+        peers["anthropic" if anthropic else "openai"].append(port)
+        body = ANTHROPIC_BODY if anthropic else OPENAI_BODY
+        return web.Response(body=body, headers={"content-type": "text/event-stream"})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", reply)
+    runner = web.AppRunner(app, keepalive_timeout=60)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    request = ChatRequest(model="m", messages=(Message.user("hi"),), max_tokens=64)
+    made_openai = openai_at(url)
+    made_anthropic = AnthropicProvider(ProviderOptions("anthropic", "k", url, None, 10))
+
+    async def three_turns(provider: OpenAICompatProvider | AnthropicProvider) -> None:
+        for pause in (0.0, 0.5, 4.1):
+            await asyncio.sleep(pause)
+            assert text_of([e async for e in provider.stream(request)]) in ("Hello there", "Hi")
+
+    try:
+        await asyncio.gather(three_turns(made_openai), three_turns(made_anthropic))
+    finally:
+        await made_openai.aclose()
+        await made_anthropic.aclose()
+        await runner.cleanup()
+    # Per provider: a connection, the same one again after 0.5 s, a new one after 4.1 s idle.
+    for conns in peers.values():
+        assert [p == conns[0] for p in conns] == [True, True, False]

@@ -16,6 +16,7 @@ from chatd.providers.base import (
     error_for_status,
     is_transport_error,
     parse_tool_input,
+    pool_limits,
     redact,
     response_bytes,
     stream_json,
@@ -113,7 +114,9 @@ class AnthropicProvider:
             max_retries=0,
             timeout=options.timeout_s,
             # The SDK's aiohttp transport, as for OpenAI (providers/openai_compat.py).
-            http_client=anthropic.DefaultAioHttpClient(timeout=options.timeout_s),
+            http_client=anthropic.DefaultAioHttpClient(
+                timeout=options.timeout_s, limits=pool_limits(anthropic.DEFAULT_CONNECTION_LIMITS)
+            ),
         )
 
     async def aclose(self) -> None:

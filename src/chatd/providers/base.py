@@ -138,6 +138,21 @@ def after_output(error: UpstreamError, emitted: bool) -> UpstreamError:
     )
 
 
+# How long a pooled upstream connection may sit idle before it is dropped. The SDKs keep one
+# for 5 s, exactly as long as uvicorn (vLLM, LiteLLM), Node and llama.cpp's server keep theirs:
+# a connection reused at that moment is closed under the request, which then fails.
+KEEPALIVE_S = 4.0
+
+
+def pool_limits(sdk_limits: Any) -> Any:
+    """Return an SDK's connection limits with the idle expiry shortened to KEEPALIVE_S."""
+    return type(sdk_limits)(
+        max_connections=sdk_limits.max_connections,
+        max_keepalive_connections=sdk_limits.max_keepalive_connections,
+        keepalive_expiry=KEEPALIVE_S,
+    )
+
+
 def response_bytes(response: Any) -> AsyncIterator[bytes]:
     """Return an SDK response's body as it arrives, decoded only if it was compressed."""
     # The SDKs' aiohttp transport leaves decompression to httpx's decoders: a layer of work

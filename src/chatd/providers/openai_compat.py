@@ -27,6 +27,7 @@ from chatd.providers.base import (
     error_for_status,
     is_transport_error,
     parse_tool_input,
+    pool_limits,
     redact,
     response_bytes,
     stream_json,
@@ -146,7 +147,9 @@ class OpenAICompatProvider:
             timeout=options.timeout_s,
             # The SDK's aiohttp transport: about half the work per streamed chunk of its default
             # httpx one, and 15 % less per request (benchmarks/README.md).
-            http_client=openai.DefaultAioHttpClient(timeout=options.timeout_s),
+            http_client=openai.DefaultAioHttpClient(
+                timeout=options.timeout_s, limits=pool_limits(openai.DEFAULT_CONNECTION_LIMITS)
+            ),
         )
 
     async def aclose(self) -> None:
