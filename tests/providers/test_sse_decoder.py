@@ -60,3 +60,10 @@ def test_data_that_is_not_json_fails_the_stream_with_a_plain_message() -> None:
         stream_json("openai", b"<html>bad gateway</html>")
     assert "openai sent an event that is not JSON" in info.value.message
     assert "bad gateway" in info.value.message
+
+
+def test_a_long_event_in_many_pieces_comes_whole_once() -> None:
+    data = b'{"arguments":"' + b"x" * 200_000 + b'"}'
+    body = b"data: " + data + b"\n\ndata: {}\n\n"
+    pieces = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+    assert feed_all(SSEDecoder(), pieces) == [SSE("", data), SSE("", b"{}")]

@@ -41,6 +41,10 @@ class SSEDecoder:
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk
+        if b"\n\n" not in chunk and not (chunk[:1] == b"\n" and self._buffer[-1:] == b"\n"):
+            # No event ends here (a long one arriving in pieces): do not split it again.
+            self._buffer = buffer
+            return []
         *blocks, self._buffer = buffer.split(b"\n\n")
         events: list[SSE] = []
         for block in blocks:
