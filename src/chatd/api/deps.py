@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Path, Request
 
 from chatd.api.auth import Principal, local_principal, principal_of
 from chatd.api.limits import charge_of
-from chatd.api.schemas import SESSION_ID_PATTERN
+from chatd.api.schemas import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN
 from chatd.config import Settings
 from chatd.engine import ChatService
 from chatd.errors import ConfigError, Forbidden
@@ -112,8 +112,8 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="a retried send with the same key returns the first result, not a new turn",
     ),
 ]

@@ -26,14 +26,19 @@ from chatd.api.deps import Caller, caller_of
 from chatd.api.errors import chatd_error_response
 from chatd.api.openai_schemas import CompletionRequest
 from chatd.api.routes import messages, openai
-from chatd.api.schemas import SESSION_ID_PATTERN, SendIn
+from chatd.api.schemas import (
+    IDEMPOTENCY_KEY_MAX,
+    IDEMPOTENCY_KEY_PATTERN,
+    SESSION_ID_PATTERN,
+    SendIn,
+)
 from chatd.api.sse import EventStream
 from chatd.errors import ChatdError
 from chatd.runtime import Runtime
 
 _SESSION_ID = SESSION_ID_PATTERN.strip("^$")
 # As `deps.IdempotencyKey` and `routes.openai.SessionHeader` declare them.
-IDEMPOTENCY_KEY = re.compile(rb"[\x21-\x7e]{1,255}")
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$").encode())
 SESSION_HEADER = re.compile(_SESSION_ID.encode())
 
 
@@ -142,7 +147,9 @@ def _parse(scope: Scope, body: bytes, model: type[BaseModel]) -> tuple[Any, Head
         if name == b"content-type":
             content_type = value
         elif name == b"idempotency-key":
-            if key is not None or not IDEMPOTENCY_KEY.fullmatch(value):
+            if key is not None or len(value) > IDEMPOTENCY_KEY_MAX:
+                return None
+            if not IDEMPOTENCY_KEY.fullmatch(value):
                 return None
             key = value
         elif name == b"x-chatd-session":

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from chatd.types import StopReason, TurnState
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# Printable ASCII without spaces, at most IDEMPOTENCY_KEY_MAX long.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+IDEMPOTENCY_KEY_MAX = 255
 SessionId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=SESSION_ID_PATTERN),
