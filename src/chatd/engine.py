@@ -31,6 +31,7 @@ from chatd.types import (
     TurnEnded,
     TurnEvent,
     TurnRecord,
+    TurnStart,
     TurnStarted,
     TurnState,
     Usage,
@@ -186,30 +187,53 @@ class ChatService:
             prepared.append(p)
             return TurnPlan(p.base.model, p.provider.name, p.policy.history_cut())
 
+        launched: list[tuple[TurnRun, asyncio.Task[None]]] = []
+
+        async def launch(start: TurnStart) -> None:
+            provider, base, policy = prepared[-1]
+            run = TurnRun(
+                start.record, self.store, provider, self.tools, cfg, base, policy, self.leases
+            )
+            run.messages = [*start.history, start.record.messages[0]]
+            run.usage_sink = opts.usage_sink
+            # The turn runs as a task of its own, started before anything is handed on, so a
+            # consumer that goes away at any point does not cancel it.
+            task = asyncio.create_task(run.run(), name=f"turn-{start.record.id}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            launched.append((run, task))
+            # Two passes of the loop let the task send the model's request before the store
+            # writes the turn (on SQLite, in this thread without a pause), so the model starts
+            # working while the turn is written and committed: in the first the SDK builds the
+            # request, in the second aiohttp's writer task puts it on a pooled connection.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
         new = SessionSettings(system_prompt=opts.system_prompt, provider=opts.provider)
-        start = await self.store.begin_turn(
-            opts.user_id,
-            session_id,
-            Message.user(text),
-            plan,
-            create=new,
-            lease_s=cfg.lease_s,
-            idempotency_key=opts.idempotency_key,
-        )
+        try:
+            start = await self.store.begin_turn(
+                opts.user_id,
+                session_id,
+                Message.user(text),
+                plan,
+                create=new,
+                lease_s=cfg.lease_s,
+                idempotency_key=opts.idempotency_key,
+                launch=launch,
+            )
+        except BaseException:
+            # Not stored: the model call it started must not go on (or be kept).
+            for _, task in launched:
+                task.cancel()
+                await asyncio.wait({task})
+            raise
         record = start.record
         if record.state is not TurnState.STREAMING:
             for event in (TurnStarted(session_id, record.id), *_replay(record)):
                 yield event
             return
-        provider, base, policy = prepared[-1]
-        run = TurnRun(record, self.store, provider, self.tools, cfg, base, policy, self.leases)
-        run.messages = [*start.history, record.messages[0]]
-        run.usage_sink = opts.usage_sink
-        # The turn runs as a task of its own, started before anything is handed on, so a
-        # consumer that goes away at any point does not cancel it.
-        task = asyncio.create_task(run.run(), name=f"turn-{record.id}")
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        run, task = launched[-1]
+        run.stored(task)
         ended = False
         try:
             yield TurnStarted(session_id, record.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -38,6 +38,10 @@ class TurnPlan:
 # Decides a turn's plan from its session's settings, inside begin_turn and before it writes:
 # what it raises refuses the turn with nothing stored. May run more than once (a retried write).
 Planner = Callable[[SessionSettings], TurnPlan]
+
+# Handed the new turn and its history by begin_turn once they are read, perhaps before the
+# write: the engine starts the model call here, so that it overlaps the write and its commit.
+Launch = Callable[[TurnStart], Awaitable[None]]
 
 
 class Store(Protocol):
@@ -93,20 +97,25 @@ class Store(Protocol):
         create: SessionSettings | None = None,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
+        launch: Launch | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return.
 
         The plan (or what the planner makes of the session's settings) names the turn's model
         and provider and how far back its history is read. A missing session is created with
         `create`'s settings in the same transaction, or NotFound without it. Returns the new turn
-        with the history in context before it, read once the turn holds the session (so no
-        other turn completes in between): oldest first, and only as far back as the plan's
-        `history_until` needs (all of it when None). Turns of this session whose lease ran out
-        are marked interrupted first. SessionBusy if another turn is in flight. With an
-        idempotency key already used on this session: the same message gets the earlier turn
-        back with no history (a finished state tells it is a replay) unless that turn failed or
-        was interrupted, which frees the key for a new turn; another message is an
-        IdempotencyConflict; a turn still in flight is SessionBusy.
+        with the history in context before it, exactly as it is when the turn is stored (a turn
+        that began or ended in between makes this SessionBusy): oldest first, and only as far
+        back as the plan's `history_until` needs (all of it when None). Turns of this session
+        whose lease ran out are marked interrupted first. SessionBusy if another turn is in
+        flight. With an idempotency key used on this session: the same message gets the
+        earlier turn back with no history (a finished state tells it is a replay) unless that
+        turn failed or was interrupted, which frees the key for a new turn; another message is
+        an IdempotencyConflict; a turn still in flight is SessionBusy.
+
+        `launch`, if given, is awaited with the new turn and its history (never for a replay)
+        before the turn is stored, or after: if begin_turn then raises, the turn was not
+        stored and whatever launch started must be stopped.
         """
         ...
 

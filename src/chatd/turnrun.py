@@ -156,25 +156,43 @@ class TurnRun:
     progress: Progress = field(default_factory=Progress)
     lost_lease: bool = False
     usage_sink: UsageSink | None = None
+    # The run may start before its turn is stored (the model call overlaps the store's write):
+    # it keeps nothing, and runs no tool, until `stored` says the turn's row is committed.
+    is_stored: bool = False
+    _stored: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
-    async def run(self) -> None:
-        """Call the model (and tools) to the end, store the turn, then post TurnEnded."""
-        runner = asyncio.current_task()
+    def stored(self, runner: asyncio.Task[None]) -> None:
+        """Note that the turn is committed: hold its lease, and let the run keep its outcome."""
 
         def lost() -> None:
             self.lost_lease = True
-            if runner is not None:
-                runner.cancel()
+            runner.cancel()
 
         self.leases.hold(self.record.id, lost)
+        self.is_stored = True
+        self._stored.set_result(None)
+
+    async def run(self) -> None:
+        """Call the model (and tools) to the end, store the turn, then post TurnEnded.
+
+        Cancelled before `stored` is called, it ends with nothing recorded: the turn never was.
+        """
         try:
             try:
                 async for event in self._rounds():
+                    if not self.is_stored:
+                        await self._stored
                     self.outbox.put(event)
+                await self._stored
             finally:
                 # Before the turn is stored: a renewal that misses it then is no lost lease.
-                self.leases.release(self.record.id)
+                if self.is_stored:
+                    self.leases.release(self.record.id)
         except asyncio.CancelledError:
+            if not self.is_stored:
+                raise
             why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
             await self._finish_quietly(TurnState.INTERRUPTED, why)
             await self._report_usage()
@@ -182,6 +200,9 @@ class TurnRun:
             self.outbox.put(StoreUnavailable(why) if self.lost_lease else TurnStopped(why))
             raise
         except Exception as exc:
+            if not self.is_stored:
+                await self._stored
+                self.leases.release(self.record.id)
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
             await self._report_usage()
             self.outbox.put(exc)

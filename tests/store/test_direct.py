@@ -117,8 +117,15 @@ async def test_direct_reads_convert_types_as_sqlalchemy_does(tmp_path: Path) -> 
         assert head["stop"] == ["end"]  # JSON decoded
         assert isinstance(head["created_at"], datetime)
         assert head["created_at"].tzinfo is UTC
-        assert head["streaming"] is False  # SQLite's 0, as a bool
+        assert head["streaming_until"] is None
         assert head["last_turn"] is None
+        await store.begin_turn(ALICE, "s", Message.user("q"), PLAN)
+        head = await store.db.read(lambda c: q.BEGIN_HEAD.first(c, key))
+        assert head is not None
+        # A subquery's value, read back as its column's type (SQLite returns text).
+        assert isinstance(head["streaming_until"], datetime)
+        assert head["streaming_until"].tzinfo is UTC
+        assert head["last_turn"] == 1
     finally:
         await store.close()
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
-from chatd.ports import Planner, TurnPlan
+from chatd.ports import Launch, Planner, TurnPlan
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import LEASE_EXPIRED, busy, read_back
@@ -108,6 +108,7 @@ class MemoryStore:
         create: SessionSettings | None = None,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
+        launch: Launch | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         found = self._sessions.get((user_id, session_id))
@@ -153,7 +154,11 @@ class MemoryStore:
         if idempotency_key is not None:
             session.keys[idempotency_key] = turn.id
         session.info = replace(session.info, updated_at=now)
-        return TurnStart(turn, history)
+        start = TurnStart(turn, history)
+        if launch is not None:
+            # Stored already, in one step: there is no write for the launched work to overlap.
+            await launch(start)
+        return start
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""

@@ -95,17 +95,35 @@ SESSION_MESSAGES = (
 )
 
 # What begin_turn needs in one read: the session (its pk and settings), its last turn and
-# message seqs, and whether a turn is streaming (only then may a lease need expiring first).
+# message seqs, and the lease of a turn streaming on it (None when none is).
 BEGIN_HEAD = Direct(
     select(
         sessions,
         _last_turn_seq.label("last_turn"),
         _last_message_seq.label("last_message"),
-        exists()
+        select(func.max(turns.c.lease_until))
         .where(turns.c.session_pk == sessions.c.id, IS_STREAMING)
         .correlate_except(turns)
-        .label("streaming"),
+        .scalar_subquery()
+        .label("streaming_until"),
     ).where(THIS_SESSION)
+)
+# begin_turn's write, first: touch the session only if no message was added to it since the
+# read (parameters pk, now, last_message). No row changed means another turn began or ended
+# in between, so the history read may be stale.
+CLAIM_SESSION = Direct(
+    update(sessions)
+    .where(
+        sessions.c.id == bindparam("pk"),
+        func.coalesce(
+            select(func.max(messages.c.seq))
+            .where(messages.c.session_pk == bindparam("pk"))
+            .scalar_subquery(),
+            0,
+        )
+        == bindparam("last_message"),
+    )
+    .values(updated_at=bindparam("now"))
 )
 INSERT_TURN = Direct(insert(turns))
 INSERT_MESSAGES = Direct(insert(messages))

@@ -15,7 +15,7 @@ from chatd.errors import (
     IdempotencyConflict,
     NotFound,
 )
-from chatd.ports import HistoryCut, Planner, TurnPlan
+from chatd.ports import HistoryCut, Launch, Planner, TurnPlan
 from chatd.store import queries as q
 from chatd.store.database import Database
 from chatd.store.paging import parse_session_cursor, session_cursor
@@ -61,6 +61,19 @@ class _Begun:
     next_message: int
     row: Mapping[str, Any]
     record: TurnRecord
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """What begin_turn read before its write: the session as it was, and the turn's history."""
+
+    pk: int | None  # None: the session is created by the write
+    last_turn: int
+    last_message: int
+    streaming: bool  # a turn whose lease ran out is still marked streaming
+    release: str | None  # the failed turn whose idempotency key this turn takes over
+    plan: TurnPlan
+    history: tuple[Message, ...]
 
 
 class SqlStore:
@@ -178,64 +191,81 @@ class SqlStore:
         create: SessionSettings | None = None,
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
+        launch: Launch | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         turn_id, now = uuid4().hex, utc_now()
         key = _key(user_id, session_id)
 
-        def work(conn: Connection) -> tuple[_Begun | None, TurnRecord, HistoryCut | None]:
+        def read(conn: Connection) -> _Draft | TurnRecord:
             head = q.BEGIN_HEAD.first(conn, key)
-            if head is not None:
-                pk, settings = head["id"], session_settings(head)
-                last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
-            elif create is not None:
-                # Created here, in the turn's transaction: a refused turn leaves no session.
-                values = _session_row(user_id, session_id, create, now)
-                pk, settings = conn.execute(q.CREATE_SESSION, values).scalar_one(), create
-                last_turn = last_message = 0
-            else:
-                raise NotFound(f"no session {session_id!r}")
-            chosen = plan(settings) if callable(plan) else plan
-            if head is not None and head["streaming"]:
-                # Its process may have died: an expired lease frees the session for this turn.
-                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+            if head is None:
+                if create is None:
+                    raise NotFound(f"no session {session_id!r}")
+                chosen = plan(create) if callable(plan) else plan
+                return _Draft(None, 0, 0, False, None, chosen, ())
+            chosen = plan(session_settings(head)) if callable(plan) else plan
+            pk, until = head["id"], head["streaming_until"]
+            if until is not None and until >= now:
+                raise busy(session_id)
+            release = None
             if idempotency_key is not None:
                 prior = _replay(conn, pk, idempotency_key, user_message, session_id)
-                if prior is not None:
-                    return None, prior, None
-            turn = {
-                "id": turn_id,
-                "session_pk": pk,
-                "seq": last_turn + 1,
-                "state": q.STREAMING,
-                "model": chosen.model,
-                "provider": chosen.provider,
-                "created_at": now,
-                "lease_until": now + timedelta(seconds=lease_s),
-                "idempotency_key": idempotency_key,
-                **UNFINISHED_TURN,
-            }
-            q.INSERT_TURN.execute(conn, turn)
-            seq = last_message + 1
+                if isinstance(prior, TurnRecord):
+                    return prior
+                release = prior
+            history = _history(conn, pk, chosen.history_until)
+            last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
+            return _Draft(pk, last_turn, last_message, until is not None, release, chosen, history)
+
+        draft = await self.db.read(read)
+        if isinstance(draft, TurnRecord):
+            return TurnStart(draft)
+        turn = {
+            "id": turn_id,
+            "session_pk": draft.pk,
+            "seq": draft.last_turn + 1,
+            "state": q.STREAMING,
+            "model": draft.plan.model,
+            "provider": draft.plan.provider,
+            "created_at": now,
+            "lease_until": now + timedelta(seconds=lease_s),
+            "idempotency_key": idempotency_key,
+            **UNFINISHED_TURN,
+        }
+        start = TurnStart(turn_record(turn, session_id, (user_message,)), draft.history)
+        if launch is not None:
+            await launch(start)
+
+        def write(conn: Connection) -> int:
+            pk = draft.pk
+            if pk is None:
+                # Created here, in the turn's transaction: a refused turn leaves no session.
+                assert create is not None
+                values = _session_row(user_id, session_id, create, now)
+                pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
+            else:
+                claim = {"pk": pk, "now": now, "last_message": draft.last_message}
+                if q.CLAIM_SESSION.execute(conn, claim) != 1:
+                    raise busy(session_id)
+                if draft.streaming:
+                    # Its process may have died: an expired lease frees the session for this turn.
+                    conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+                if draft.release is not None:
+                    conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
+            q.INSERT_TURN.execute(conn, {**turn, "session_pk": pk})
+            seq = draft.last_message + 1
             q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
-            q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": now})
-            record = turn_record(turn, session_id, (user_message,))
-            return _Begun(pk, seq + 1, turn, record), record, chosen.history_until
+            return pk
 
         try:
-            begun, record, until = await self.db.write(work)
+            pk = await self.db.write(write)
         except exc.IntegrityError:
             # One streaming turn per session (a partial unique index), unique seqs and keys:
             # another turn is in flight or began on this session just now.
             raise busy(session_id) from None
-        if begun is None:
-            return TurnStart(record)
-        self._remember(begun)
-        # Read only now that this turn holds the session (committed): no other turn can
-        # complete in between, so the model sees exactly the history this turn is stored after.
-        # Outside the write, so a long history never holds up other writers.
-        history = await self.db.read(lambda conn: _history(conn, begun.session_pk, until))
-        return TurnStart(record, history)
+        self._remember(_Begun(pk, draft.last_message + 2, {**turn, "session_pk": pk}, start.record))
+        return start
 
     def _remember(self, begun: _Begun) -> None:
         # What finish_turn would otherwise read back; bounded, as a turn whose task never ran
@@ -452,8 +482,8 @@ def _finish_head(conn: Connection, turn_id: str) -> _Begun:
 
 def _replay(
     conn: Connection, pk: int, key: str, user_message: Message, session_id: str
-) -> TurnRecord | None:
-    """Return the finished turn this key already produced, or None to run a new one."""
+) -> TurnRecord | str | None:
+    """Return the finished turn this key produced, or the failed one's id to free, or None."""
     prior = conn.execute(q.TURN_BY_KEY, {"pk": pk, "key": key}).one_or_none()
     if prior is None:
         return None
@@ -467,7 +497,6 @@ def _replay(
     if state is TurnState.STREAMING:
         raise busy(session_id)
     if state in (TurnState.FAILED, TurnState.INTERRUPTED):
-        # A retry after a failure should get a real answer: free the key for a new turn.
-        conn.execute(q.RELEASE_KEY, {"turn_id": prior.id})
-        return None
+        # A retry after a failure should get a real answer: the new turn takes the key.
+        return str(prior.id)
     return turn_record(prior._mapping, session_id, messages)
