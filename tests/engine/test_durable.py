@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
-from chatd.ports import TurnPlan
+from chatd.ports import Launch, Store, TurnPlan
 from chatd.store.repo import SqlStore
 from chatd.testing.fake_upstream import FakeUpstream
-from chatd.types import Message, Role, TextDelta, TurnEnded, TurnEvent, TurnState
+from chatd.types import (
+    Message,
+    Role,
+    StopReason,
+    TextDelta,
+    TurnEnded,
+    TurnEvent,
+    TurnStart,
+    TurnState,
+    Usage,
+)
 
 PLAN = TurnPlan("m", "p")
 
@@ -54,6 +65,63 @@ async def test_a_send_while_a_reply_streams_fails_fast(service: ChatService) -> 
         await asyncio.wait_for(run(service, "second"), timeout=5)
     rest = [e async for e in stream]
     assert last(rest).state is TurnState.COMPLETE
+
+
+async def test_a_send_while_a_reply_streams_never_reaches_the_model(
+    service: ChatService, fake_upstream: FakeUpstream
+) -> None:
+    stream = service.turn("s", "long [fake: chunks=3 delay_ms=100]")
+    await anext(stream)  # type: ignore[call-overload]
+    with pytest.raises(SessionBusy):
+        await run(service, "second")
+    assert last([e async for e in stream]).state is TurnState.COMPLETE
+    await asyncio.sleep(0.1)  # for a request the fake had yet to record
+    # Refused on what the turn's read saw, before any model call: nobody pays for it.
+    assert len(fake_upstream.requests) == 1
+
+
+class _FinishedMeanwhile:
+    """The real store, but a stalled turn's process completes it while a new turn launches."""
+
+    def __init__(self, store: Store, stalled: str) -> None:
+        self.store = store
+        self.stalled = stalled
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def begin_turn(self, *args: Any, launch: Launch, **kwargs: Any) -> TurnStart:
+        async def then_finish(start: TurnStart) -> None:
+            await launch(start)
+            done = [Message.assistant("late")]
+            await self.store.finish_turn(
+                self.stalled,
+                state=TurnState.COMPLETE,
+                messages=done,
+                stop_reason=StopReason.END_TURN,
+                usage=Usage(),
+                latency_ms=None,
+                ttft_ms=None,
+            )
+
+        return await self.store.begin_turn(*args, launch=then_finish, **kwargs)
+
+
+async def test_a_turn_that_could_not_be_stored_calls_its_model_call_off(
+    service: ChatService, fake_upstream: FakeUpstream
+) -> None:
+    store = service.store
+    await store.ensure_session("local", "s")
+    stalled = await store.begin_turn("local", "s", Message.user("slow"), PLAN, lease_s=0.05)
+    await asyncio.sleep(0.1)
+    service.store = cast(Store, _FinishedMeanwhile(store, stalled.record.id))
+    with pytest.raises(SessionBusy):
+        await run(service, "new [fake: chunks=5 delay_ms=200]")
+    # The model call had started (it overlaps the store's write) and is stopped, not left
+    # waiting for a turn that will never be stored.
+    assert await service.wait_idle(1.0)
+    turns = await store.list_turns("local", "s")
+    assert [(t.id, t.state) for t in turns] == [(stalled.record.id, TurnState.COMPLETE)]
 
 
 async def test_idempotent_retry_returns_the_first_turn_and_stores_one(

@@ -19,7 +19,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, exc, inspect, text
 
-from chatd.errors import ConfigError, InputError, NotFound, StoreUnavailable
+from chatd.errors import ConfigError, InputError, NotFound, SessionBusy, StoreUnavailable
 from chatd.ports import Store, TurnPlan
 from chatd.store.db import alembic_config, open_store, upgrade
 from chatd.store.repo import SqlStore
@@ -35,6 +35,7 @@ from chatd.types import (
     ToolCallPart,
     ToolResultPart,
     TurnRecord,
+    TurnStart,
     TurnState,
     Usage,
 )
@@ -737,3 +738,34 @@ def test_the_schema_head_constant_matches_the_shipped_migrations() -> None:
 
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     assert heads == [SCHEMA_HEAD]
+
+
+async def test_begin_turn_is_busy_if_the_history_changed_after_its_read(
+    sql_store: SqlStore,
+) -> None:
+    await sql_store.ensure_session(ALICE, "s")
+    # A turn whose process stalled past its lease: a new turn may take the session over.
+    stalled = await sql_store.begin_turn(ALICE, "s", Message.user("slow"), PLAN, lease_s=0.05)
+    await asyncio.sleep(0.1)
+    read: list[TurnStart] = []
+
+    async def launch(start: TurnStart) -> None:
+        read.append(start)
+        # Between this turn's read and its write, the stalled process wakes and completes.
+        await sql_store.finish_turn(
+            stalled.record.id,
+            state=TurnState.COMPLETE,
+            messages=[Message.assistant("late answer")],
+            stop_reason=StopReason.END_TURN,
+            usage=Usage(),
+            latency_ms=None,
+            ttft_ms=None,
+        )
+
+    with pytest.raises(SessionBusy):
+        await sql_store.begin_turn(ALICE, "s", Message.user("new"), PLAN, launch=launch)
+    # What the new turn read lacks the late answer: it must not be stored on that history.
+    assert read[0].history == ()
+    turns = await sql_store.list_turns(ALICE, "s")
+    assert [t.state for t in turns] == [TurnState.COMPLETE]
+    assert texts(await sql_store.context_messages(ALICE, "s")) == ["slow", "late answer"]
