@@ -162,6 +162,28 @@ async def test_a_failed_turn_frees_its_key_for_a_real_retry(service: ChatService
     assert states == [TurnState.FAILED, TurnState.COMPLETE]
 
 
+async def test_a_retry_after_a_crash_takes_over_its_key_once_the_lease_runs_out(
+    service: ChatService,
+) -> None:
+    store = service.store
+    await store.ensure_session("local", "s")
+    # The first attempt's process died mid-turn: its turn is still marked streaming.
+    crashed = await store.begin_turn(
+        "local", "s", Message.user("hello"), PLAN, lease_s=0.05, idempotency_key="k"
+    )
+    await asyncio.sleep(0.1)
+    end = last(await run(service, "hello", idempotency_key="k"))
+    assert end.state is TurnState.COMPLETE
+    turns = await store.list_turns("local", "s")
+    assert [(t.id, t.state) for t in turns] == [
+        (crashed.record.id, TurnState.INTERRUPTED),
+        (end.turn_id, TurnState.COMPLETE),
+    ]
+    # The key now answers with the retry's turn.
+    again = last(await run(service, "hello", idempotency_key="k"))
+    assert again.turn_id == end.turn_id
+
+
 async def test_an_orphaned_turn_is_interrupted_once_its_lease_runs_out(
     service: ChatService,
 ) -> None:

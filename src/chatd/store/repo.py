@@ -210,7 +210,7 @@ class SqlStore:
                 raise busy(session_id)
             release = None
             if idempotency_key is not None:
-                prior = _replay(conn, pk, idempotency_key, user_message, session_id)
+                prior = _replay(conn, pk, idempotency_key, user_message, session_id, now)
                 if isinstance(prior, TurnRecord):
                     return prior
                 release = prior
@@ -481,7 +481,7 @@ def _finish_head(conn: Connection, turn_id: str) -> _Begun:
 
 
 def _replay(
-    conn: Connection, pk: int, key: str, user_message: Message, session_id: str
+    conn: Connection, pk: int, key: str, user_message: Message, session_id: str, now: datetime
 ) -> TurnRecord | str | None:
     """Return the finished turn this key produced, or the failed one's id to free, or None."""
     prior = conn.execute(q.TURN_BY_KEY, {"pk": pk, "key": key}).one_or_none()
@@ -494,6 +494,9 @@ def _replay(
             "this Idempotency-Key was already used with a different message; use a new key"
         )
     state = TurnState(prior.state)
+    if state is TurnState.STREAMING and prior.lease_until is not None and prior.lease_until < now:
+        # Its process died: the write marks it interrupted, as a turn whose key is free.
+        state = TurnState.INTERRUPTED
     if state is TurnState.STREAMING:
         raise busy(session_id)
     if state in (TurnState.FAILED, TurnState.INTERRUPTED):
