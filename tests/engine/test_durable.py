@@ -41,7 +41,9 @@ def last(events: list[TurnEvent]) -> TurnEnded:
     return events[-1]
 
 
-async def test_concurrent_sends_let_exactly_one_through(service: ChatService) -> None:
+async def test_concurrent_sends_let_exactly_one_through(
+    service: ChatService, fake_upstream: FakeUpstream
+) -> None:
     await run(service, "warm up")
     outcomes = await asyncio.gather(
         *(run(service, f"message {i} [fake: chunks=3 delay_ms=200]") for i in range(8)),
@@ -55,6 +57,9 @@ async def test_concurrent_sends_let_exactly_one_through(service: ChatService) ->
     context = await service.store.context_messages("local", "s")
     assert [m.role for m in context] == [Role.USER, Role.ASSISTANT] * 2
     assert len(await service.store.list_turns("local", "s")) == 2
+    await asyncio.sleep(0.1)  # for a request the fake had yet to record
+    # The refused sends never reached the model (the warm-up and the one let through did).
+    assert len(fake_upstream.requests) == 2
 
 
 async def test_a_send_while_a_reply_streams_fails_fast(service: ChatService) -> None:

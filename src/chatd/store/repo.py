@@ -82,6 +82,8 @@ class SqlStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._begun: dict[str, _Begun] = {}
+        # Sessions whose turn this process is beginning (between its read and its commit).
+        self._beginning: set[tuple[str, str]] = set()
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -194,6 +196,32 @@ class SqlStore:
         launch: Launch | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
+        # A send that arrives while another to the same session is between its read and its
+        # commit here would read the same history and launch its own model call, only for
+        # its write to be refused: refuse it now, before it costs anything.
+        beginning = (user_id, session_id)
+        if beginning in self._beginning:
+            raise busy(session_id)
+        self._beginning.add(beginning)
+        try:
+            return await self._begin(
+                user_id, session_id, user_message, plan, create, lease_s, idempotency_key, launch
+            )
+        finally:
+            self._beginning.discard(beginning)
+
+    async def _begin(
+        self,
+        user_id: str,
+        session_id: str,
+        user_message: Message,
+        plan: TurnPlan | Planner,
+        create: SessionSettings | None,
+        lease_s: float,
+        idempotency_key: str | None,
+        launch: Launch | None,
+    ) -> TurnStart:
+        """Read the session and history, launch the turn, then write it."""
         turn_id, now = uuid4().hex, utc_now()
         key = _key(user_id, session_id)
 
