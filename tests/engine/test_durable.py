@@ -11,6 +11,7 @@ import pytest
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
 from chatd.ports import Launch, Store, TurnPlan
+from chatd.store.db import open_store
 from chatd.store.repo import SqlStore
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import (
@@ -60,6 +61,36 @@ async def test_concurrent_sends_let_exactly_one_through(
     await asyncio.sleep(0.1)  # for a request the fake had yet to record
     # The refused sends never reached the model (the warm-up and the one let through did).
     assert len(fake_upstream.requests) == 2
+
+
+async def test_concurrent_sends_from_two_processes_let_exactly_one_through(
+    service: ChatService,
+) -> None:
+    store = service.store
+    assert isinstance(store, SqlStore)
+    await run(service, "warm up")
+    # Another process: its own store (connections, and no knowledge of this one's turns).
+    other_store = await open_store(store.db.url.render_as_string(hide_password=False))
+    other = ChatService(other_store, service.providers, service.config, service.tools)
+    try:
+        sends = [
+            run(chat, f"message {i} [fake: chunks=3 delay_ms=100]")
+            for i in range(4)
+            for chat in (service, other)
+        ]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        assert await other.wait_idle(5)
+        assert await service.wait_idle(5)
+    finally:
+        await other_store.close()
+    done = [o for o in outcomes if isinstance(o, list)]
+    assert len(done) == 1, outcomes
+    assert all(isinstance(o, SessionBusy) for o in outcomes if not isinstance(o, list))
+    turns = await store.list_turns("local", "s")
+    assert [t.state for t in turns] == [TurnState.COMPLETE] * 2
+    context = await store.context_messages("local", "s")
+    assert [m.role for m in context] == [Role.USER, Role.ASSISTANT] * 2
+    assert context[3].text == last(done[0]).text
 
 
 async def test_a_send_while_a_reply_streams_fails_fast(service: ChatService) -> None:
