@@ -44,6 +44,9 @@ class Plan:
     stream_conc: int = 1
     stream_chunks: int = 64
     stream_delay_ms: int = 20
+    # TTFT is the median over these streams too: a median of 3 moved by ±1.5 ms between runs.
+    ttft_n: int = 20  # short streams per arm per run, one at a time
+    ttft_chunks: int = 4
     tp_conns: int = 64  # measurement 3
     tp_warm_s: float = 1.0
     tp_s: float = 4.0
@@ -72,6 +75,7 @@ class Plan:
             stream_n=2,
             stream_conc=1,
             stream_chunks=12,
+            ttft_n=3,
             tp_warm_s=0.3,
             tp_s=1.0,
             tp_conns=16,
