@@ -265,7 +265,7 @@ class SqlStore:
         if launch is not None:
             await launch(start)
 
-        def write(conn: Connection) -> int:
+        def write(conn: Connection) -> _Begun:
             pk = draft.pk
             if pk is None:
                 # Created here, in the turn's transaction: a refused turn leaves no session.
@@ -281,18 +281,18 @@ class SqlStore:
                     conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
                 if draft.release is not None:
                     conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
-            q.INSERT_TURN.execute(conn, {**turn, "session_pk": pk})
+            row = {**turn, "session_pk": pk}
+            q.INSERT_TURN.execute(conn, row)
             seq = draft.last_message + 1
             q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
-            return pk
+            return _Begun(pk, seq + 1, row, start.record)
 
         try:
-            pk = await self.db.write(write)
+            self._remember(await self.db.write(write))
         except exc.IntegrityError:
             # One streaming turn per session (a partial unique index), unique seqs and keys:
             # another turn is in flight or began on this session just now.
             raise busy(session_id) from None
-        self._remember(_Begun(pk, draft.last_message + 2, {**turn, "session_pk": pk}, start.record))
         return start
 
     def _remember(self, begun: _Begun) -> None:
