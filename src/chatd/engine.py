@@ -234,6 +234,8 @@ class ChatService:
             return
         run, task = launched[-1]
         run.stored(task)
+        # Whatever ends the task, its reader is told: a turn's stream never waits forever.
+        task.add_done_callback(run.outbox.end_with)
         ended = False
         try:
             yield TurnStarted(session_id, record.id)

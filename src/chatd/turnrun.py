@@ -78,17 +78,30 @@ class Outbox:
     future: a queue is four deques and an event (3 KiB), held by every open stream.
     """
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_ended", "_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[Outcome] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
 
     def put(self, item: Outcome) -> None:
         """Add an outcome and wake the reader."""
+        self._ended = self._ended or isinstance(item, TurnEnded | BaseException)
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def end_with(self, task: asyncio.Task[None]) -> None:
+        """End the stream when the turn's task is done, if the task did not end it itself."""
+        if self._ended:
+            return
+        if task.cancelled():
+            self.put(TurnStopped("the reply was stopped before it finished"))
+            return
+        error = task.exception()
+        log.error("turn task ended without an outcome", exc_info=error)
+        self.put(ChatdError("internal error: the turn stopped unexpectedly"))
 
     async def get(self) -> Outcome:
         """Return the next outcome, waiting for it."""
@@ -210,7 +223,9 @@ class TurnRun:
         stop = self.progress.stop or StopReason.UNKNOWN
         try:
             end = await self._finish(_STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
-        except ChatdError as exc:
+        except Exception as exc:
+            if not isinstance(exc, ChatdError):
+                await self._finish_quietly(TurnState.FAILED, _describe(exc))
             await self._report_usage()
             self.outbox.put(exc)
             return
@@ -298,6 +313,8 @@ class TurnRun:
             await self._finish(state, error)
         except ChatdError as exc:
             log.warning("could not store the end of turn %s: %s", self.record.id, exc.message)
+        except Exception:
+            log.exception("could not store the end of turn %s", self.record.id)
 
 
 def _describe(exc: BaseException) -> str:
