@@ -59,17 +59,51 @@ class Database(Protocol):
         ...
 
 
+# SQLSTATEs that say the server is not there to answer: class 08 (connection exception), the
+# server shutting down or starting (57P01-57P03), and no connection slot free (53300).
+_GONE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
     """Turn a dead or unreachable database into StoreUnavailable with a one-line message."""
     try:
         yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError) as e:
-        raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
-    except exc.DBAPIError as e:
-        if not e.connection_invalidated:
+    except (exc.DBAPIError, exc.TimeoutError, OSError) as e:
+        if not database_gone(e):
             raise
         raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
+
+
+def database_gone(error: BaseException) -> bool:
+    """Tell whether an error means the database cannot be reached, whatever wraps it.
+
+    Decided by what the driver reported, not by SQLAlchemy's wrapper class: the wrapper an
+    asyncpg error gets differs between SQLAlchemy lines (2.1 wraps a server shutting down
+    as a plain DBAPIError, 2.0 as an OperationalError).
+    """
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(
+            cause, exc.OperationalError | exc.InterfaceError | exc.TimeoutError | OSError
+        ):
+            return True
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _GONE_STATES):
+            return True
+        # asyncpg's own errors for a connection that is closed or went away.
+        name = type(cause).__name__
+        if name == "ConnectionDoesNotExistError" or (
+            name == "InterfaceError" and "closed" in str(cause)
+        ):
+            return True
+        nxt = cause.orig if isinstance(cause, exc.DBAPIError) else None
+        cause = nxt if isinstance(nxt, BaseException) else (cause.__cause__ or cause.__context__)
+    return False
 
 
 def _one_line(error: BaseException) -> str:
