@@ -3,6 +3,7 @@
 Prices are USD per million tokens. A model is found by its exact name, else by the longest
 table entry it starts with (so dated names like "claude-sonnet-4-5-20250929" match), with a
 "provider/" prefix ignored. An unknown model costs 0, with one warning per model and process.
+The shipped table (prices.json) says under "_source" which pricing pages it was read from, and when.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from chatd.types import (
 if TYPE_CHECKING:
     import anthropic
 
-DEFAULT_MODEL = "claude-sonnet-5-5"
+DEFAULT_MODEL = "claude-sonnet-4-5"
 # Error types Anthropic may send inside a 200 stream, mapped to the status they stand for.
 STREAM_ERROR_STATUS = {
     "overloaded_error": 529,
