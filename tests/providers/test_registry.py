@@ -70,6 +70,8 @@ def test_an_outside_plugin_registers_the_same_way() -> None:
         ({"OPENAI_API_KEY": "o", "GROQ_API_KEY": "g"}, "openai"),
         ({"GROQ_API_KEY": "g"}, "groq"),
         ({"TOGETHER_API_KEY": "t"}, "together"),
+        ({"TOGETHER_API_KEY": "t", "VLLM_API_KEY": "v"}, "together"),
+        ({"VLLM_API_KEY": "v"}, "vllm"),
         ({}, "demo"),
     ],
 )
@@ -83,6 +85,23 @@ async def test_auto_uses_a_base_url_as_an_openai_compatible_server() -> None:
     s = settings(base_url="http://127.0.0.1:1/v1", model="m")
     name, _ = await choose_provider(ProviderRegistry(), s, {})
     assert name == "openai-compatible"
+
+
+async def test_auto_sends_the_vllm_key_to_the_vllm_server_at_the_base_url() -> None:
+    registry = ProviderRegistry()
+    s = settings(base_url="http://127.0.0.1:1/v1", model="m")
+    name, _ = await choose_provider(registry, s, {"VLLM_API_KEY": "v"})
+    assert name == "vllm"
+    options = registry.options(name, s, {"VLLM_API_KEY": "v"})
+    assert (options.api_key, options.base_url) == ("v", "http://127.0.0.1:1/v1")
+
+
+async def test_auto_with_the_vllm_key_alone_asks_for_the_model() -> None:
+    registry = ProviderRegistry()
+    name, _ = await choose_provider(registry, settings(), {"VLLM_API_KEY": "v"})
+    assert name == "vllm"
+    with pytest.raises(ConfigError, match="CHATD_MODEL"):
+        registry.create(name, settings(), {"VLLM_API_KEY": "v"})
 
 
 async def test_demo_choice_says_how_to_get_a_real_model() -> None:

@@ -348,7 +348,11 @@ def _resolve(
 
 def _configured(name: str, env: Mapping[str, str]) -> bool:
     preset = PRESETS[name]
-    return bool(preset.key_required and preset.key_var and env.get(preset.key_var))
+    if not (preset.key_var and env.get(preset.key_var)):
+        return False
+    # A vLLM server needs no key, but VLLM_API_KEY set says the user runs one (at
+    # CHATD_BASE_URL, else the preset's); OPENAI_API_KEY stands for openai, not for this one.
+    return preset.key_required or name == "vllm"
 
 
 plugin = ProviderPlugin(

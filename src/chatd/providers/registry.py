@@ -14,7 +14,7 @@ log = logging.getLogger("chatd.providers")
 
 ENTRY_POINT_GROUP = "chatd.providers"
 # `auto` tries these in order, then a reachable local Ollama, then demo.
-AUTO_ORDER = ("anthropic", "openai", "groq", "together", "openai-compatible")
+AUTO_ORDER = ("anthropic", "openai", "groq", "together", "vllm", "openai-compatible")
 
 
 class ProviderRegistry:
