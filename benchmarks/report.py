@@ -1,4 +1,4 @@
-"""Render a run's results as Markdown: the §8 targets first, met or missed, then the details."""
+"""Render a run's results as Markdown: the targets first, met or missed, then the details."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _get(d: Any, *keys: str) -> Any:
 
 
 def targets(r: dict[str, Any]) -> list[list[str]]:
-    """Rows of (measurement, arm, value, target, verdict) against DESIGN.md §8."""
+    """Rows of (measurement, arm, value, target, verdict) against docs/performance.md."""
     rows: list[list[str]] = []
     chatd = [a for a in ("G", "Gb", "Ga", "Gpg") if a in r.get("arms", {})]
     lat = _get(r, "latency", "summary") or {}
@@ -255,7 +255,7 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"- Note: {note}")
     if r.get("notes"):
         lines.append("")
-    lines.append("## Against DESIGN.md §8")
+    lines.append("## Against the targets")
     lines.append("")
     lines += _table(["measurement", "arm", "value (median of runs)", "target", ""], targets(r))
     lines.append("")

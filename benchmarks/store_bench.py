@@ -13,7 +13,7 @@ It also counts, per step, the SQL statements sent and (on SQLite) the calls that
 a thread (only when another process holds the lock: none here). A session
 with 20 messages or fewer is used once; larger ones serve a few turns each, so the history
 grows by at most 2 %. Prints one JSON object: per size, the median milliseconds of each step
-and of store = begin's write + finish (the write side, which DESIGN.md §8 bounds at 1,000
+and of store = begin's write + finish (the write side, which docs/performance.md bounds at 1,000
 messages to 1.2x the time at 10), and the statements and thread round trips of one turn.
 """
 

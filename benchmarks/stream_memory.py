@@ -1,4 +1,4 @@
-"""What one open stream holds in memory: tracemalloc, tasks and objects per stream (§8: ≤ 64 KiB).
+"""What one open stream holds in memory: tracemalloc, tasks and objects (docs/performance.md).
 
     python -m benchmarks.stream_memory                    # chatd, 100 -> 300 open streams
     python -m benchmarks.stream_memory --target floor     # the same for arm N (floor_app.py)

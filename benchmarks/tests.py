@@ -1,4 +1,4 @@
-"""The measurements (DESIGN.md §8, issue 6), each over every arm, interleaved, several runs.
+"""The measurements (docs/performance.md, issue 6), each over every arm, interleaved, several runs.
 
 Every figure is summarised per run, then the median over runs is reported; differences and
 ratios against D and N are taken within a run before the median, so drift between runs cancels.

@@ -11,7 +11,7 @@ import orjson
 
 from benchmarks.client import Conn, Kind
 
-# Messages of history behind a measured turn on a chatd arm: 10 turns (DESIGN.md §8).
+# Messages of history behind a measured turn on a chatd arm: 10 turns (docs/performance.md).
 MAIN_HISTORY = 20
 
 # The user's message of a measured turn; directives ask the fake for a stream shape.

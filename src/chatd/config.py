@@ -17,7 +17,7 @@ def default_database_url() -> str:
 
 
 class Settings(BaseSettings):
-    """Every knob chatd has; see DESIGN.md §4."""
+    """Every knob chatd has; README.md's Configuration table lists them."""
 
     model_config = SettingsConfigDict(
         env_prefix="CHATD_", env_file=".env", extra="ignore", validate_default=True

@@ -1,4 +1,4 @@
-"""Bad input gets a clear 4xx and leaves history as it was (DESIGN.md §6.4)."""
+"""Bad input gets a clear 4xx and leaves history as it was (docs/promises.md, promise 4)."""
 
 from __future__ import annotations
 

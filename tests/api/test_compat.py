@@ -1,4 +1,4 @@
-"""The compatibility routes (DESIGN.md §5a): exact shapes and status codes over a real socket."""
+"""The compatibility routes (docs/http.md): exact shapes and status codes over a real socket."""
 
 from __future__ import annotations
 

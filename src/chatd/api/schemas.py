@@ -43,7 +43,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# Compatibility surface (DESIGN.md §5a): exact field names, unknown fields ignored.
+# Compatibility surface (docs/http.md): exact field names, unknown fields ignored.
 
 
 class ServiceStatus(BaseModel):
@@ -130,7 +130,7 @@ class StatsOut(BaseModel):
     avg_messages_per_session: float
 
 
-# /v1 (DESIGN.md §5b).
+# /v1 (docs/http.md).
 
 
 class ErrorDetail(BaseModel):

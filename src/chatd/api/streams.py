@@ -97,7 +97,7 @@ def ndjson_failure(exc: BaseException) -> bytes:
 
 
 def sse_chunk(event: TurnEvent) -> bytes | None:
-    """Encode a /v1 send's event as SSE (DESIGN.md §5b)."""
+    """Encode a /v1 send's event as SSE (docs/http.md, /v1 SSE events)."""
     if isinstance(event, TextDelta):
         return sse("delta", {"text": event.text}) if event.text else None
     if isinstance(event, TurnStarted):

@@ -1,4 +1,4 @@
-"""The compatibility surface (DESIGN.md §5a): exact paths, bodies and shapes."""
+"""The compatibility surface (docs/http.md): exact paths, bodies and shapes."""
 
 from __future__ import annotations
 
