@@ -174,3 +174,45 @@ async def test_postgres_dying_mid_transaction_writes_nothing(
         assert await history(store) == before
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("call", ["begin_turn", "finish_turn"])
+async def test_a_connection_the_server_terminates_mid_transaction_is_store_unavailable(
+    server: PostgresServer, db: str, call: str
+) -> None:
+    # The server ends the store's connection (what a shutdown or an admin does: SQLSTATE
+    # 57P01) between two statements of a write; however the driver's error is wrapped, the
+    # caller gets StoreUnavailable and nothing of the write is kept.
+    store, in_flight = await seeded(server.url(db))
+    try:
+        before_rows = snapshot(server, db)
+        terminated: list[str] = []
+
+        def terminate_after_first_write(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            is_write = statement.lstrip().upper().startswith(("INSERT", "UPDATE"))
+            if is_write and not terminated:
+                terminated.append(
+                    server.sql(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        f"WHERE datname = '{db}' AND pid <> pg_backend_pid()",
+                        "postgres",
+                    )
+                )
+
+        event.listen(store.db.sync_engine, "after_cursor_execute", terminate_after_first_write)
+        write = (
+            begin(store, "done", "half")
+            if call == "begin_turn"
+            else finish(store, in_flight, "half")
+        )
+        with pytest.raises(StoreUnavailable):
+            async with asyncio.timeout(PROMPT_S):
+                await write
+        event.remove(store.db.sync_engine, "after_cursor_execute", terminate_after_first_write)
+        assert terminated
+        assert terminated[0].strip() != "0"
+        assert snapshot(server, db) == before_rows
+        # The pool replaces the dead connection: the next call just works.
+        await finish(store, in_flight, "after")
+    finally:
+        await store.close()
