@@ -6,8 +6,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
 
 from chatd.api import errors
 from chatd.api.auth import Authenticate, KeyCache, redact_access_logs
@@ -44,6 +47,33 @@ def default_limits(settings: Settings) -> KeyLimits:
 
 # The docs' sections, in reading order.
 DOC_ORDER = ("compatibility", "sessions", "messages", "openai", "admin", "health")
+OPENAPI_URL = "/openapi.json"
+# Under /docs, so the assets pass auth, limits and headers exactly as the page does.
+DOCS_STATIC = "/docs/static"
+
+
+def add_docs(app: FastAPI) -> None:
+    """Serve /docs (Swagger UI) with its scripts, styles and icon from this machine."""
+    # FastAPI's own page loads them from a CDN: a blank page without internet. No ReDoc:
+    # its bundle always fetches its logo from cdn.redoc.ly.
+    app.mount(
+        DOCS_STATIC, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-static"
+    )
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + OPENAPI_URL,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            # Otherwise Swagger UI may send the schema's URL to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    # A plain route, as FastAPI adds its own: it answers HEAD too.
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
 
 
 def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> FastAPI:
@@ -77,6 +107,9 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_tags=[{"name": t} for t in DOC_ORDER],
+        openapi_url=OPENAPI_URL,
+        docs_url=None,
+        redoc_url=None,
     )
     counts: Counter[tuple[str, int]] = Counter()
     app.state.response_counts = counts
@@ -86,6 +119,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     # docs keep their reading order through the tags.
     for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
+    add_docs(app)
     # Added innermost first: CORS sees a request first, the body cap last, then the hot
     # routes are taken, then streams are run past the framework's frames.
     app.add_middleware(StreamHandoff)

@@ -87,7 +87,7 @@ _SECURITY = [
 ]
 # The interactive docs load their own scripts and styles; everything else is data.
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-_DOC_PATHS = ("/docs", "/redoc")
+_DOCS = "/docs"  # a prefix: the page's scripts and styles are served under it
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -103,7 +103,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = not scope["path"].startswith(_DOC_PATHS)
+        csp = not scope["path"].startswith(_DOCS)
         # Any token is a method to the server; only known ones get their own counter.
         method: str = scope["method"] if scope["method"] in _METHODS else "OTHER"
 
