@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake LLM upstream and real PostgreSQL and Redis servers."""
+"""Shared fixtures: the fake LLM upstream, real PostgreSQL and Redis servers, Chromium."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from chatd.testing.postgres import PostgresServer
 from chatd.testing.redis import RedisServer
 
 _database_numbers = itertools.count(1)
+# The system's browser: tests never download one (no `playwright install`).
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +76,17 @@ def redis_url(redis_server: RedisServer) -> str:
     """Return the URL of the session's Redis server, emptied for this test."""
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Return Chromium's executable; skip the test if it is missing (fail it in CI)."""
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    reason = f"{CHROMIUM} not found (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run the browser tests", pytrace=False)
+    pytest.skip(reason)
 
 
 def _wait_for_fresh_minute(margin_s: float = 20.0) -> None:
