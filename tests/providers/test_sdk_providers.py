@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -311,6 +312,39 @@ async def test_unreachable_provider_is_a_plain_unavailable_error(
     with pytest.raises(UpstreamUnavailable) as info:
         await collect(provider, request("hi"), RetryPolicy(max_attempts=2, base_delay_s=0.01))
     assert "cannot reach anthropic" in info.value.message
+
+
+def dead_port() -> int:
+    """Return a local port where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+async def test_unreachable_provider_is_named_by_its_root_cause(
+    kind: str, make_sdk_provider: ProviderFactory
+) -> None:
+    port = dead_port()
+    provider = make_sdk_provider(kind, f"http://127.0.0.1:{port}")
+    with pytest.raises(UpstreamUnavailable) as info:
+        await collect(provider, request("hi"), RetryPolicy(max_attempts=1))
+    # Not the SDKs' words: openai's says "Request timed out.", anthropic's "Connection error.".
+    assert info.value.message == f"cannot reach {kind} at 127.0.0.1:{port}: connection refused"
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+async def test_a_connection_dropped_mid_reply_says_so(
+    kind: str, fake_upstream: FakeUpstream, make_sdk_provider: ProviderFactory
+) -> None:
+    provider = make_sdk_provider(kind, fake_upstream.url)
+    _, error = await collect_until_failure(provider, request("hi [fake: chunks=4 drop_after=2]"))
+    assert isinstance(error, UpstreamStreamError)
+    assert error.message.endswith(
+        f"lost the connection to {kind} at {fake_upstream.url.removeprefix('http://')}: "
+        "it closed before the reply was complete"
+    )
 
 
 async def test_openai_asks_for_usage_and_copes_without_it(

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatd.errors import ProviderNotConfigured, UpstreamError, UpstreamStreamError
+from chatd.errors import (
+    ProviderNotConfigured,
+    UpstreamError,
+    UpstreamStreamError,
+    UpstreamUnavailable,
+)
 from chatd.providers.base import (
     ProviderOptions,
     ProviderPlugin,
@@ -118,6 +123,8 @@ class AnthropicProvider:
                 timeout=options.timeout_s, limits=pool_limits(anthropic.DEFAULT_CONNECTION_LIMITS)
             ),
         )
+        # Named in connection errors: where the SDK was sent, with its default filled in.
+        self._endpoint = str(self._client.base_url)
 
     async def aclose(self) -> None:
         """Close the SDK client."""
@@ -152,13 +159,16 @@ class AnthropicProvider:
         except anthropic.APIStatusError as exc:
             raise self._status_error(exc, events.emitted) from None
         except (anthropic.APIConnectionError, OSError) as exc:
-            raise after_output(connection_error(self.name, exc), events.emitted) from None
+            raise after_output(self._unreachable(exc), events.emitted) from None
         except UpstreamError as exc:
             raise after_output(exc, events.emitted) from None
         except Exception as exc:
             if not is_transport_error(exc):
                 raise
-            raise after_output(connection_error(self.name, exc), events.emitted) from None
+            raise after_output(self._unreachable(exc), events.emitted) from None
+
+    def _unreachable(self, exc: BaseException) -> UpstreamUnavailable:
+        return connection_error(self.name, exc, self._endpoint)
 
     def _status_error(self, exc: anthropic.APIStatusError, emitted: bool) -> UpstreamError:
         detail = redact(str(exc.api_message or exc.message), self._api_key)

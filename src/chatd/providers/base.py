@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
+import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -189,6 +192,67 @@ def parse_tool_input(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_invalid_json": raw}
 
 
-def connection_error(provider: str, exc: BaseException) -> UpstreamUnavailable:
-    """Describe a failure to reach the provider."""
-    return UpstreamUnavailable(f"cannot reach {provider}: {type(exc).__name__}: {exc}".rstrip(": "))
+def connection_error(
+    provider: str, exc: BaseException, endpoint: str | None = None
+) -> UpstreamUnavailable:
+    """Describe a failure to talk to the provider by its root cause, e.g. "connection refused"."""
+    where = f"{provider} at {address}" if (address := _address(endpoint)) else provider
+    connected, reason = diagnose(exc)
+    if connected:
+        return UpstreamUnavailable(f"lost the connection to {where}: {reason}")
+    return UpstreamUnavailable(f"cannot reach {where}: {reason}")
+
+
+def cause_chain(exc: BaseException) -> list[BaseException]:
+    """Return exc and the exceptions that caused it, outermost first."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and all(link is not seen for seen in chain):
+        chain.append(link)
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    return chain
+
+
+def diagnose(exc: BaseException) -> tuple[bool, str]:
+    """Return whether a connection was made, and in a few plain words why it failed."""
+    # The SDKs wrap the socket's error two or three times, and the wrappers mislead: the openai
+    # SDK's aiohttp transport calls a refused connection "Request timed out.". The root says.
+    import aiohttp
+
+    chain = cause_chain(exc)
+    for link in reversed(chain):
+        if isinstance(link, ConnectionRefusedError):
+            return False, "connection refused"
+        if isinstance(link, socket.gaierror):
+            return False, f"cannot resolve the host name ({link.strerror})"
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return False, f"its TLS certificate is not trusted ({link.verify_message})"
+        if isinstance(link, ssl.SSLError):
+            return False, f"the TLS handshake failed ({link.reason or link})"
+        if isinstance(link, TimeoutError):
+            return False, "timed out"
+        if isinstance(link, ConnectionResetError | BrokenPipeError):
+            return True, "the connection was reset"
+        if isinstance(link, aiohttp.ServerDisconnectedError):
+            return True, "the server closed it without answering"
+        if isinstance(link, aiohttp.ClientPayloadError):
+            return True, "it closed before the reply was complete"
+        if isinstance(link, OSError) and link.strerror:
+            return False, link.strerror[:1].lower() + link.strerror[1:]
+    root = chain[-1]
+    return False, str(root) or type(root).__name__
+
+
+def _address(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    except ValueError:
+        return None
+    host = url.hostname
+    if not host:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host

@@ -151,6 +151,8 @@ class OpenAICompatProvider:
                 timeout=options.timeout_s, limits=pool_limits(openai.DEFAULT_CONNECTION_LIMITS)
             ),
         )
+        # Named in connection errors: where the SDK was sent, with its default filled in.
+        self._endpoint = str(self._client.base_url)
 
     async def aclose(self) -> None:
         """Close the SDK client."""
@@ -207,13 +209,13 @@ class OpenAICompatProvider:
             for event in chunks.end():
                 yield event
         except openai.APIConnectionError as exc:
-            raise after_output(connection_error(self.name, exc), chunks.emitted) from None
+            raise after_output(self._unreachable(exc), chunks.emitted) from None
         except UpstreamError as exc:
             raise after_output(exc, chunks.emitted) from None
         except Exception as exc:
             if not is_transport_error(exc):
                 raise
-            raise after_output(connection_error(self.name, exc), chunks.emitted) from None
+            raise after_output(self._unreachable(exc), chunks.emitted) from None
 
     async def _open(self, request: ChatRequest) -> Any:
         import openai
@@ -233,7 +235,10 @@ class OpenAICompatProvider:
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
         except openai.APIConnectionError as exc:
-            raise connection_error(self.name, exc) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> UpstreamUnavailable:
+        return connection_error(self.name, exc, self._endpoint)
 
     def _status_error(self, exc: openai.APIStatusError) -> UpstreamError:
         detail = redact(exc.message, self._api_key)
