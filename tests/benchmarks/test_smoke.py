@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The harness runs real servers for tens of seconds: `-m "not slow"` leaves these out.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 
