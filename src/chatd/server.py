@@ -23,8 +23,13 @@ def setup_logging() -> None:
 def run(host: str, port: int, workers: int) -> None:
     """Serve the app with uvicorn until it is stopped."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     setup_logging()
+    # Retry notices are INFO, below what `chatd chat` shows; a server's log keeps them. Through
+    # uvicorn's config because each worker process applies it again.
+    retries = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    loggers = {**LOGGING_CONFIG["loggers"], "chatd.retry": retries}
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -32,6 +37,7 @@ def run(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level="info",
+        log_config={**LOGGING_CONFIG, "loggers": loggers},
         timeout_graceful_shutdown=30,
         # No WebSocket routes: without this uvicorn imports websockets whenever installed.
         ws="none",

@@ -100,6 +100,27 @@ def test_unreachable_provider_says_so_and_leaves_no_half_turn(
     assert "to 1 message." in retry.stdout  # the failed turn is not in the model's context
 
 
+def test_unreachable_provider_is_one_line_naming_the_root_cause(
+    env: dict[str, str], chatd: Run
+) -> None:
+    port = free_port()
+    dead = {
+        **env,
+        "CHATD_PROVIDER": "openai-compatible",
+        "CHATD_BASE_URL": f"http://127.0.0.1:{port}/v1",
+        "CHATD_MODEL": "m",
+        "CHATD_RETRY_MAX_ATTEMPTS": "3",
+        "CHATD_RETRY_MAX_TOTAL_S": "5",
+    }
+    result = chatd(dead, "chat", stdin="hello\n")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    said = f"error: cannot reach openai-compatible at 127.0.0.1:{port}: connection refused"
+    assert [line for line in lines if "connection refused" in line] == [said]
+    # Three attempts were made; the two retries are the server log's business, not the user's.
+    assert not [line for line in lines if "retry" in line]
+
+
 def test_slash_commands(env: dict[str, str], tmp_path: Path, chatd: Run) -> None:
     saved = tmp_path / "conv.json"
     script = "\n".join(

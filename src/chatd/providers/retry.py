@@ -58,7 +58,9 @@ async def stream_with_retries(
             wait = policy.delay(attempt, exc.retry_after)
             if time.monotonic() - started + wait > policy.max_total_s:
                 raise
-            log.warning(
+            # INFO: the terminal chat shows only the final error (one line, as promised), while
+            # the server's log (chatd.server) shows this logger's INFO lines too.
+            log.info(
                 "%s failed (%s); retry %d of %d in %.2fs",
                 provider.name,
                 exc.message,
