@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import URL
 
-from chatd.errors import StoreUnavailable
+from chatd.errors import ChatdError, StoreUnavailable
 from chatd.store.direct import driver, driver_error
 
 if TYPE_CHECKING:
@@ -69,7 +69,10 @@ def store_errors() -> Iterator[None]:
     """Turn a dead or unreachable database into StoreUnavailable with a one-line message."""
     try:
         yield
-    except (exc.DBAPIError, exc.TimeoutError, OSError) as e:
+    except ChatdError:
+        raise
+    except Exception as e:
+        # Not only SQLAlchemy's classes: on SQLAlchemy 2.0 a failed connect raises asyncpg's own.
         if not database_gone(e):
             raise
         raise StoreUnavailable(f"database unavailable: {_one_line(e)}") from None
@@ -78,9 +81,9 @@ def store_errors() -> Iterator[None]:
 def database_gone(error: BaseException) -> bool:
     """Tell whether an error means the database cannot be reached, whatever wraps it.
 
-    Decided by what the driver reported, not by SQLAlchemy's wrapper class: the wrapper an
-    asyncpg error gets differs between SQLAlchemy lines (2.1 wraps a server shutting down
-    as a plain DBAPIError, 2.0 as an OperationalError).
+    Decided by what the driver reported, not by SQLAlchemy's wrapper class: how an asyncpg
+    error arrives differs between SQLAlchemy lines (2.1 wraps a server that is shutting down
+    as a plain DBAPIError; 2.0 lets the driver's own error through when connecting).
     """
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
@@ -102,7 +105,7 @@ def database_gone(error: BaseException) -> bool:
         ):
             return True
         nxt = cause.orig if isinstance(cause, exc.DBAPIError) else None
-        cause = nxt if isinstance(nxt, BaseException) else (cause.__cause__ or cause.__context__)
+        cause = nxt if isinstance(nxt, BaseException) else cause.__cause__
     return False
 
 
