@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,7 +21,9 @@ from chatd.types import (
     TurnState,
 )
 
-HELP = "commands: /quit /reset /history /save FILE /load FILE /system TEXT"
+HELP = "commands: /quit /reset /history /save FILE /load FILE /system TEXT /help"
+# A first word of a slash and letters is a command (known or not); "/usr/bin/env …" is a message.
+_COMMAND = re.compile(r"/[A-Za-z]+")
 
 
 class Repl:
@@ -51,6 +54,9 @@ class Repl:
             try:
                 line = input("you> ") if interactive else stdin.readline()
             except EOFError:
+                # Ctrl-D: end the prompt's line, or the shell's prompt would follow "you> ".
+                self.out.write("\n")
+                self.out.flush()
                 return
             except KeyboardInterrupt:
                 self.out.write("\n")
@@ -60,7 +66,7 @@ class Repl:
             line = line.rstrip("\n")
             if not line.strip():
                 continue
-            if line.startswith("/"):
+            if line.startswith("/") and _COMMAND.fullmatch(line.split(maxsplit=1)[0]):
                 if not self.command(line):
                     return
                 continue
@@ -111,7 +117,7 @@ class Repl:
 
     def command(self, line: str) -> bool:
         """Run a slash command; return False to quit."""
-        name, _, arg = line.partition(" ")
+        name, arg = [*line.split(maxsplit=1), ""][:2]
         arg = arg.strip()
         try:
             if name in ("/quit", "/exit"):
@@ -132,8 +138,12 @@ class Repl:
             elif name == "/system":
                 self.runner.run(self._system(arg))
                 self.say("[system prompt set]" if arg else "[system prompt cleared]")
-            else:
+            elif name in ("/save", "/load"):
+                self.say(f"usage: {name} FILE")
+            elif name == "/help":
                 self.say(HELP)
+            else:
+                self.say(f"unknown command {name}; {HELP}")
         except ChatdError as exc:
             self.say(f"error: {exc.message}")
         except OSError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
 import select
 import subprocess
 import sys
@@ -87,3 +89,48 @@ def replying() -> Iterator[Replying]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+Terminal = Callable[..., str]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    """Return a function that runs chatd on a pseudo-terminal and returns what it showed.
+
+    It waits for `after` to appear, then types `keys`; the output comes back without colours
+    and with the terminal's line ends as plain newlines.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(env: dict[str, str], *args: str, after: str = "", keys: bytes = b"") -> str:
+        controller, tty = pty.openpty()
+        proc = subprocess.Popen([*CHATD, *args], env=env, stdin=tty, stdout=tty, stderr=tty)
+        started.append(proc)
+        os.close(tty)
+        shown = b""
+        try:
+            while True:
+                if after and after.encode() in shown:
+                    os.write(controller, keys)
+                    after = ""
+                ready, _, _ = select.select([controller], [], [], 20)
+                assert ready, f"chatd showed nothing more; so far: {shown!r}"
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # Linux: the other end closed, chatd exited
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+        finally:
+            os.close(controller)
+        proc.wait(timeout=20)
+        return _ANSI.sub("", shown.decode()).replace("\r\n", "\n")
+
+    yield run
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

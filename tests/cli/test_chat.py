@@ -17,6 +17,7 @@ from chatd.testing.fake_upstream import FakeUpstream
 
 CHATD = [sys.executable, "-m", "chatd"]
 Run = Callable[..., subprocess.CompletedProcess[str]]
+Terminal = Callable[..., str]
 
 
 def test_chat_remembers_across_processes(env: dict[str, str], chatd: Run) -> None:
@@ -137,6 +138,21 @@ def test_slash_commands(env: dict[str, str], tmp_path: Path, chatd: Run) -> None
     assert "[loaded 1 turns" in loaded.stderr
     assert 'the first was: "ahoy"' in loaded.stdout
     assert "You are a pirate." in loaded.stdout
+
+
+def test_unknown_slash_command_is_named_and_not_sent(env: dict[str, str], chatd: Run) -> None:
+    script = "/foo\n/usr/bin/env is missing, why?\n/save\n/history\n"
+    result = chatd(env, "chat", "--session", "slash", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "unknown command /foo; commands: /quit /reset /history" in result.stderr
+    assert "usage: /save FILE" in result.stderr
+    assert "user: /usr/bin/env is missing, why?" in result.stdout  # a path is a message
+    assert "/foo" not in result.stdout
+
+
+def test_ctrl_d_leaves_on_a_new_line(env: dict[str, str], terminal: Terminal) -> None:
+    shown = terminal(env, "chat", after="you> ", keys=b"\x04")
+    assert shown.endswith("you> \n")
 
 
 def test_load_rejects_a_malformed_file_and_changes_nothing(
