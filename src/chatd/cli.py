@@ -10,21 +10,41 @@ from typing import Annotated
 
 import typer
 
-from chatd.cli_common import fail, load_settings, plain_errors
+from chatd.cli_common import Command, describe_database, fail, load_settings, new_app, plain_errors
 from chatd.cli_keys import app as keys_app
 from chatd.cli_sessions import app as sessions_app
 from chatd.server import become_server, setup_logging
 
-app = typer.Typer(
-    help="chatd: a chatbot server with memory, streaming, tools and limits.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app = new_app("chatd: a chatbot server with memory, streaming, tools and limits.")
+db_app = new_app("Database maintenance.")
 app.add_typer(db_app, name="db")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(keys_app, name="keys")
+
+
+def _print_version(wanted: bool) -> None:
+    if not wanted:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"chatd {version('chatd')}")
+    except PackageNotFoundError:
+        # Run from a source tree that was never installed: there is no version to read.
+        typer.echo("chatd (version unknown: not installed)")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Handle the options given before the command."""
 
 
 def is_loopback(host: str) -> bool:
@@ -44,7 +64,7 @@ def resolve_auth(mode: str, host: str) -> str:
     return mode
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
@@ -54,6 +74,7 @@ def serve(
     setup_logging()
     with plain_errors():
         settings = load_settings()
+        database = describe_database(settings.database_url)
     auth = resolve_auth(settings.auth, host)
     if auth == "off" and not is_loopback(host):
         # Promise 3: without keys, anyone who can reach the port would be the local user.
@@ -64,12 +85,13 @@ def serve(
             "create keys with `chatd keys create`"
         )
     typer.echo(f"chatd: auth is {auth} (CHATD_AUTH={settings.auth}, host {host})", err=True)
+    typer.echo(f"chatd: database is {database} (CHATD_DATABASE_URL)", err=True)
     # The server process builds the app from the environment: hand it the resolved mode.
     os.environ["CHATD_AUTH"] = auth
     become_server(host, port, workers)
 
 
-@app.command()
+@app.command(cls=Command)
 def chat(
     session: Annotated[str, typer.Option(help="Conversation to continue.")] = "default",
     system: Annotated[str | None, typer.Option(help="System prompt for this session.")] = None,
@@ -85,6 +107,8 @@ def chat(
     with plain_errors():
         check_session_id(session)
         settings = load_settings(provider=provider, model=model)
+        database = describe_database(settings.database_url)
+    typer.echo(f"chatd: database is {database} (CHATD_DATABASE_URL)", err=True)
     with asyncio.Runner() as runner, plain_errors():
         runtime = runner.run(open_runtime(settings))
         try:
@@ -94,7 +118,7 @@ def chat(
     raise typer.Exit(0 if ok or sys.stdin.isatty() else 1)
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", cls=Command)
 def db_upgrade() -> None:
     """Apply database migrations up to the latest."""
     from chatd.store.db import create_database, upgrade
@@ -110,10 +134,12 @@ def db_upgrade() -> None:
                 await db.dispose()
 
         asyncio.run(run())
-    typer.echo(f"database is up to date: {settings.database_url}", err=True)
+        # Described rather than echoed: the URL may hold a password.
+        database = describe_database(settings.database_url)
+    typer.echo(f"database is up to date: {database}", err=True)
 
 
-@app.command("fake-upstream")
+@app.command("fake-upstream", cls=Command)
 def fake_upstream(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8900,

@@ -1,13 +1,15 @@
-"""What every `chatd` subcommand shares: settings and one-line errors."""
+"""What every `chatd` subcommand shares: settings, one-line errors and the help's look."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperCommand, TyperGroup
 
 from chatd.config import Settings
 from chatd.errors import ChatdError
@@ -38,3 +40,58 @@ def load_settings(**overrides: object) -> Settings:
     base = Settings()
     given = {k: v for k, v in overrides.items() if v is not None}
     return base.model_validate({**base.model_dump(), **given}) if given else base
+
+
+def describe_database(database_url: str) -> str:
+    """Say where the database lives: the SQLite file's full path, or the URL without secrets."""
+    from chatd.store.db import parse_database_url
+
+    url = parse_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or "mode=memory" in database:
+            return "SQLite in memory"
+        if database.startswith("file:"):
+            return f"SQLite at {database}"
+        return f"SQLite at {Path(database).resolve()}"
+    # asyncpg also reads a password from the query string.
+    secret = [k for k in url.query if "pass" in k.lower()]
+    shown = url.difference_update_query(secret).render_as_string(hide_password=True)
+    if secret:
+        shown += ("&" if "?" in shown else "?") + "&".join(f"{k}=***" for k in secret)
+    return f"PostgreSQL at {shown}"
+
+
+def _plain_flags(params: list[Any]) -> list[Any]:
+    # Typer shows a `<bool>` placeholder after flags, which take no value: show nothing.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose flags show no value placeholder in --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """Return the parameters, flags without a placeholder."""
+        return _plain_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group whose flags show no value placeholder in --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """Return the parameters, flags without a placeholder."""
+        return _plain_flags(super().get_params(ctx))
+
+
+def new_app(summary: str) -> typer.Typer:
+    """Make a command group that shows its help when run without a command."""
+    return typer.Typer(
+        help=summary,
+        cls=Group,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )

@@ -8,28 +8,40 @@ from typing import Annotated
 
 import typer
 
-from chatd.cli_common import plain_errors
+from chatd.cli_common import Command, new_app, plain_errors
 from chatd.cli_sessions import parse_duration, with_store
+from chatd.errors import InputError
 from chatd.keys import ApiKey, KeyLimits, new_key, user_name
 from chatd.store.keys import SqlKeyStore
 
-app = typer.Typer(help="API keys (used when auth is on).", no_args_is_help=True)
+app = new_app("API keys (used when auth is on).")
 
 
-@app.command("create")
+@app.command("create", cls=Command)
 def create(
-    user: Annotated[str, typer.Option(help="Who the key belongs to.")],
-    admin: Annotated[bool, typer.Option(help="May manage users and keys over /v1/admin.")] = False,
-    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
-    tokens_per_day: Annotated[int | None, typer.Option(min=1, help="Tokens per day.")] = None,
-    budget_usd_per_day: Annotated[
-        float | None, typer.Option(min=0.000001, help="Cost per day, in USD.")
+    user: Annotated[str, typer.Option(metavar="NAME", help="Who the key belongs to.")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="May manage users and keys over /v1/admin.")
+    ] = False,
+    rpm: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Requests per minute.")
     ] = None,
-    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 2w.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, metavar="N", help="Tokens per minute.")] = None,
+    tokens_per_day: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Tokens per day.")
+    ] = None,
+    # Checked below rather than with min=: Typer would show the bound as [x>=1e-06].
+    budget_usd_per_day: Annotated[
+        float | None, typer.Option(metavar="USD", help="Cost per day, in USD.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(metavar="AGE", help="Lifetime, e.g. 30d, 12h, 2w.")
+    ] = None,
 ) -> None:
     """Create a key and print it (alone, on stdout): it is shown this once only."""
     with plain_errors():
+        if budget_usd_per_day is not None and not budget_usd_per_day > 0:
+            raise InputError("--budget-usd-per-day must be more than 0")
         owner = user_name(user)
         until = None if expires is None else datetime.now(UTC) + parse_duration(expires)
     limits = KeyLimits(rpm, tpm, tokens_per_day, budget_usd_per_day)
@@ -48,7 +60,7 @@ def create(
     )
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_keys(
     user: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
 ) -> None:
@@ -76,7 +88,7 @@ def list_keys(
     Console(width=200).print(table)
 
 
-@app.command("revoke")
+@app.command("revoke", cls=Command)
 def revoke(ref: Annotated[str, typer.Argument(help="The key's prefix or id.")]) -> None:
     """Revoke a key: every server stops accepting it within a second."""
     revoked = with_store(lambda store: SqlKeyStore(store.db).revoke_key(ref))

@@ -13,7 +13,7 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 
-from chatd.cli_common import fail, load_settings, plain_errors
+from chatd.cli_common import Command, fail, load_settings, new_app, plain_errors
 from chatd.engine import check_session_id
 from chatd.errors import InputError, NotFound
 from chatd.ports import DEFAULT_USER
@@ -22,7 +22,7 @@ from chatd.store.export import export_doc, parse_doc, restore
 from chatd.store.repo import SqlStore
 
 T = TypeVar("T")
-app = typer.Typer(help="Stored conversations.", no_args_is_help=True)
+app = new_app("Stored conversations.")
 User = Annotated[str, typer.Option(help="Owner of the sessions.")]
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -52,7 +52,7 @@ def with_store(action: Callable[[SqlStore], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # plain_errors exits on error
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_sessions(user: User = DEFAULT_USER) -> None:
     """List a user's sessions."""
     # Imported here, not at the top: `chatd serve` imports this module and never prints a table.
@@ -71,7 +71,7 @@ def list_sessions(user: User = DEFAULT_USER) -> None:
     Console().print(table)
 
 
-@app.command("export")
+@app.command("export", cls=Command)
 def export_session(
     session_id: str,
     out: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
@@ -93,7 +93,7 @@ def export_session(
         typer.echo(f"exported {session_id} to {out}", err=True)
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 def import_session(
     file: Path,
     session: Annotated[str | None, typer.Option(help="Store under this id instead.")] = None,
@@ -116,7 +116,7 @@ def import_session(
     typer.echo(f"imported {len(saved.turns)} turns into session {target}", err=True)
 
 
-@app.command("delete")
+@app.command("delete", cls=Command)
 def delete_session(session_id: str, user: User = DEFAULT_USER) -> None:
     """Delete a session and all its messages for good."""
     if not with_store(lambda store: store.delete_session(user, session_id)):
@@ -124,7 +124,7 @@ def delete_session(session_id: str, user: User = DEFAULT_USER) -> None:
     typer.echo(f"deleted {session_id}", err=True)
 
 
-@app.command("prune")
+@app.command("prune", cls=Command)
 def prune(
     older_than: Annotated[str, typer.Option(help="Idle time, e.g. 30d, 12h.")] = "30d",
 ) -> None:

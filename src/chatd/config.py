@@ -11,9 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_database_url() -> str:
-    """Return a SQLite file in the user's data directory."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(base) / 'chatd' / 'chatd.db'}"
+    """Return a SQLite file in the user's data directory ($XDG_DATA_HOME, or ~/.local/share)."""
+    xdg = Path(os.environ.get("XDG_DATA_HOME") or "")
+    # The XDG spec says to ignore a relative path: it would move with the working directory.
+    base = xdg if xdg.is_absolute() else Path.home() / ".local" / "share"
+    return f"sqlite:///{base / 'chatd' / 'chatd.db'}"
 
 
 class Settings(BaseSettings):

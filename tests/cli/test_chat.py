@@ -37,6 +37,42 @@ def test_chat_says_which_provider_it_picked(env: dict[str, str], chatd: Run) -> 
     assert "ANTHROPIC_API_KEY" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("xdg", "where"),
+    [
+        ("xdg", "xdg/chatd/chatd.db"),
+        (None, ".local/share/chatd/chatd.db"),
+        ("relative", ".local/share/chatd/chatd.db"),  # the XDG spec: ignore a relative path
+    ],
+)
+def test_chat_says_where_the_default_database_is(
+    env: dict[str, str], tmp_path: Path, xdg: str | None, where: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    unset = {k: v for k, v in env.items() if k not in ("CHATD_DATABASE_URL", "XDG_DATA_HOME")}
+    given = {} if xdg is None else {"XDG_DATA_HOME": str(tmp_path / xdg) if xdg == "xdg" else xdg}
+    result = subprocess.run(
+        [*CHATD, "chat"], input="hi\n", env=unset | given, cwd=work,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    database = (tmp_path / where).resolve()
+    assert f"chatd: database is SQLite at {database} (CHATD_DATABASE_URL)\n" in result.stderr
+    assert database.exists()
+    assert list(work.iterdir()) == []
+
+
+def test_chat_shows_a_postgresql_url_without_its_password(env: dict[str, str], chatd: Run) -> None:
+    url = "postgresql+asyncpg://ann:s3cret@127.0.0.1:9/chatd?password=k3y"
+    result = chatd({**env, "CHATD_DATABASE_URL": url}, "chat", stdin="hi\n")
+    assert result.returncode == 2
+    shown = "postgresql+asyncpg://ann:***@127.0.0.1:9/chatd?password=***"
+    assert f"chatd: database is PostgreSQL at {shown} (CHATD_DATABASE_URL)" in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "k3y" not in result.stderr
+
+
 def test_chat_streams_a_real_provider_through_its_sdk(
     anthropic_env: dict[str, str], fake_upstream: FakeUpstream, chatd: Run
 ) -> None:
@@ -188,11 +224,14 @@ def free_port() -> int:
         return port
 
 
-def test_serve_starts_with_no_configuration_and_answers(env: dict[str, str]) -> None:
+def test_serve_starts_with_no_configuration_and_answers(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     port = free_port()
+    unset = {k: v for k, v in env.items() if k not in ("CHATD_DATABASE_URL", "XDG_DATA_HOME")}
     proc = subprocess.Popen(
         [*CHATD, "serve", "--port", str(port)],
-        env=env,
+        env=unset,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -213,6 +252,9 @@ def test_serve_starts_with_no_configuration_and_answers(env: dict[str, str]) -> 
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert "using provider demo" in err
+    database = tmp_path / ".local" / "share" / "chatd" / "chatd.db"
+    assert f"chatd: database is SQLite at {database.resolve()} (CHATD_DATABASE_URL)\n" in err
+    assert database.exists()
 
 
 def test_serve_refuses_a_public_address_without_auth(env: dict[str, str], chatd: Run) -> None:
