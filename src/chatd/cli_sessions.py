@@ -54,13 +54,21 @@ def with_store(action: Callable[[SqlStore], Awaitable[T]]) -> T:
 
 @app.command("list", cls=Command)
 def list_sessions(user: User = DEFAULT_USER) -> None:
-    """List a user's sessions."""
+    """List a user's sessions: a table, or tab-separated lines when piped."""
+    sessions = with_store(lambda store: store.list_sessions(user))
+    if not sys.stdout.isatty():
+        # Scripts feed these ids to export and delete: whole, and no table to pick apart.
+        for s in sessions:
+            fields = [s.id, str(s.turn_count), s.created_at.isoformat(), s.updated_at.isoformat()]
+            typer.echo("\t".join(fields))
+        return
     # Imported here, not at the top: `chatd serve` imports this module and never prints a table.
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    sessions = with_store(lambda store: store.list_sessions(user))
-    table = Table("session", "turns", "created", "last active")
+    # An id is what export and delete take: on a narrow terminal it folds, never cut to "…".
+    session = Column("session", overflow="fold")
+    table = Table(session, "turns", "created", "last active")
     for s in sessions:
         table.add_row(
             s.id,

@@ -15,6 +15,8 @@ import pytest
 
 CHATD = [sys.executable, "-m", "chatd"]
 Run = Callable[..., subprocess.CompletedProcess[str]]
+Terminal = Callable[..., str]
+LONG_ID = "support.ticket-2024:" + "x" * 60
 
 
 def test_export_import_round_trips_a_session_losslessly(
@@ -37,6 +39,30 @@ def test_export_import_round_trips_a_session_losslessly(
     listed = chatd(anthropic_env, "sessions", "list")
     assert "orig" in listed.stdout
     assert "copy" in listed.stdout
+
+
+def test_list_piped_prints_whole_ids_one_tab_separated_line_each(
+    env: dict[str, str], chatd: Run
+) -> None:
+    chatd(env, "chat", "--session", LONG_ID, stdin="hello\nagain\n")
+    chatd(env, "chat", "--session", "short", stdin="hello\n")
+    listed = chatd(env, "sessions", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = sorted(line.split("\t") for line in listed.stdout.splitlines())
+    assert [row[:2] for row in rows] == [["short", "1"], [LONG_ID, "2"]]
+    assert all(len(row) == 4 for row in rows)
+    ids = [row[0] for row in rows]
+    assert chatd(env, "sessions", "delete", ids[1]).returncode == 0
+
+
+def test_list_on_a_narrow_terminal_folds_ids_rather_than_cutting_them(
+    env: dict[str, str], chatd: Run, terminal: Terminal
+) -> None:
+    chatd(env, "chat", "--session", LONG_ID, stdin="hello\n")
+    shown = terminal({**env, "COLUMNS": "60"}, "sessions", "list")
+    assert "…" not in shown
+    rows = [line for line in shown.splitlines() if line.startswith("│")]
+    assert "".join(row.split("│")[1].strip() for row in rows) == LONG_ID
 
 
 def test_import_refuses_a_malformed_file_and_changes_nothing(
