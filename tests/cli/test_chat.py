@@ -63,6 +63,20 @@ def test_chat_says_where_the_default_database_is(
     assert list(work.iterdir()) == []
 
 
+def test_a_tilde_in_a_sqlite_url_means_home(env: dict[str, str], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run(
+        [*CHATD, "chat"], input="hi\n", cwd=work, capture_output=True, text=True, timeout=60,
+        env={**env, "HOME": str(tmp_path), "CHATD_DATABASE_URL": "sqlite:///~/dbs/chat.db"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    database = (tmp_path / "dbs" / "chat.db").resolve()
+    assert f"chatd: database is SQLite at {database} (CHATD_DATABASE_URL)\n" in result.stderr
+    assert database.exists()
+    assert list(work.iterdir()) == []  # no folder named "~" where chatd was started
+
+
 def test_chat_shows_a_postgresql_url_without_its_password(env: dict[str, str], chatd: Run) -> None:
     url = "postgresql+asyncpg://ann:s3cret@127.0.0.1:9/chatd?password=k3y"
     result = chatd({**env, "CHATD_DATABASE_URL": url}, "chat", stdin="hi\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,12 @@ def parse_database_url(database_url: str) -> URL:
             f"unsupported database URL {shown!r}: use sqlite:///PATH "
             "or postgresql+asyncpg://USER@HOST/DB"
         )
-    return url.set(drivername=driver)
+    url = url.set(drivername=driver)
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database.startswith("~"):
+        # A shell would have expanded it; in a URL nobody wants a folder named "~".
+        url = url.set(database=os.path.expanduser(database))
+    return url
 
 
 def create_database(database_url: str) -> Database:
