@@ -169,6 +169,64 @@ def test_bad_requests_raise_bad_request_error(sdk: openai.OpenAI) -> None:
         )
 
 
+@pytest.fixture
+def demo_sdk(make_server: Any) -> Iterator[openai.OpenAI]:
+    """Yield an OpenAI client of a chatd of its own whose provider is the offline demo."""
+    server = make_server(provider="demo", model=None)
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+        yield client
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ({"role": "user"}, "Missing required parameter: 'messages[0].content'."),
+        ({"role": "user", "content": None}, "Invalid type for 'messages[0].content'"),
+        ({"role": "user", "content": []}, "Invalid 'messages[0].content': empty array."),
+        ({"role": "user", "content": [{"type": "text"}]}, "'messages[0].content[0].text'"),
+        ({"role": "system"}, "Missing required parameter: 'messages[0].content'."),
+        ({"role": "assistant"}, "Missing required parameter: 'messages[0].content'."),
+        ({"role": "assistant", "tool_calls": []}, "Invalid 'messages[0].tool_calls': empty"),
+    ],
+)
+def test_a_message_without_content_is_a_bad_request(
+    demo_sdk: openai.OpenAI, message: Any, said: str, stream: bool
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        demo_sdk.chat.completions.create(model="demo-1", messages=[message], stream=stream)
+    assert said in caught.value.message
+    assert caught.value.type == "invalid_request_error"
+    assert isinstance(caught.value.body, dict)
+    assert set(caught.value.body) == {"message", "type", "param", "code"}
+
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": ""}],
+        [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "hello"}],
+        [{"role": "tool", "tool_call_id": "c1", "content": "5"}],
+        [
+            {"role": "user", "content": "add"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "c1", "content": "5"},
+        ],
+    ],
+)
+def test_the_demo_answers_every_conversation_the_api_admits(
+    demo_sdk: openai.OpenAI, messages: Any
+) -> None:
+    reply = demo_sdk.chat.completions.create(model="demo-1", messages=messages)
+    assert (reply.choices[0].message.content or "").startswith("(demo) ")
+    assert reply.choices[0].finish_reason == "stop"
+
+
 def test_mid_stream_failure_raises_in_the_sdk(sdk: openai.OpenAI) -> None:
     stream = sdk.chat.completions.create(
         model=MODEL,

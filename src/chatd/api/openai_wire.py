@@ -56,6 +56,37 @@ FINISH = {
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
+def check_messages(messages: list[ChatMessage]) -> None:
+    """Refuse, in OpenAI's words, the messages OpenAI refuses: content missing, null or empty."""
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if isinstance(m.content, list):
+            if not m.content:
+                raise InputError(_empty_array(f"{where}.content"))
+            for j, part in enumerate(m.content):
+                if part.type == "text" and part.text is None:
+                    raise InputError(f"Missing required parameter: '{where}.content[{j}].text'.")
+        if m.tool_calls == []:
+            raise InputError(_empty_array(f"{where}.tool_calls"))
+        # Only an assistant message that calls tools may go without content.
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            if "content" not in m.model_fields_set:
+                raise InputError(f"Missing required parameter: '{where}.content'.")
+            raise InputError(
+                f"Invalid type for '{where}.content': expected a string or an array of "
+                "content parts, but got null instead."
+            )
+        if m.role == "tool" and not m.tool_call_id:
+            raise InputError(f"Missing required parameter: '{where}.tool_call_id'.")
+
+
+def _empty_array(param: str) -> str:
+    return (
+        f"Invalid '{param}': empty array. Expected an array with minimum length 1, "
+        "but got an empty array instead."
+    )
+
+
 def content_text(content: str | list[ContentPart] | None) -> str:
     """Return a message's text; InputError for parts chatd cannot pass on (images, audio)."""
     if content is None or isinstance(content, str):

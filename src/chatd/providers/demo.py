@@ -30,14 +30,19 @@ def _quote(text: str) -> str:
 def demo_reply(request: ChatRequest) -> str:
     """Compose the reply: it quotes the latest message and recalls the earliest one."""
     said = [m.text for m in request.messages if m.role is Role.USER and m.text]
-    latest = said[-1] if said else ""
-    parts = [f'(demo) You said: "{_quote(latest)}".']
-    if len(said) == 1:
-        parts.append("That is the first thing you have told me in this conversation.")
+    if not said:
+        # Admitted, if odd: a conversation of tool results or replies only, or of nothing.
+        parts = ["(demo) I see nothing you said in this conversation yet."]
+    elif len(said) == 1:
+        parts = [
+            f'(demo) You said: "{_quote(said[0])}".',
+            "That is the first thing you have told me in this conversation.",
+        ]
     else:
-        parts.append(
-            f'That is message {len(said)} of yours I can see; the first was: "{_quote(said[0])}".'
-        )
+        parts = [
+            f'(demo) You said: "{_quote(said[-1])}".',
+            f'That is message {len(said)} of yours I can see; the first was: "{_quote(said[0])}".',
+        ]
     if request.system:
         parts.append(f'My instructions: "{_quote(request.system)}".')
     parts.append(

@@ -14,7 +14,15 @@ from fastapi import APIRouter, Header
 
 from chatd.api.deps import Caller, CallerDep, IdempotencyKey, RuntimeDep, resolve_model
 from chatd.api.openai_schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
-from chatd.api.openai_wire import Reply, collect, content_text, stream, to_chatd, tool_specs
+from chatd.api.openai_wire import (
+    Reply,
+    check_messages,
+    collect,
+    content_text,
+    stream,
+    to_chatd,
+    tool_specs,
+)
 from chatd.api.schemas import SESSION_ID_PATTERN
 from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
 from chatd.api.streams import started
@@ -64,6 +72,7 @@ async def complete(
     idempotency_key: str | None,
 ) -> Completion | EventStream:
     """Run one validated completion: stateless, or a turn of the session named."""
+    check_messages(body.messages)
     provider, model = resolve_model(runtime, body.model, None)
     stop = (body.stop,) if isinstance(body.stop, str) else body.stop
     params = GenerationParams(
