@@ -123,12 +123,14 @@ class TurnState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts reported for one or more calls."""
+    """Token counts reported for one or more calls, or estimated where none was reported."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    # True when any call's counts are chatd's estimate: its provider's usage never arrived.
+    estimated: bool = False
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -136,6 +138,7 @@ class Usage:
             self.output_tokens + other.output_tokens,
             self.cache_read_tokens + other.cache_read_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
+            self.estimated or other.estimated,
         )
 
 
