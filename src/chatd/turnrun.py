@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from chatd.context import ContextPolicy
+from chatd.context import CallUsage, ContextPolicy
 from chatd.errors import (
     ChatdError,
     NotFound,
@@ -27,6 +27,7 @@ from chatd.types import (
     Message,
     Part,
     Role,
+    StopEvent,
     StopReason,
     TextDelta,
     TextPart,
@@ -38,7 +39,6 @@ from chatd.types import (
     TurnRecord,
     TurnState,
     Usage,
-    UsageEvent,
 )
 
 if TYPE_CHECKING:
@@ -123,9 +123,17 @@ class Progress:
     messages: list[Message] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     calls: list[ToolCallPart] = field(default_factory=list)
+    # The usage of the calls that ended; the one in flight is `call`, added when it ends.
     usage: Usage = field(default_factory=Usage)
+    call: CallUsage | None = None
     stop: StopReason | None = None
     ttft: float | None = None
+
+    def end_call(self, *, worked: bool) -> None:
+        """Add the usage of the call in flight: as reported, else estimated (see CallUsage)."""
+        if self.call is not None:
+            self.usage = self.usage + self.call.total(worked=worked)
+            self.call = None
 
     def add_text(self, text: str) -> None:
         """Keep a streamed piece of text."""
@@ -207,6 +215,7 @@ class TurnRun:
             if not self.is_stored:
                 raise
             why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
+            self.progress.end_call(worked=True)
             await self._finish_quietly(TurnState.INTERRUPTED, why)
             await self._report_usage()
             # Whoever still listens learns why the reply ends here.
@@ -216,6 +225,7 @@ class TurnRun:
             if not self.is_stored:
                 await self._stored
                 self.leases.release(self.record.id)
+            self.progress.end_call(worked=False)
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
             await self._report_usage()
             self.outbox.put(exc)
@@ -234,7 +244,8 @@ class TurnRun:
         self.outbox.put(end)
 
     async def _report_usage(self) -> None:
-        # Whatever the provider reported counts, however the turn ended; never fails the turn.
+        # Whatever the provider reported (or the estimate for a call whose report never came)
+        # counts, however the turn ended; never fails the turn.
         if self.usage_sink is None:
             return
         try:
@@ -254,19 +265,20 @@ class TurnRun:
                 stop=base.stop,
                 tools=base.tools,
             )
+            call = progress.call = CallUsage(request)
             async for event in stream_with_retries(self.provider, request, cfg.retry):
+                call.see(event)
                 if isinstance(event, TextDelta):
                     if progress.ttft is None:
                         progress.ttft = progress.ms_since_start()
                     progress.add_text(event.text)
                 elif isinstance(event, ToolCallEvent):
                     progress.calls.append(event.call)
-                elif isinstance(event, UsageEvent):
-                    progress.usage = progress.usage + event.usage
-                else:
+                elif isinstance(event, StopEvent):
                     progress.stop = event.reason
                     continue
                 yield event
+            progress.end_call(worked=True)
             assistant = progress.flush()
             if assistant is None or not assistant.tool_calls:
                 return
