@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol
 
 from chatd.config import Settings
-from chatd.context import ContextPolicy, SlidingWindow, TokenBudget, policy_for
+from chatd.context import CallUsage, ContextPolicy, SlidingWindow, TokenBudget, policy_for
 from chatd.errors import ChatdError, InputError, InputTooLarge
 from chatd.leases import LeaseKeeper
 from chatd.ports import DEFAULT_USER, Store, TurnPlan
@@ -35,7 +35,6 @@ from chatd.types import (
     TurnStarted,
     TurnState,
     Usage,
-    UsageEvent,
 )
 
 log = logging.getLogger("chatd.engine")
@@ -307,14 +306,19 @@ class ChatService:
             stop=params.stop or (),
             tools=opts.tools,
         )
-        total = Usage()
+        call = CallUsage(request)
+        worked = False
         try:
             async for event in stream_with_retries(provider, request, self.config.retry):
-                if isinstance(event, UsageEvent):
-                    total = total + event.usage
+                call.see(event)
                 yield event
+            worked = True
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller left while the upstream worked on the request: that is charged too.
+            worked = True
+            raise
         finally:
-            # Also when the caller stops early: what the provider reported so far counts.
+            total = call.total(worked=worked)
             if opts.usage_sink is not None and total != Usage():
                 await opts.usage_sink(total, request.model)
 
