@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatd.context import estimate_request_tokens
+from chatd.context import estimate_usage
 from chatd.errors import (
     ConfigError,
     ProviderNotConfigured,
@@ -319,7 +319,7 @@ class _Chunks:
             )
         if out:
             self.emitted = True
-        usage = self.usage or _estimate(self.request, self.out_chars)
+        usage = self.usage or estimate_usage(self.request, self.out_chars)
         out.append(UsageEvent(usage))
         out.append(StopEvent(FINISH_REASONS.get(self.finish, StopReason.UNKNOWN)))
         return out
@@ -329,10 +329,6 @@ def _error_message(error: Any) -> str:
     # As the SDK words it when the error object has no message of its own.
     message = error.get("message") if isinstance(error, dict) else None
     return message if isinstance(message, str) and message else "An error occurred during streaming"
-
-
-def _estimate(request: ChatRequest, out_chars: int) -> Usage:
-    return Usage(input_tokens=estimate_request_tokens(request), output_tokens=(out_chars + 3) // 4)
 
 
 def _resolve(
