@@ -290,3 +290,15 @@ def test_no_log_line_of_the_run_holds_a_key(
     assert len(ISSUED) >= 8
     for key in ISSUED:
         assert not [line for line in logs if key in line or key[6:] in line]
+
+
+def test_metrics_need_an_admin_key(http: httpx.Client, keys: dict[str, str]) -> None:
+    refused = http.get("/metrics", headers=auth(keys["bob"]))
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "detail": "/metrics needs an admin key (create one with `chatd keys create --admin`)"
+    }
+    assert http.get("/metrics").status_code == 401
+    allowed = http.get("/metrics", headers=auth(keys["admin"]))
+    assert allowed.status_code == 200
+    assert "chatd_http_responses_total" in allowed.text

@@ -7,10 +7,10 @@ from collections import Counter
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from chatd.api.deps import RuntimeDep
+from chatd.api.deps import PrincipalDep, RuntimeDep
 from chatd.api.middleware import prometheus_text
 from chatd.api.schemas import HealthOut, ReadyOut
-from chatd.errors import ChatdError
+from chatd.errors import ChatdError, Forbidden
 from chatd.store.schema import schema_is_current
 
 router = APIRouter(tags=["health"])
@@ -46,8 +46,19 @@ async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> R
     return ReadyOut(status="ready" if ready else "not_ready", checks=checks)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        401: {"description": "auth is on and no valid key was sent"},
+        403: {"description": "auth is on and the key is not an admin's"},
+    },
+)
+async def metrics(request: Request, principal: PrincipalDep) -> PlainTextResponse:
     """Return HTTP response counts by method and status, in the Prometheus text format."""
+    # Traffic by status is the operator's to read. With auth off the caller is the local user,
+    # who has no key: the server is theirs.
+    if principal.key_id is not None and not principal.admin:
+        raise Forbidden("/metrics needs an admin key (create one with `chatd keys create --admin`)")
     counts: Counter[tuple[str, int]] = request.app.state.response_counts
     return PlainTextResponse(prometheus_text(counts), media_type="text/plain; version=0.0.4")
