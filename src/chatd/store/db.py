@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration shipped; tests/store keeps it equal to the migrations folder's head.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",

@@ -34,6 +34,8 @@ class _Usage(_Strict):
     output_tokens: int = Field(default=0, ge=0)
     cache_read_tokens: int = Field(default=0, ge=0)
     cache_write_tokens: int = Field(default=0, ge=0)
+    # Absent in documents from before chatd estimated usage: those counts were reported.
+    estimated: bool = False
 
 
 class _Params(_Strict):
@@ -107,6 +109,7 @@ def export_doc(info: SessionInfo, turns: Sequence[TurnRecord]) -> dict[str, Any]
                     "output_tokens": t.usage.output_tokens,
                     "cache_read_tokens": t.usage.cache_read_tokens,
                     "cache_write_tokens": t.usage.cache_write_tokens,
+                    "estimated": t.usage.estimated,
                 },
                 "latency_ms": t.latency_ms,
                 "ttft_ms": t.ttft_ms,

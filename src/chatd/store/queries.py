@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -239,6 +240,8 @@ USAGE_TOTALS = (
         func.coalesce(func.sum(turns.c.output_tokens), 0),
         func.coalesce(func.sum(turns.c.cache_read_tokens), 0),
         func.coalesce(func.sum(turns.c.cache_write_tokens), 0),
+        # Whether any of it is an estimate; max over 0/1, as PostgreSQL has no max(boolean).
+        func.coalesce(func.max(case((turns.c.usage_estimated, 1), else_=0)), 0),
     )
     .select_from(turns.join(sessions, sessions.c.id == turns.c.session_pk))
     .where(sessions.c.user_id == bindparam("user_id"))

@@ -450,8 +450,9 @@ class SqlStore:
         """Return how many turns the user has, and their usage summed."""
         values = {"user_id": user_id}
         row = await self.db.read(lambda conn: conn.execute(q.USAGE_TOTALS, values).one())
-        count, *tokens = row
-        return count, Usage(*(int(t) for t in tokens))
+        count, inputs, outputs, cache_reads, cache_writes, estimated = row
+        tokens = (int(inputs), int(outputs), int(cache_reads), int(cache_writes))
+        return count, Usage(*tokens, estimated=bool(estimated))
 
     async def session_stats(self, user_id: str | None) -> tuple[int, int]:
         """Return how many sessions there are (one user's, or all) and their turns in context."""

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -112,6 +113,8 @@ turns = Table(
     Column("output_tokens", Integer, nullable=False, default=0),
     Column("cache_read_tokens", Integer, nullable=False, default=0),
     Column("cache_write_tokens", Integer, nullable=False, default=0),
+    # The token counts are chatd's estimate: a call's usage never came from its provider.
+    Column("usage_estimated", Boolean, nullable=False, default=False, server_default=false()),
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),
