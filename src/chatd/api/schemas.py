@@ -215,6 +215,11 @@ class UsageOut(BaseModel):
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    estimated: bool = Field(
+        default=False,
+        description="chatd's estimate (from what was sent and received) stands in for usage "
+        "the provider never reported, for at least one model call",
+    )
 
 
 class TextPartOut(BaseModel):

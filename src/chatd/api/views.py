@@ -44,6 +44,7 @@ def usage_out(usage: Usage) -> UsageOut:
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        estimated=usage.estimated,
     )
 
 
