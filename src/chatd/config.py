@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_completions_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     sse_ping_s: float = Field(default=15.0, gt=0)
+    # Connections (per server process): a request's headers must arrive within this; a
+    # kept-alive connection with no next request is closed after keep_alive_s; past
+    # max_connections (fewer if the open-files limit is lower) the longest idle is closed.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    keep_alive_s: int = Field(default=5, ge=1, le=300)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     # Models a request may name ("provider/model" or a bare model); empty allows any.
     models: list[str] = Field(default_factory=list)
 
