@@ -356,11 +356,19 @@ async def test_openai_asks_for_usage_and_copes_without_it(
     usage = next(e.usage for e in events if isinstance(e, UsageEvent))
     assert usage.input_tokens > 0
     assert usage.output_tokens > 0
+    assert usage.estimated
     assert stop_of(events) is StopReason.END_TURN
 
 
 def test_usage_adds_up() -> None:
     assert Usage(1, 2, 3, 4) + Usage(10, 20, 30, 40) == Usage(11, 22, 33, 44)
+
+
+def test_a_sum_of_usage_is_estimated_if_any_part_is() -> None:
+    exact, guessed = Usage(1, 2), Usage(3, 4, estimated=True)
+    assert exact + guessed == Usage(4, 6, estimated=True)
+    assert guessed + exact == Usage(4, 6, estimated=True)
+    assert not (exact + exact).estimated
 
 
 async def test_unknown_stream_events_are_tolerated(provider: Provider) -> None:
