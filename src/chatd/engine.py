@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple, Protocol
 
 from chatd.config import Settings
 from chatd.context import CallUsage, ContextPolicy, SlidingWindow, TokenBudget, policy_for
-from chatd.errors import ChatdError, InputError, InputTooLarge
+from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge
 from chatd.leases import LeaseKeeper
 from chatd.ports import DEFAULT_USER, Store, TurnPlan
 from chatd.providers.base import Provider
@@ -74,6 +74,15 @@ def check_max_tokens(value: int | None, ceiling: int | None) -> None:
         raise InputError(f"max_tokens {value} is over this server's ceiling of {ceiling}")
 
 
+def check_model(allowed: Sequence[str], provider: str, model: str) -> None:
+    """Refuse (ConfigError, 400) a model the allow-list leaves out; an empty list allows any."""
+    if allowed and model not in allowed and f"{provider}/{model}" not in allowed:
+        raise ConfigError(
+            f"model {model!r} of provider {provider} is not allowed on this server; "
+            f"allowed models: {', '.join(allowed)}"
+        )
+
+
 class ProviderSource(Protocol):
     """Where the engine gets providers by name; `ProviderPool` is the real one."""
 
@@ -95,6 +104,8 @@ class EngineConfig:
     tool_timeout_s: float = 30.0
     max_message_chars: int = 32000
     max_tokens_ceiling: int | None = None
+    # CHATD_MODELS: every call's model, however it was chosen, must be one of these.
+    models: tuple[str, ...] = ()
     lease_s: float = 30.0
     on_disconnect: DisconnectPolicy = "finish"
 
@@ -122,6 +133,7 @@ class EngineConfig:
             tool_timeout_s=s.tool_timeout_s,
             max_message_chars=s.max_message_chars,
             max_tokens_ceiling=s.max_tokens_ceiling,
+            models=tuple(s.models),
             lease_s=s.turn_lease_s,
             on_disconnect=s.on_disconnect,
         )
@@ -261,7 +273,7 @@ class ChatService:
         # A session's stored max_tokens may predate a lower ceiling.
         check_max_tokens(params.max_tokens, cfg.max_tokens_ceiling)
         base = ChatRequest(
-            model=params.model or provider.default_model,
+            model=self.model_for(provider, params.model),
             messages=(),
             max_tokens=params.max_tokens or 1024,
             system=session.system_prompt,
@@ -271,6 +283,14 @@ class ChatService:
         )
         policy = policy_for(params.context_policy, params.context_limit, cfg.policy)
         return _Prepared(provider, base, policy)
+
+    def model_for(self, provider: Provider, model: str | None) -> str:
+        """Return the model a call to provider runs with; ConfigError if CHATD_MODELS forbids it."""
+        # Checked here, where every path (send, session, import, completions) ends up, so a
+        # model reached through a provider's default or a stored session is checked too.
+        chosen = model or provider.default_model
+        check_model(self.config.models, provider.name, chosen)
+        return chosen
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait for turns in flight to be stored; return whether all were."""
@@ -298,7 +318,7 @@ class ChatService:
         params = opts.params.over(self.config.defaults)
         check_max_tokens(params.max_tokens, self.config.max_tokens_ceiling)
         request = ChatRequest(
-            model=params.model or provider.default_model,
+            model=self.model_for(provider, params.model),
             messages=tuple(messages),
             max_tokens=params.max_tokens or 1024,
             system=opts.system,

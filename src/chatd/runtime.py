@@ -64,7 +64,8 @@ async def open_runtime(settings: Settings, env: Mapping[str, str] | None = None)
     except BaseException:
         await providers.aclose()
         raise
-    tools = ToolRegistry(builtin_tools())
+    # CHATD_TOOLS is the deployment's list: a tool left out is unknown here, whoever asks.
+    tools = ToolRegistry(t for t in builtin_tools() if t.spec.name in settings.tools)
     service = ChatService(store, providers, EngineConfig.from_settings(settings), tools)
     # Once before serving, so what a crashed process left behind reads right from the start.
     await store.expire_leases()

@@ -34,6 +34,7 @@ from chatd.types import (
     ToolCallEvent,
     ToolCallPart,
     ToolResultEvent,
+    ToolResultPart,
     TurnEnded,
     TurnEvent,
     TurnRecord,
@@ -287,14 +288,18 @@ class TurnRun:
                 raise ToolRoundsExceeded(
                     f"the model asked for more than {cfg.max_tool_rounds} rounds of tool calls"
                 )
-            results = await asyncio.gather(
-                *(self.tools.run(c, cfg.tool_timeout_s) for c in assistant.tool_calls)
-            )
+            results = await asyncio.gather(*(self._run_tool(c) for c in assistant.tool_calls))
             for result in results:
                 yield ToolResultEvent(result)
             tool_message = Message(Role.USER, tuple(results))
             progress.messages.append(tool_message)
             self.messages.append(tool_message)
+
+    async def _run_tool(self, call: ToolCallPart) -> ToolResultPart:
+        # The model may name any registered tool; only those this turn offered may run.
+        if call.name not in {spec.name for spec in self.base.tools}:
+            return ToolResultPart(call.id, f"tool {call.name!r} was not offered", is_error=True)
+        return await self.tools.run(call, self.config.tool_timeout_s)
 
     async def _finish(self, state: TurnState, error: str | None = None) -> TurnEnded:
         progress = self.progress

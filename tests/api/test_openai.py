@@ -281,7 +281,7 @@ def test_model_allow_list_refuses_others(make_server: Any) -> None:
             model="good-model", messages=[{"role": "user", "content": "hi"}]
         )
         assert ok.choices[0].message.content
-        with pytest.raises(openai.BadRequestError, match="unknown model"):
+        with pytest.raises(openai.BadRequestError, match="not allowed"):
             sdk.chat.completions.create(
                 model="bad-model", messages=[{"role": "user", "content": "hi"}]
             )

@@ -179,8 +179,10 @@ def test_message_list_shows_every_turn_with_state(client: httpx.Client, sid: str
     assert rest["next_cursor"] is None
 
 
-def test_tool_calls_and_results_stream_as_events(client: httpx.Client, sid: str) -> None:
-    sse = events(client, sid, "time? [fake: tool=current_time]", tools=["current_time"])
+def test_tool_calls_and_results_stream_as_events(make_server: Any, sid: str) -> None:
+    server = make_server(tools=["current_time", "calculate"])
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        sse = events(client, sid, "time? [fake: tool=current_time]", tools=["current_time"])
     kinds = [e.event for e in sse]
     assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("message_end")
     call = next(e.json() for e in sse if e.event == "tool_call")
@@ -267,20 +269,22 @@ def test_unknown_provider_or_model_prefix_is_400(
 
 
 def test_session_tools_and_context_policy_are_kept_and_used(
-    client: httpx.Client, sid: str, fake_upstream: FakeUpstream
+    make_server: Any, sid: str, fake_upstream: FakeUpstream
 ) -> None:
+    server = make_server(tools=["current_time", "calculate"])
     body = {"id": sid, "tools": ["calculate"], "context": {"policy": "window", "limit": 2}}
-    created = client.post("/v1/sessions", json=body)
-    assert created.status_code == 201
-    assert created.json()["tools"] == ["calculate"]
-    assert created.json()["context"] == {"policy": "window", "limit": 2}
-    for n in range(2):
-        sent = client.post(f"/v1/sessions/{sid}/messages", json={"content": f"q{n}"})
-        assert sent.status_code == 200
-    request = fake_upstream.requests[-1].body
-    assert [t["name"] for t in request["tools"]] == ["calculate"]
-    assert [m["content"] for m in request["messages"]] == ["q1"]
-    assert client.get(f"/v1/sessions/{sid}").json()["context"]["policy"] == "window"
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        created = client.post("/v1/sessions", json=body)
+        assert created.status_code == 201
+        assert created.json()["tools"] == ["calculate"]
+        assert created.json()["context"] == {"policy": "window", "limit": 2}
+        for n in range(2):
+            sent = client.post(f"/v1/sessions/{sid}/messages", json={"content": f"q{n}"})
+            assert sent.status_code == 200
+        request = fake_upstream.requests[-1].body
+        assert [t["name"] for t in request["tools"]] == ["calculate"]
+        assert [m["content"] for m in request["messages"]] == ["q1"]
+        assert client.get(f"/v1/sessions/{sid}").json()["context"]["policy"] == "window"
 
 
 def test_unknown_tool_or_bad_context_is_refused_at_create(client: httpx.Client, sid: str) -> None:

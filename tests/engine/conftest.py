@@ -48,14 +48,21 @@ async def make_service(
     """Yield a factory of services on the test's store; providers are closed afterwards."""
     pools: list[ProviderPool] = []
 
-    async def factory(kind: str = "anthropic", **config: object) -> ChatService:
+    async def factory(
+        kind: str = "anthropic", *, models: tuple[str, ...] = (), **config: object
+    ) -> ChatService:
         settings = Settings(
-            provider=kind, model="test-model", database_url="sqlite://", _env_file=None
+            provider=kind,
+            model="test-model",
+            database_url="sqlite://",
+            models=list(models),
+            _env_file=None,
         )  # type: ignore[call-arg]
         pool = await ProviderPool.start(settings, env=provider_env(kind, fake_upstream.url))
         pools.append(pool)
         engine_config = EngineConfig(
             retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05),
+            models=models,
             **config,  # type: ignore[arg-type]
         )
         return ChatService(db_store, pool, engine_config, ToolRegistry(builtin_tools()))

@@ -226,9 +226,10 @@ async def test_unknown_provider_fails_before_storing(service: ChatService) -> No
     assert await service.store.get_session("local", "s2") is None
 
 
-async def test_provider_without_key_names_the_variable(service: ChatService) -> None:
+async def test_provider_without_key_names_the_variable(make_service: ServiceFactory) -> None:
+    service = await make_service("anthropic", models=("groq/llama",))
     with pytest.raises(ProviderNotConfigured, match="GROQ_API_KEY"):
-        await run(service, "s3", "hi", provider="groq")
+        await run(service, "s3", "hi", provider="groq", params=GenerationParams(model="llama"))
 
 
 async def leave_after_first_delta(service: ChatService, text: str, **opts: object) -> str:

@@ -12,8 +12,8 @@ from chatd.api.auth import Principal, local_principal, principal_of
 from chatd.api.limits import charge_of
 from chatd.api.schemas import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN
 from chatd.config import Settings
-from chatd.engine import ChatService
-from chatd.errors import ConfigError, Forbidden
+from chatd.engine import ChatService, check_model
+from chatd.errors import Forbidden
 from chatd.keys import KeyLimits
 from chatd.ports import Store
 from chatd.runtime import Runtime
@@ -132,7 +132,8 @@ def resolve_model(
         if slash and rest and head in runtime.providers.registry.names():
             provider, model = head, rest
     name = runtime.providers.get(provider).name
-    allowed = runtime.settings.models
-    if model is not None and allowed and model not in allowed and f"{name}/{model}" not in allowed:
-        raise ConfigError(f"unknown model {model!r} for {name}; available: {', '.join(allowed)}")
+    # Only what is named is checked here, to refuse a bad session setting at once; the engine
+    # checks the model each call finally runs with (a provider's default, a stored one).
+    if model is not None:
+        check_model(runtime.settings.models, name, model)
     return provider, model

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 
 from chatd.config import Settings
+from chatd.errors import ConfigError, ProviderNotConfigured
 from chatd.providers.base import Provider
 from chatd.providers.registry import ProviderRegistry, choose_provider
 
@@ -29,6 +30,7 @@ class ProviderPool:
         self.registry = registry or ProviderRegistry()
         self._env = os.environ if env is None else env
         self._live: dict[str, Provider] = {}
+        self._offered: list[str] | None = None
 
     @classmethod
     async def start(
@@ -47,13 +49,48 @@ class ProviderPool:
         log.warning(
             "chatd: using provider %s, model %s -- %s", name, provider.default_model, reason
         )
+        model = provider.default_model
+        if settings.models and not {model, f"{name}/{model}"} & set(settings.models):
+            log.warning(
+                "chatd: CHATD_MODELS leaves out the default model %s/%s: "
+                "requests that name no model will be refused",
+                name,
+                model,
+            )
         return pool
+
+    def offered(self) -> list[str]:
+        """Return the providers a caller may name: the default, CHATD_MODELS', those with keys."""
+        if self._offered is None:
+            names = self.registry.names()
+            listed = {m.partition("/")[0] for m in self.settings.models if "/" in m}
+            self._offered = sorted(
+                {self.default_name}
+                | {
+                    n
+                    for n in names
+                    if n in listed or self.registry.plugin(n).configured(n, self._env)
+                }
+            )
+        return self._offered
 
     def get(self, name: str | None = None) -> Provider:
         """Return the named (or default) provider, building it on first use."""
         name = name or self.default_name
         provider = self._live.get(name)
         if provider is None:
+            # Presets are the operator's shorthand, not a caller's menu: naming ollama must not
+            # make chatd post the caller's text to whatever listens on 127.0.0.1:11434.
+            offered = self.offered()
+            if name not in offered:
+                if name not in self.registry.names():
+                    raise ConfigError(
+                        f"unknown provider {name!r}; this server offers: {', '.join(offered)}"
+                    )
+                raise ProviderNotConfigured(
+                    f"provider {name!r} is not configured on this server; it offers: "
+                    f"{', '.join(offered)}"
+                )
             provider = self.registry.create(name, self.settings, self._env)
             self._live[name] = provider
         return provider

@@ -63,7 +63,8 @@ class ToolRegistry:
         out = []
         for n in names:
             if n not in self._tools:
-                raise ConfigError(f"unknown tool {n!r}; known tools: {', '.join(self.names())}")
+                known = ", ".join(self.names()) or "none"
+                raise ConfigError(f"unknown tool {n!r}; known tools: {known}")
             out.append(self._tools[n].spec)
         return tuple(out)
 
