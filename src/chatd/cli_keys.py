@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from chatd.bounds import MAX_BUDGET_USD, MAX_KEY_LIMIT
 from chatd.cli_common import Command, new_app, plain_errors
 from chatd.cli_sessions import parse_duration, with_store
 from chatd.errors import InputError
@@ -42,6 +43,11 @@ def create(
     with plain_errors():
         if budget_usd_per_day is not None and not budget_usd_per_day > 0:
             raise InputError("--budget-usd-per-day must be more than 0")
+        if budget_usd_per_day is not None and not budget_usd_per_day <= MAX_BUDGET_USD:
+            raise InputError(f"--budget-usd-per-day must be at most {MAX_BUDGET_USD:.0f}")
+        for option, value in (("rpm", rpm), ("tpm", tpm), ("tokens-per-day", tokens_per_day)):
+            if value is not None and value > MAX_KEY_LIMIT:
+                raise InputError(f"--{option} must be at most {MAX_KEY_LIMIT}")
         owner = user_name(user)
         until = None if expires is None else datetime.now(UTC) + parse_duration(expires)
     limits = KeyLimits(rpm, tpm, tokens_per_day, budget_usd_per_day)

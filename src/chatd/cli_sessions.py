@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 
+from chatd.bounds import MAX_KEY_DAYS
 from chatd.cli_common import Command, fail, load_settings, new_app, plain_errors
 from chatd.engine import check_session_id
 from chatd.errors import InputError, NotFound
@@ -26,6 +27,7 @@ app = new_app("Stored conversations.")
 User = Annotated[str, typer.Option(help="Owner of the sessions.")]
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 def parse_duration(text: str) -> timedelta:
@@ -33,7 +35,11 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise InputError(f"cannot read duration {text!r}: use a number and s, m, h, d or w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    number, unit = int(match.group(1)), match.group(2)
+    # Refused before timedelta or date arithmetic could overflow on it.
+    if number * _SECONDS[unit] > MAX_KEY_DAYS * _SECONDS["d"]:
+        raise InputError(f"duration {text!r} is too long: at most {MAX_KEY_DAYS} days")
+    return timedelta(**{_UNITS[unit]: number})
 
 
 def with_store(action: Callable[[SqlStore], Awaitable[T]]) -> T:

@@ -13,12 +13,13 @@ import re
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from chatd.errors import ChatdError, UpstreamBadRequest, UpstreamError
+from chatd.textcheck import jsonable
 
 log = logging.getLogger("chatd.api")
 
@@ -84,7 +85,12 @@ def error_response(
     else:
         body = {"detail": message}
     headers = {"retry-after": str(retry_s)} if retry_s is not None else None
-    return Response(orjson.dumps(body), status, headers, "application/json")
+    try:
+        content = orjson.dumps(body)
+    except TypeError:
+        # The message quotes input that cannot be encoded (a lone surrogate): escape it.
+        content = orjson.dumps(jsonable(body))
+    return Response(content, status, headers, "application/json")
 
 
 def _openai_type(status: int, kind: str) -> str:
@@ -116,7 +122,9 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     """Answer a request that does not fit its schema: 422 (400 on the OpenAI routes)."""
     assert isinstance(exc, RequestValidationError)
     if family(request.url.path) == "compat":
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's own answer, but its echo of the input may hold what JSON cannot encode.
+        detail = jsonable(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, 422)
     return error_response(request.url.path, 422, "invalid_request", describe(exc))
 
 

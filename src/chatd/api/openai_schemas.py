@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from chatd.bounds import MAX_TOKENS, beyond_int64_at
 
 
 class _Lenient(BaseModel):
@@ -54,6 +56,15 @@ class FunctionDef(_Lenient):
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _fits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        found = None if value is None else beyond_int64_at(value)
+        if found is not None:
+            place = ".".join(str(x) for x in found)
+            raise ValueError(f"{place}: integers must fit in 64 bits (-2**63 to 2**63-1)")
+        return value
+
 
 class ToolDef(_Lenient):
     """A tool the model may call."""
@@ -80,8 +91,8 @@ class CompletionRequest(_Lenient):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     stop: str | list[str] | None = None
     tools: list[ToolDef] | None = None

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_TOKENS
 from chatd.types import StopReason, TurnState
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -30,7 +31,7 @@ ModelName = Annotated[
     ),
 ]
 ProviderName = Annotated[str, Field(min_length=1, max_length=64, examples=["anthropic"])]
-MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 Temperature = Annotated[float, Field(ge=0, le=2)]
 StopList = Annotated[
     list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=8)
@@ -161,7 +162,7 @@ class ContextSettings(Strict):
         description="window: the newest N messages; tokens: the newest turns within N tokens"
     )
     limit: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="N; the server's default when omitted"
+        default=None, ge=1, le=MAX_CONTEXT_LIMIT, description="N; the server's default when omitted"
     )
 
 

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_LATENCY_MS, MAX_TOKENS, MAX_TURN_TOKENS
 from chatd.errors import InputError
 from chatd.ports import Store
 from chatd.store.codec import message_from_dict, message_to_dict
+from chatd.textcheck import NOT_UNICODE, unencodable_at
+from chatd.textcheck import where as place
 from chatd.types import (
     GenerationParams,
     Role,
@@ -30,22 +33,22 @@ class _Strict(BaseModel):
 
 
 class _Usage(_Strict):
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cache_read_tokens: int = Field(default=0, ge=0)
-    cache_write_tokens: int = Field(default=0, ge=0)
+    input_tokens: int = Field(default=0, ge=0, le=MAX_TURN_TOKENS)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_TURN_TOKENS)
+    cache_read_tokens: int = Field(default=0, ge=0, le=MAX_TURN_TOKENS)
+    cache_write_tokens: int = Field(default=0, ge=0, le=MAX_TURN_TOKENS)
     # Absent in documents from before chatd estimated usage: those counts were reported.
     estimated: bool = False
 
 
 class _Params(_Strict):
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     stop: list[str] | None = None
     tools: list[str] | None = None
     context_policy: Literal["window", "tokens"] | None = None
-    context_limit: int | None = Field(default=None, ge=1)
+    context_limit: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_LIMIT)
 
 
 class _Turn(_Strict):
@@ -54,11 +57,20 @@ class _Turn(_Strict):
     model: str | None = None
     provider: str | None = None
     usage: _Usage = Field(default_factory=lambda: _Usage())
-    latency_ms: float | None = None
-    ttft_ms: float | None = None
+    latency_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    ttft_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     error: str | None = None
-    created_at: datetime | None = None
+    created_at: AwareDatetime | None = None
     messages: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # An offset can carry a date past year 1 or 9999 once it is stored in UTC.
+        try:
+            return None if value is None else value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("date out of range once in UTC") from None
 
 
 class _Doc(_Strict):
@@ -124,6 +136,9 @@ def export_doc(info: SessionInfo, turns: Sequence[TurnRecord]) -> dict[str, Any]
 
 def parse_doc(data: Any) -> SessionExport:
     """Validate a session document; InputError naming the first problem if it is malformed."""
+    found = unencodable_at(data)
+    if found is not None:
+        raise InputError(f"not a valid chatd session file: {place(found)}: {NOT_UNICODE}")
     try:
         doc = _Doc.model_validate(data)
     except ValidationError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
@@ -25,6 +25,8 @@ def parse_session_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(created)
         if when.tzinfo is None or not isinstance(session_id, str):
             raise ValueError("not a session cursor")
-    except (ValueError, TypeError) as exc:
+        # In UTC now, as the stores compare it: an offset can push a date past year 1 or 9999.
+        when = when.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"bad cursor {cursor[:40]!r}: {exc}") from None
     return when, session_id

@@ -10,10 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatd.api.auth import KeyCache
 from chatd.api.deps import StoreDep, admin_principal
+from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import ErrorOut
+from chatd.bounds import MAX_BUDGET_USD, MAX_KEY_DAYS, MAX_KEY_LIMIT
 from chatd.keys import ApiKey, KeyLimits, new_key, user_name
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(admin_principal)],
+    route_class=CheckedRoute,
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 403, 404, 422)
 }
@@ -27,11 +34,13 @@ class KeyCreate(BaseModel):
 
     user: UserName
     admin: bool = False
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    tokens_per_day: int | None = Field(default=None, ge=1)
-    budget_usd_per_day: float | None = Field(default=None, gt=0)
-    expires_in_days: float | None = Field(default=None, gt=0, description="none: never")
+    rpm: int | None = Field(default=None, ge=1, le=MAX_KEY_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_KEY_LIMIT)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=MAX_KEY_LIMIT)
+    budget_usd_per_day: float | None = Field(default=None, gt=0, le=MAX_BUDGET_USD)
+    expires_in_days: float | None = Field(
+        default=None, gt=0, le=MAX_KEY_DAYS, description="none: never"
+    )
 
 
 class KeyOut(BaseModel):

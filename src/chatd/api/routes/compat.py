@@ -19,6 +19,7 @@ from chatd.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import (
     ChatIn,
     ChatOut,
@@ -44,7 +45,7 @@ from chatd.api.views import history, strip_controls
 from chatd.engine import TurnOptions, clean_message
 from chatd.ports import Store
 
-router = APIRouter(tags=["compatibility"])
+router = APIRouter(tags=["compatibility"], route_class=CheckedRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not valid UTF-8 JSON"},
     404: {"description": "no such session"},

@@ -16,6 +16,7 @@ from chatd.api.deps import (
     StoreDep,
     resolve_model,
 )
+from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import ErrorOut, ReplyOut, SendIn, TurnPage
 from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
 from chatd.api.streams import encode, sse_chunk, sse_failure, started
@@ -25,7 +26,7 @@ from chatd.errors import ChatdError
 from chatd.runtime import Runtime
 from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded
 
-router = APIRouter(prefix="/v1", tags=["messages"])
+router = APIRouter(prefix="/v1", tags=["messages"], route_class=CheckedRoute)
 
 EVENTS = ["message_start", "delta", "tool_call", "tool_result", "usage", "message_end", "error"]
 SSE_DOC = """Server-sent events, each `event: NAME` with a JSON `data:` line:

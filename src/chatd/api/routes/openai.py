@@ -23,6 +23,7 @@ from chatd.api.openai_wire import (
     to_chatd,
     tool_specs,
 )
+from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import SESSION_ID_PATTERN
 from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
 from chatd.api.streams import started
@@ -31,7 +32,7 @@ from chatd.errors import ConfigError, InputError
 from chatd.runtime import Runtime
 from chatd.types import GenerationParams, TurnStarted
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=CheckedRoute)
 
 SessionHeader = Annotated[
     str | None,

@@ -8,6 +8,7 @@ from uuid import uuid4
 from fastapi import APIRouter, Body, Query
 
 from chatd.api.deps import CurrentUser, RuntimeDep, SessionPath, StoreDep, resolve_model
+from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import (
     ErrorOut,
     ResetV1Out,
@@ -24,7 +25,7 @@ from chatd.runtime import Runtime
 from chatd.store.export import export_doc, parse_doc, restore
 from chatd.types import GenerationParams
 
-router = APIRouter(prefix="/v1", tags=["sessions"])
+router = APIRouter(prefix="/v1", tags=["sessions"], route_class=CheckedRoute)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
