@@ -270,3 +270,82 @@ def test_a_client_that_leaves_mid_stream_is_still_charged(servers: Any, make_key
             time.sleep(0.05)
         after = c.post(COMPLETIONS, json=completion("y"))
         assert int(after.headers["ratelimit-remaining"]) == 10_000 - 777 - 1
+
+
+def _spent(c: httpx.Client) -> bool:
+    """Tell whether the key's token quota refuses; the probe is invalid, so it never runs."""
+    probe = c.post(COMPLETIONS, json={"model": MODEL, "messages": []})
+    assert probe.status_code in (400, 422, 429)
+    return probe.status_code == 429
+
+
+def test_an_abandoned_stateless_stream_is_charged_an_estimate(servers: Any, make_key: Any) -> None:
+    srv = servers(auth="on")
+    key = make_key(srv, "ann", tokens_per_day=100)
+    # Over 1,000 tokens if read to the end; the client takes three chunks of ~75 and leaves.
+    body = completion("x [fake: chunks=20 delay_ms=30 words=1000]", stream=True)
+    with httpx.Client(base_url=srv.url, headers={"x-api-key": key}, timeout=30) as c:
+        with c.stream("POST", COMPLETIONS, json=body) as r:
+            assert r.status_code == 200
+            seen = 0
+            for line in r.iter_lines():
+                seen += '"content":"' in line and '"content":""' not in line
+                if seen == 3:
+                    break
+        deadline = time.monotonic() + 10
+        while not _spent(c):
+            assert time.monotonic() < deadline, "the abandoned call was never charged"
+            time.sleep(0.05)
+        refused = c.post(COMPLETIONS, json=completion("more"))
+        assert refused.status_code == 429
+        assert "tokens_per_day" in refused.json()["error"]["message"]
+
+
+def test_an_aborted_turn_is_listed_with_an_estimate_and_charged(
+    servers: Any, make_key: Any
+) -> None:
+    srv = servers(auth="on", on_disconnect="abort")
+    key = make_key(srv, "ann", tokens_per_day=10_000)
+    text = "x [fake: chunks=20 delay_ms=30 words=1000]"
+    with httpx.Client(base_url=srv.url, headers={"x-api-key": key}, timeout=30) as c:
+        body = {"content": text, "stream": True}
+        with c.stream("POST", "/v1/sessions/a/messages", json=body) as r:
+            for line in r.iter_lines():
+                if line == "event: delta":
+                    break  # the first chunk of the reply, then hang up
+        deadline = time.monotonic() + 10
+        while True:
+            turns = c.get("/v1/sessions/a/messages").json()["data"]
+            if turns and turns[-1]["state"] != "streaming":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (turn,) = turns
+        usage = turn["usage"]
+        assert turn["state"] == "interrupted"
+        assert usage["estimated"] is True
+        assert usage["input_tokens"] > 0
+        assert 0 < usage["output_tokens"] < 1000
+        assert c.get("/v1/usage").json()["estimated"] is True
+        after = c.post(COMPLETIONS, json=completion("y"))
+        spent = usage["input_tokens"] + usage["output_tokens"]
+        assert int(after.headers["ratelimit-remaining"]) == 10_000 - spent - 1
+
+
+def test_a_normal_turn_is_listed_with_the_providers_usage_not_an_estimate(
+    servers: Any,
+) -> None:
+    srv = servers()
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        sent = c.post(
+            "/v1/sessions/n/messages", json={"content": "hi [fake: usage_in=9 usage_out=4]"}
+        )
+        assert sent.json()["usage"]["estimated"] is False
+        (turn,) = c.get("/v1/sessions/n/messages").json()["data"]
+        assert turn["usage"] == {
+            "input_tokens": 9,
+            "output_tokens": 4,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "estimated": False,
+        }
