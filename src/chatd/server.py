@@ -25,7 +25,12 @@ def run(host: str, port: int, workers: int) -> None:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
+    from chatd.config import Settings
+    from chatd.connections import GuardedProtocol, raise_fd_limit
+
     setup_logging()
+    # Before the workers start, so that they inherit it; the connection cap follows the limit.
+    raise_fd_limit()
     # Retry notices are INFO, below what `chatd chat` shows; a server's log keeps them. Through
     # uvicorn's config because each worker process applies it again.
     retries = {"handlers": ["default"], "level": "INFO", "propagate": False}
@@ -39,6 +44,9 @@ def run(host: str, port: int, workers: int) -> None:
         log_level="info",
         log_config={**LOGGING_CONFIG, "loggers": loggers},
         timeout_graceful_shutdown=30,
+        # Header deadlines and the connection cap (chatd.connections); each worker reads them.
+        http=GuardedProtocol,
+        timeout_keep_alive=Settings().keep_alive_s,
         # No WebSocket routes: without this uvicorn imports websockets whenever installed.
         ws="none",
     )
