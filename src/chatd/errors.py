@@ -24,6 +24,19 @@ ChatdError                      500  anything we did not foresee
 
 from __future__ import annotations
 
+import math
+
+# The longest wait taken from an upstream's retry hint, and the most chatd tells a client to
+# wait: a hint of hours (or of infinity) would only park retries and clients for nothing.
+MAX_RETRY_AFTER_S = 300.0
+
+
+def bounded_wait(seconds: float | None) -> float | None:
+    """Clamp a retry hint to 0..MAX_RETRY_AFTER_S seconds; None for one that is not a number."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
 
 class ChatdError(Exception):
     """Base of every error chatd raises on purpose."""
@@ -119,7 +132,8 @@ class UpstreamError(ChatdError):
     ) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
-        self.retry_after = retry_after
+        # Bounded here, where every provider's hint passes, so no consumer meets inf or nan.
+        self.retry_after = bounded_wait(retry_after)
         if retryable is not None:
             self.retryable = retryable
 

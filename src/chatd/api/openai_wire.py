@@ -22,7 +22,7 @@ from chatd.api.openai_schemas import (
     Usage,
 )
 from chatd.api.sse import sse_data
-from chatd.api.streams import close
+from chatd.api.streams import close, last_words
 from chatd.errors import ChatdError, InputError
 from chatd.types import (
     Message,
@@ -278,6 +278,6 @@ async def stream(
     except Exception as exc:
         if not isinstance(exc, ChatdError):
             log.error("completion stream failed", exc_info=exc)
-        yield sse_data(error_body(exc))
+        yield last_words(lambda e: sse_data(error_body(e)), exc)
     finally:
         await close(events)

@@ -61,17 +61,33 @@ async def encode(
                 yield chunk
             ended = ended or isinstance(event, TurnEnded)
         if not ended:
-            yield failure(ChatdError("the turn ended without a final event"))
+            yield last_words(failure, ChatdError("the turn ended without a final event"))
     except Exception as exc:
         if not isinstance(exc, ChatdError):
             log.error("stream failed", exc_info=exc)
-        yield failure(exc)
+        yield last_words(failure, exc)
     finally:
         await close(events)
 
 
+# What a stream ends with when even describing its error fails: it must end with one anyway.
+_UNDESCRIBABLE = ChatdError("internal error: the reply ended with an error that cannot be shown")
+
+
+def last_words(failure: Failure, exc: BaseException) -> bytes:
+    """Encode the stream's terminal error; if that fails, a plain one, so a stream always ends."""
+    try:
+        return failure(exc)
+    except Exception as broken:
+        log.error("could not encode the error that ended a stream", exc_info=broken)
+        return failure(_UNDESCRIBABLE)
+
+
 def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, ChatdError) else "internal server error"
+    if not isinstance(exc, ChatdError):
+        return "internal server error"
+    # An upstream's words may hold lone surrogates, which no encoder of the stream accepts.
+    return exc.message.encode("utf-8", "replace").decode("utf-8")
 
 
 def text_chunk(event: TurnEvent) -> bytes | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import socket
 import ssl
 import time
@@ -21,6 +22,7 @@ from chatd.errors import (
     UpstreamRateLimited,
     UpstreamStreamError,
     UpstreamUnavailable,
+    bounded_wait,
 )
 from chatd.types import ChatRequest, StreamEvent
 
@@ -72,25 +74,35 @@ class ProviderPlugin:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Read retry-after-ms or retry-after (seconds or an HTTP date) as seconds."""
+    """Read retry-after-ms or retry-after (seconds or an HTTP date) as bounded seconds.
+
+    A value that is no number or date is ignored; any other is clamped to 0..MAX_RETRY_AFTER_S.
+    """
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
+        ms = _number(raw_ms)
+        if ms is not None:
+            return bounded_wait(ms / 1000)
     raw = headers.get("retry-after")
     if not raw:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    seconds = _number(raw)
+    if seconds is not None:
+        return bounded_wait(seconds)
     try:
         when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
+        return bounded_wait(when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError):
+        # A date no calendar holds (year 99999, day 32) says nothing about when to retry.
         return None
-    return max(0.0, when.timestamp() - time.time())
+
+
+def _number(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
 
 
 def error_for_status(

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from chatd.errors import UpstreamError
+from chatd.errors import UpstreamError, bounded_wait
 from chatd.providers.base import Provider
 from chatd.types import ChatRequest, StreamEvent, TextDelta, ToolCallEvent
 
@@ -27,8 +27,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Return the wait before the attempt after `attempt` (1-based)."""
-        if retry_after is not None:
-            return float(retry_after)
+        hint = bounded_wait(retry_after)
+        if hint is not None:
+            return hint
         backoff: float = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
         # Equal jitter: never less than half the backoff, so bursts still spread out.
         return backoff / 2 + random.uniform(0, backoff / 2)

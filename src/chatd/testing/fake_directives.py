@@ -37,7 +37,7 @@ class Directives:
     delay_ms: int = 0
     status: int | None = None
     retry_after: str | None = None
-    retry_after_ms: int | None = None
+    retry_after_ms: str | None = None
     quota: bool = False
     fail_times: int | None = None
     stream_error_after: int | None = None
@@ -73,7 +73,6 @@ class Directives:
 _INT_KEYS = {
     "chunks": 1,
     "delay_ms": 0,
-    "retry_after_ms": 0,
     "fail_times": 0,
     "stream_error_after": 0,
     "drop_after": 0,
@@ -106,14 +105,8 @@ def parse_directives(text: str) -> Directives:
                 if status > 599:
                     raise WireError(f"fake directive status={raw!r} must be 400-599")
                 values[key] = status
-            elif key == "retry_after":
-                try:
-                    ok = float(raw) >= 0
-                except ValueError:
-                    ok = False
-                if not ok:
-                    raise WireError(f"fake directive retry_after={raw!r} must be seconds")
-                values[key] = raw
+            elif key in ("retry_after", "retry_after_ms"):
+                values[key] = _parse_header_value(key, raw)
             elif key == "stop":
                 if raw not in _FORCIBLE_STOPS:
                     raise WireError(f"fake directive stop={raw!r} must be one of {_FORCIBLE_STOPS}")
@@ -135,6 +128,14 @@ def _parse_int(key: str, raw: str, minimum: int) -> int:
         raise WireError(f"fake directive {key}={raw!r} must be an integer") from None
     if value < minimum:
         raise WireError(f"fake directive {key}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _parse_header_value(key: str, raw: str) -> str:
+    # Any text at all, so clients can be tested against nonsense; but never a header break.
+    value = urllib.parse.unquote(raw)
+    if not all(" " <= c <= "~" for c in value):
+        raise WireError(f"fake directive {key}={raw!r} must be printable ASCII once url-decoded")
     return value
 
 

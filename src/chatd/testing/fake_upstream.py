@@ -51,8 +51,11 @@ Unknown keys are ignored; a malformed value is a 400 invalid_request_error.
                           deltas x N ms before answering
     words=N               append N filler words to the reply (long replies, truncation)
     status=CODE           fail with this status (400-599) in the provider's error shape
-    retry_after=S         with status: send ``retry-after: S``
-    retry_after_ms=N      with status: send ``retry-after-ms: N``
+    retry_after=S         with status: send ``retry-after: S``, url-decoded and otherwise verbatim:
+                          any printable ASCII, so nonsense (``inf``, ``nan``, ``-5``, 1e400, 20
+                          digits) and HTTP-dates (``Wed,%2021%20Oct%202015%2007:28:00%20GMT``)
+                          can be sent to test clients
+    retry_after_ms=N      with status: send ``retry-after-ms: N``, url-decoded, verbatim as above
     quota=1               with status=429: quota spent (OpenAI insufficient_quota; Anthropic
                           details.error_code enforced_spend_limit_reached); no retry-after
     fail_times=N          only the first N attempts of this exact body (per path + sorted-key
@@ -386,7 +389,7 @@ async def _fault_status(send: Send, provider: Provider, d: Directives) -> None:
     if not quota and d.retry_after is not None:
         extra.append((b"retry-after", d.retry_after.encode()))
     if not quota and d.retry_after_ms is not None:
-        extra.append((b"retry-after-ms", str(d.retry_after_ms).encode()))
+        extra.append((b"retry-after-ms", d.retry_after_ms.encode()))
     message = f"Fake upstream error {d.status} (status directive)."
     await _error(send, provider, d.status, message, quota=quota, extra=extra)
 
