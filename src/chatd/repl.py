@@ -24,6 +24,25 @@ from chatd.types import (
 HELP = "commands: /quit /reset /history /save FILE /load FILE /system TEXT /help"
 # A first word of a slash and letters is a command (known or not); "/usr/bin/env …" is a message.
 _COMMAND = re.compile(r"/[A-Za-z]+")
+# What a terminal would act on rather than show: C0 and C1 controls but tab and newline (ESC
+# starts CSI, OSC and DCS sequences: titles, OSC 52 clipboard writes; U+009B is a one-character
+# CSI), DEL, the bidi embeddings, overrides and isolates that reorder what follows, and lone
+# surrogates, which cannot be encoded at all.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code == 0x0D:
+        return ""  # a carriage return, mostly of a CRLF, would let text overwrite its line
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown(text: str) -> str:
+    """Return text from the model or the store made safe to write to a terminal."""
+    # Character by character, with no state: an escape sequence split across two streamed
+    # deltas is made inert in each half.
+    return _UNSAFE.sub(_visible, text)
 
 
 class Repl:
@@ -93,7 +112,7 @@ class Repl:
     async def _stream(self, text: str) -> None:
         async for event in self.service.turn(self.session_id, text, self.options):
             if isinstance(event, TextDelta):
-                self.out.write(event.text)
+                self.out.write(shown(event.text))
                 self.out.flush()
                 self._mid_line = True
             elif isinstance(event, ToolCallEvent):
@@ -112,7 +131,8 @@ class Repl:
 
     def say(self, line: str) -> None:
         """Print a status line to stderr, keeping stdout for the conversation."""
-        self.err.write(line + "\n")
+        # Status lines quote tool calls, tool results and error messages: text from outside.
+        self.err.write(shown(line) + "\n")
         self.err.flush()
 
     def command(self, line: str) -> bool:
@@ -169,7 +189,7 @@ class Repl:
             note = "" if turn.state.in_context else f"  [{turn.state.value}: not in context]"
             for message in turn.messages:
                 if message.text:
-                    self.out.write(f"{message.role.value}: {message.text}{note}\n")
+                    self.out.write(f"{message.role.value}: {shown(message.text)}{note}\n")
         self.out.flush()
 
     async def _system(self, text: str) -> None:

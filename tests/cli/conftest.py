@@ -100,11 +100,13 @@ def terminal() -> Iterator[Terminal]:
     """Return a function that runs chatd on a pseudo-terminal and returns what it showed.
 
     It waits for `after` to appear, then types `keys`; the output comes back without colours
-    and with the terminal's line ends as plain newlines.
+    and with the terminal's line ends as plain newlines, or with `raw=True` as every byte shown.
     """
     started: list[subprocess.Popen[bytes]] = []
 
-    def run(env: dict[str, str], *args: str, after: str = "", keys: bytes = b"") -> str:
+    def run(
+        env: dict[str, str], *args: str, after: str = "", keys: bytes = b"", raw: bool = False
+    ) -> str:
         controller, tty = pty.openpty()
         proc = subprocess.Popen([*CHATD, *args], env=env, stdin=tty, stdout=tty, stderr=tty)
         started.append(proc)
@@ -127,6 +129,8 @@ def terminal() -> Iterator[Terminal]:
         finally:
             os.close(controller)
         proc.wait(timeout=20)
+        if raw:
+            return shown.decode(errors="surrogateescape")
         return _ANSI.sub("", shown.decode()).replace("\r\n", "\n")
 
     yield run

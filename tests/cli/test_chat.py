@@ -205,6 +205,25 @@ def test_ctrl_d_leaves_on_a_new_line(env: dict[str, str], terminal: Terminal) ->
     assert shown.endswith("you> \n")
 
 
+HOSTILE = "\x1b]0;pwned\x07 \x1b]52;c;cHduZWQ=\x07 \x1b[2J \x9b31m \x1bP1$r\x1b\\ \u202eevil"
+
+
+def test_the_terminal_never_gets_escape_sequences_from_replies_or_history(
+    env: dict[str, str], terminal: Terminal
+) -> None:
+    # The demo quotes the session's system prompt in its reply, which /history shows again.
+    shown = terminal(
+        env, "chat", "--system", HOSTILE, after="you> ", keys=b"hello\n/history\n/quit\n", raw=True
+    )
+    assert "My instructions:" in shown
+    for raw in ("\x1b]", "\x07", "\x1b[2J", "\x9b", "\x1bP", "\u202e"):
+        assert raw not in shown, f"{raw!r} reached the terminal"
+    # Made visible, not dropped: the reply and its stored copy both show what was there.
+    assert shown.count("\\x1b]52;c;cHduZWQ=\\x07") == 2
+    assert shown.count("\\x9b31m") == 2
+    assert shown.count("\\u202eevil") == 2
+
+
 def test_load_rejects_a_malformed_file_and_changes_nothing(
     env: dict[str, str], tmp_path: Path, chatd: Run
 ) -> None:
