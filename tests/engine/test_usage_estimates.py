@@ -149,6 +149,7 @@ async def test_a_stateless_completion_keeps_the_providers_exact_usage(
     events = [e async for e in service.complete(messages, CompletionOptions(usage_sink=charged))]
     assert isinstance(events[-1], StopEvent)
     assert charged.calls == [(Usage(123, 45), "test-model")]
+    assert not charged.calls[0][0].estimated
 
 
 def test_a_round_whose_usage_came_keeps_it_and_a_cut_one_is_estimated() -> None:
