@@ -49,13 +49,18 @@ async def make_service(
     pools: list[ProviderPool] = []
 
     async def factory(
-        kind: str = "anthropic", *, models: tuple[str, ...] = (), **config: object
+        kind: str = "anthropic",
+        *,
+        models: tuple[str, ...] = (),
+        base_url: str | None = None,
+        **config: object,
     ) -> ChatService:
         settings = Settings(
             provider=kind,
             model="test-model",
             database_url="sqlite://",
             models=list(models),
+            base_url=base_url,
             _env_file=None,
         )  # type: ignore[call-arg]
         pool = await ProviderPool.start(settings, env=provider_env(kind, fake_upstream.url))
