@@ -419,3 +419,71 @@ async def test_current_time_runs_through_the_registry() -> None:
 
     assert result.is_error is False
     assert result.content.endswith("+09:00")
+
+
+def _product_tree(depth: int) -> str:
+    return (
+        "16**1000" if depth == 0 else f"({_product_tree(depth - 1)})*({_product_tree(depth - 1)})"
+    )
+
+
+HOSTILE = [
+    "9**9**9",
+    "(2**4000)*(2**4000)",
+    "*".join(["(16**1000)"] * 60),
+    "*".join(["16**1000"] * 1000),
+    _product_tree(13),
+    "(" * 150 + "9**999" + ")" * 150 + "**999",
+    "(" * 300 + "1" + ")" * 300,
+    "-" * 999 + "1",
+    "1e400 * 1",
+    "9.0 ** 999 * 9.0 ** 999",
+    "1" * 5000,
+]
+
+
+@pytest.mark.parametrize("expression", HOSTILE, ids=lambda e: f"{e[:20]}..{len(e)}")
+def test_calculate_refuses_hostile_expressions_before_doing_the_work(expression: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises((ValueError, SyntaxError)):
+        calculate(expression)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_calculate_bounds_every_intermediate_result_not_only_powers() -> None:
+    with pytest.raises(ValueError, match="result too large"):
+        calculate("(16**1000)*(16**1000)")
+    with pytest.raises(ValueError, match="too long"):
+        calculate("1+" * 600 + "1")
+    with pytest.raises(ValueError, match="too complex"):
+        calculate("+".join(["1"] * 300))
+    assert calculate("(16**1000)*(2**90)") == str(16**1000 * 2**90)
+
+
+async def test_the_event_loop_keeps_beating_while_hostile_calculations_run() -> None:
+    registry = ToolRegistry(builtin_tools())
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.02)
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            registry.run(call("calculate", f"c{n}", expression=e), 2.0)
+            for n, e in enumerate(HOSTILE)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(0.02)
+    beat.cancel()
+    assert max(gaps) < 0.2
+    assert elapsed < 0.5
+    assert all(r.is_error for r in results)

@@ -20,7 +20,12 @@ _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Mod: operator.mod,
     ast.Pow: operator.pow,
 }
+# Bounds on the work itself, not only on its time: a big-int operation holds the GIL until it
+# ends, so a timed-out calculation would go on in its thread and stall the event loop too.
+_MAX_CHARS = 1000
+_MAX_NODES = 400
 _MAX_EXPONENT = 1000
+# Every number, literal or intermediate; two operands this size multiply in microseconds.
 _MAX_RESULT_BITS = 4096
 
 
@@ -35,21 +40,46 @@ def current_time(timezone: str = "UTC") -> str:
 
 def calculate(expression: str) -> str:
     """Evaluate an arithmetic expression with + - * / // % ** and parentheses."""
-    return repr(_eval(ast.parse(expression, mode="eval").body))
+    if len(expression) > _MAX_CHARS:
+        raise ValueError(f"expression too long: the limit is {_MAX_CHARS} characters")
+    tree = ast.parse(expression, mode="eval")
+    # Counted before anything is evaluated; it also bounds how deep _eval recurses.
+    if sum(1 for _ in ast.walk(tree)) > _MAX_NODES:
+        raise ValueError(f"expression too complex: the limit is {_MAX_NODES} syntax nodes")
+    return repr(_eval(tree.body))
 
 
 def _eval(node: ast.expr) -> float:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return node.value
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
+        return _bounded(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
         value = _eval(node.operand)
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left), _eval(node.right)
+        # Only a power can cost far more than its operands' size; refuse it before computing.
         if isinstance(node.op, ast.Pow) and _too_big(left, right):
             raise ValueError("result too large")
-        return _BINARY[type(node.op)](left, right)
+        try:
+            return _bounded(_BINARY[type(node.op)](left, right))
+        except OverflowError:
+            raise ValueError("result too large") from None
     raise ValueError("only numbers and + - * / // % ** are allowed")
+
+
+def _bounded(value: float) -> float:
+    if isinstance(value, complex):
+        raise ValueError("the result is not a real number")
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_RESULT_BITS:
+            raise ValueError("result too large")
+    elif not math.isfinite(value):
+        raise ValueError("result too large")
+    return value
 
 
 def _too_big(base: float, exponent: float) -> bool:
