@@ -102,7 +102,8 @@ def two_servers(
                     )
                 )
             urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
+        # Generous: two servers start at once, on a machine that may be busy with other tests.
+        deadline = time.monotonic() + 60
         for url, proc in zip(urls, procs, strict=True):
             while True:
                 assert proc.poll() is None, "chatd serve exited"
@@ -111,7 +112,8 @@ def two_servers(
                     if httpx.get(f"{url}/healthz").status_code == 200:
                         break
                 except httpx.TransportError:
-                    time.sleep(0.05)
+                    pass
+                time.sleep(0.05)
         yield urls, logs
     finally:
         for proc in procs:
