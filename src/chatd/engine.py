@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple, Protocol
 
 from chatd.config import Settings
 from chatd.context import CallUsage, ContextPolicy, SlidingWindow, TokenBudget, policy_for
-from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge
+from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
 from chatd.leases import LeaseKeeper
 from chatd.ports import DEFAULT_USER, Store, TurnPlan
 from chatd.providers.base import Provider
@@ -151,6 +151,9 @@ class TurnOptions:
     idempotency_key: str | None = None
     on_disconnect: DisconnectPolicy | None = None
     usage_sink: UsageSink | None = None
+    # The session's system prompt from this turn on, set by the turn's own write: a refused
+    # turn leaves the session as it was.
+    session_prompt: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,8 @@ class ChatService:
         self.config = config or EngineConfig()
         self.tools = tools or ToolRegistry()
         self._running: set[asyncio.Task[None]] = set()
+        # The turn streaming on each (user, session) in this process: what a delete stops.
+        self._live: dict[tuple[str, str], tuple[TurnRun, asyncio.Task[None]]] = {}
         self.leases = LeaseKeeper(store, self.config.lease_s)
 
     async def turn(
@@ -231,6 +236,7 @@ class ChatService:
                 lease_s=cfg.lease_s,
                 idempotency_key=opts.idempotency_key,
                 launch=launch,
+                system_prompt=opts.session_prompt,
             )
         except BaseException:
             # Not stored: the model call it started must not go on (or be kept).
@@ -245,6 +251,9 @@ class ChatService:
             return
         run, task = launched[-1]
         run.stored(task)
+        live = (opts.user_id, session_id)
+        self._live[live] = (run, task)
+        task.add_done_callback(lambda _: self._forget(live, task))
         # Whatever ends the task, its reader is told: a turn's stream never waits forever.
         task.add_done_callback(run.outbox.end_with)
         ended = False
@@ -291,6 +300,35 @@ class ChatService:
         chosen = model or provider.default_model
         check_model(self.config.models, provider.name, chosen)
         return chosen
+
+    async def delete_session(self, user_id: str, session_id: str) -> bool:
+        """Delete the session; a reply streaming on it here stops now, and is not kept."""
+        existed = await self.store.delete_session(user_id, session_id)
+        await self._discard(user_id, session_id, "deleted")
+        return existed
+
+    async def reset_session(self, user_id: str, session_id: str) -> int | None:
+        """Empty the session; a reply streaming on it here stops now, and is not kept."""
+        removed = await self.store.reset_session(user_id, session_id)
+        await self._discard(user_id, session_id, "reset")
+        return removed
+
+    def _forget(self, live: tuple[str, str], task: asyncio.Task[None]) -> None:
+        # Only its own entry: a discarded turn may end after the next turn on its session began.
+        if live in self._live and self._live[live][1] is task:
+            del self._live[live]
+
+    async def _discard(self, user_id: str, session_id: str, how: str) -> None:
+        # After the store's change, so that a turn beginning meanwhile is refused by its claim
+        # rather than missed here. Other processes' turns learn it at their next lease renewal.
+        found = self._live.get((user_id, session_id))
+        if found is None:
+            return
+        run, task = found
+        message = f"the session was {how} while the reply was streaming, so the reply was not kept"
+        run.discard(TurnDiscarded(message))
+        # Its cleanup (charging what the model produced) is done when the caller hears back.
+        await asyncio.wait({task})
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait for turns in flight to be stored; return whether all were."""

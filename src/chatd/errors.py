@@ -11,6 +11,7 @@ ChatdError                      500  anything we did not foresee
 ├── NotFound                    404  no such session (or not the caller's)
 ├── AlreadyExists               409  importing over an existing session
 ├── SessionBusy                 409  a turn is already in flight on this session
+├── TurnDiscarded               409  the session was deleted or reset while its reply streamed
 ├── TurnStopped                 503  the server stopped the turn (shutting down)
 ├── StoreUnavailable            503  the database cannot be reached
 └── UpstreamError               502  the model provider misbehaved
@@ -100,6 +101,12 @@ class NotFound(ChatdError):
 
 class SessionBusy(ChatdError):
     """Another turn is in flight on the same session."""
+
+    status = 409
+
+
+class TurnDiscarded(ChatdError):
+    """The turn's session was deleted or reset while the reply streamed; nothing of it is kept."""
 
     status = 409
 

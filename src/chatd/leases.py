@@ -11,12 +11,17 @@ from chatd.ports import Store
 
 log = logging.getLogger("chatd.engine")
 
-# Called for a turn whose lease was lost (another process's sweep marked it interrupted).
-OnLost = Callable[[], None]
+# Called for a turn whose lease was lost: with False when another process's sweep marked it
+# interrupted, with True when it is gone with its session (deleted or reset).
+OnLost = Callable[[bool], None]
 
 
 class LeaseKeeper:
-    """Renew held turns' leases every lease/3, in one statement; tell a turn it lost its lease."""
+    """Renew held turns' leases every lease/3, in one statement; tell a turn it lost its lease.
+
+    A turn missing from the renewal was either interrupted by another process's sweep or
+    deleted with its session (by any process): one more read, only then, tells which.
+    """
 
     def __init__(self, store: Store, lease_s: float) -> None:
         self.store = store
@@ -53,9 +58,16 @@ class LeaseKeeper:
             except StoreUnavailable as exc:
                 log.warning("could not renew the leases of %d turn(s): %s", len(held), exc)
                 continue
-            for turn_id in held:
-                on_lost = self._held.get(turn_id)
-                if turn_id not in kept and on_lost is not None:
-                    # Another process's sweep marked it interrupted: stop spending tokens on it.
-                    del self._held[turn_id]
-                    on_lost()
+            missing = [t for t in held if t not in kept and t in self._held]
+            if not missing:
+                continue
+            try:
+                gone = set(missing) - await self.store.existing_turns(missing)
+            except StoreUnavailable:
+                # Lost either way; only the reason given to the reader is less precise.
+                gone = set()
+            for turn_id in missing:
+                on_lost = self._held.pop(turn_id, None)
+                if on_lost is not None:
+                    # Stop spending tokens on a turn that is no longer this process's to finish.
+                    on_lost(turn_id in gone)

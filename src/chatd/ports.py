@@ -98,6 +98,7 @@ class Store(Protocol):
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
         launch: Launch | None = None,
+        system_prompt: str | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return.
 
@@ -113,6 +114,10 @@ class Store(Protocol):
         turn failed or was interrupted, which frees the key for a new turn; another message is
         an IdempotencyConflict; a turn still in flight is SessionBusy.
 
+        `system_prompt`, if given, becomes the session's (a new one's too) in the same write, and
+        the planner sees it: a turn refused for any reason leaves the session's prompt as it was.
+        A replayed turn changes nothing.
+
         `launch`, if given, is awaited with the new turn and its history (never for a replay)
         before the turn is stored, or after: if begin_turn then raises, the turn was not
         stored and whatever launch started must be stopped.
@@ -121,6 +126,14 @@ class Store(Protocol):
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""
+        ...
+
+    async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are still stored, in any state.
+
+        A held turn missing from a renewal is either taken by a sweep (still stored) or gone
+        with its session (deleted or reset): this tells which.
+        """
         ...
 
     async def expire_leases(self) -> int:

@@ -16,6 +16,7 @@ from chatd.errors import (
     NotFound,
     StoreUnavailable,
     ToolRoundsExceeded,
+    TurnDiscarded,
     TurnStopped,
 )
 from chatd.leases import LeaseKeeper
@@ -51,6 +52,10 @@ log = logging.getLogger("chatd.engine")
 # What the run hands its consumer: events, then either TurnEnded or the error that ended it.
 Outcome = TurnEvent | BaseException
 
+# Why a turn whose session went away under it ends; in this process the route says which.
+SESSION_GONE = (
+    "the session was deleted or reset while the reply was streaming, so the reply was not kept"
+)
 LEASE_LOST = (
     "this turn's lease ran out (the database was unreachable for too long), "
     "so it was recorded as interrupted"
@@ -177,6 +182,8 @@ class TurnRun:
     outbox: Outbox = field(default_factory=Outbox)
     progress: Progress = field(default_factory=Progress)
     lost_lease: bool = False
+    # Set when the turn's session was deleted or reset under it: what its reader is told.
+    discarded: TurnDiscarded | None = None
     usage_sink: UsageSink | None = None
     # The run may start before its turn is stored (the model call overlaps the store's write):
     # it keeps nothing, and runs no tool, until `stored` says the turn's row is committed.
@@ -184,17 +191,32 @@ class TurnRun:
     _stored: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    _runner: asyncio.Task[None] | None = None
 
     def stored(self, runner: asyncio.Task[None]) -> None:
         """Note that the turn is committed: hold its lease, and let the run keep its outcome."""
+        self._runner = runner
 
-        def lost() -> None:
+        def lost(gone: bool) -> None:
+            if gone:
+                self.discard(TurnDiscarded(SESSION_GONE))
+                return
             self.lost_lease = True
             runner.cancel()
 
         self.leases.hold(self.record.id, lost)
         self.is_stored = True
         self._stored.set_result(None)
+
+    def discard(self, error: TurnDiscarded) -> None:
+        """Stop the turn whose rows went with its session: the model call ends, nothing is kept."""
+        if self.discarded is not None:
+            return
+        self.discarded = error
+        # Told now, not by the run's cleanup: cancelled mid-finish, the run would post nothing.
+        self.outbox.put(error)
+        if self._runner is not None:
+            self._runner.cancel()
 
     async def run(self) -> None:
         """Call the model (and tools) to the end, store the turn, then post TurnEnded.
@@ -214,6 +236,11 @@ class TurnRun:
                     self.leases.release(self.record.id)
         except asyncio.CancelledError:
             if not self.is_stored:
+                raise
+            if self.discarded is not None:
+                # Its rows are gone with the session: nothing to store, but the tokens were spent.
+                self.progress.end_call(worked=True)
+                await self._report_usage()
                 raise
             why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
             self.progress.end_call(worked=True)
@@ -316,6 +343,8 @@ class TurnRun:
                 error=error,
             )
         except NotFound:
+            if self.record.id not in await self.store.existing_turns([self.record.id]):
+                raise TurnDiscarded(SESSION_GONE) from None
             raise StoreUnavailable(
                 "the turn's lease ran out before its reply could be stored"
             ) from None

@@ -109,12 +109,15 @@ class MemoryStore:
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
         launch: Launch | None = None,
+        system_prompt: str | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         found = self._sessions.get((user_id, session_id))
         settings = found.info.settings if found is not None else create
         if settings is None:
             raise NotFound(f"no session {session_id!r}")
+        if system_prompt is not None:
+            settings = replace(settings, system_prompt=system_prompt)
         chosen = plan(settings) if callable(plan) else plan
         if found is None:
             await self.ensure_session(
@@ -153,7 +156,8 @@ class MemoryStore:
         self._leases[turn.id] = now + timedelta(seconds=lease_s)
         if idempotency_key is not None:
             session.keys[idempotency_key] = turn.id
-        session.info = replace(session.info, updated_at=now)
+        prompt = session.info.system_prompt if system_prompt is None else system_prompt
+        session.info = replace(session.info, system_prompt=prompt, updated_at=now)
         start = TurnStart(turn, history)
         if launch is not None:
             # Stored already, in one step: there is no write for the launched work to overlap.
@@ -166,6 +170,10 @@ class MemoryStore:
         kept = {t for t in turn_ids if t in self._leases}
         self._leases.update(dict.fromkeys(kept, until))
         return kept
+
+    async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are still stored, in any state."""
+        return {t for t in turn_ids if t in self._turn_owner}
 
     async def expire_leases(self) -> int:
         """Mark every streaming turn whose lease ran out as interrupted; return how many."""
@@ -252,6 +260,8 @@ class MemoryStore:
             return False
         for turn in session.turns:
             self._turn_owner.pop(turn.id, None)
+            # Else a turn streaming on it would go on renewing a lease it no longer has.
+            self._leases.pop(turn.id, None)
         return True
 
     async def prune_sessions(self, older_than: timedelta) -> int:

@@ -112,7 +112,7 @@ BEGIN_HEAD = Direct(
 # begin_turn's write, first: touch the session only if no message was added to it since the
 # read (parameters pk, now, last_message). No row changed means another turn began or ended
 # in between, so the history read may be stale.
-CLAIM_SESSION = Direct(
+_CLAIM = (
     update(sessions)
     .where(
         sessions.c.id == bindparam("pk"),
@@ -126,6 +126,10 @@ CLAIM_SESSION = Direct(
     )
     .values(updated_at=bindparam("now"))
 )
+CLAIM_SESSION = Direct(_CLAIM)
+# The same claim, also setting the system prompt the turn brought (parameter prompt), so that
+# the prompt changes with the turn's commit or not at all.
+CLAIM_SESSION_PROMPT = Direct(_CLAIM.values(system_prompt=bindparam("prompt")))
 INSERT_TURN = Direct(insert(turns))
 INSERT_MESSAGES = Direct(insert(messages))
 
@@ -174,6 +178,9 @@ RENEW_LEASES = (
     .values(lease_until=bindparam("until"))
     .returning(turns.c.id)
 )
+
+# Parameter: turn_ids (a list).
+EXISTING_TURNS = select(turns.c.id).where(turns.c.id.in_(bindparam("turn_ids", expanding=True)))
 
 # Idempotency. Parameters: pk, key / turn_id.
 TURN_BY_KEY = select(turns).where(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -194,6 +194,7 @@ class SqlStore:
         lease_s: float = 60.0,
         idempotency_key: str | None = None,
         launch: Launch | None = None,
+        system_prompt: str | None = None,
     ) -> TurnStart:
         """Store the user's message in a new streaming turn holding a lease, committed on return."""
         # A send that arrives while another to the same session is between its read and its
@@ -205,7 +206,15 @@ class SqlStore:
         self._beginning.add(beginning)
         try:
             return await self._begin(
-                user_id, session_id, user_message, plan, create, lease_s, idempotency_key, launch
+                user_id,
+                session_id,
+                user_message,
+                plan,
+                create,
+                lease_s,
+                idempotency_key,
+                launch,
+                system_prompt,
             )
         finally:
             self._beginning.discard(beginning)
@@ -220,10 +229,13 @@ class SqlStore:
         lease_s: float,
         idempotency_key: str | None,
         launch: Launch | None,
+        system_prompt: str | None,
     ) -> TurnStart:
         """Read the session and history, launch the turn, then write it."""
         turn_id, now = uuid4().hex, utc_now()
         key = _key(user_id, session_id)
+        if create is not None and system_prompt is not None:
+            create = replace(create, system_prompt=system_prompt)
 
         def read(conn: Connection) -> _Draft | TurnRecord:
             head = q.BEGIN_HEAD.first(conn, key)
@@ -232,7 +244,10 @@ class SqlStore:
                     raise NotFound(f"no session {session_id!r}")
                 chosen = plan(create) if callable(plan) else plan
                 return _Draft(None, 0, 0, False, None, chosen, ())
-            chosen = plan(session_settings(head)) if callable(plan) else plan
+            settings = session_settings(head)
+            if system_prompt is not None:
+                settings = replace(settings, system_prompt=system_prompt)
+            chosen = plan(settings) if callable(plan) else plan
             pk, until = head["id"], head["streaming_until"]
             if until is not None and until >= now:
                 raise busy(session_id)
@@ -274,7 +289,13 @@ class SqlStore:
                 pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
             else:
                 claim = {"pk": pk, "now": now, "last_message": draft.last_message}
-                if q.CLAIM_SESSION.execute(conn, claim) != 1:
+                if system_prompt is None:
+                    claimed = q.CLAIM_SESSION.execute(conn, claim)
+                else:
+                    claimed = q.CLAIM_SESSION_PROMPT.execute(
+                        conn, {**claim, "prompt": system_prompt}
+                    )
+                if claimed != 1:
                     raise busy(session_id)
                 if draft.streaming:
                     # Its process may have died: an expired lease frees the session for this turn.
@@ -308,6 +329,14 @@ class SqlStore:
             return set()
         values = {"turn_ids": list(turn_ids), "until": utc_now() + timedelta(seconds=lease_s)}
         rows = await self.db.write(lambda conn: conn.execute(q.RENEW_LEASES, values).all())
+        return {r.id for r in rows}
+
+    async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are still stored, in any state."""
+        if not turn_ids:
+            return set()
+        values = {"turn_ids": list(turn_ids)}
+        rows = await self.db.read(lambda conn: conn.execute(q.EXISTING_TURNS, values).all())
         return {r.id for r in rows}
 
     async def expire_leases(self) -> int:

@@ -16,6 +16,10 @@ Routes
     GET / DELETE /_fake/requests     the recorded requests as JSON / forget them (not recorded;
                                      ``run()`` keeps only the most recent 10,000 to 20,000)
 
+``fake.cut_short`` lists, in the order noticed, the streamed requests whose client went away
+before the stream's end (noticed between paced deltas, so only with ``delay_ms``), each as
+``(request body, text deltas sent)``: how a test sees that a model call was really called off.
+
 Auth: Anthropic routes need a non-empty ``x-api-key`` or ``Authorization: Bearer <key>`` (the
 anthropic 2.x SDK sends ``api_key`` as a Bearer token); OpenAI routes accept no Authorization
 header at all (as local servers do) or ``Bearer <non-empty>``. The key ``bad-key`` always gets
@@ -165,11 +169,14 @@ class FakeApp:
         self.requests: list[RecordedRequest] = recorder if recorder is not None else []
         self._max_recorded = max_recorded
         self._attempts: dict[bytes, int] = {}
+        # Streams whose client left before their end: (request body, text deltas sent).
+        self.cut_short: list[tuple[Any, int]] = []
 
     def clear(self) -> None:
         """Forget recorded requests and fail_times counters."""
         self.requests.clear()
         self._attempts.clear()
+        self.cut_short.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI request."""
@@ -269,7 +276,9 @@ class FakeApp:
                     include_usage=asked and not d.no_usage,
                     unknown_event=d.unknown_event,
                 )
-            await _write_stream(send, provider, plan, d)
+            sent = await _write_stream(send, provider, plan, d)
+            if sent is not None:
+                self.cut_short.append((body, sent))
             return
         if d.delay_ms:
             await asyncio.sleep(len(reply.pieces) * d.delay_ms / 1000)
@@ -394,7 +403,10 @@ async def _fault_status(send: Send, provider: Provider, d: Directives) -> None:
     await _error(send, provider, d.status, message, quota=quota, extra=extra)
 
 
-async def _write_stream(send: Send, provider: Provider, plan: StreamPlan, d: Directives) -> None:
+async def _write_stream(
+    send: Send, provider: Provider, plan: StreamPlan, d: Directives
+) -> int | None:
+    """Send a stream; return how many text deltas went out if the client left before its end."""
     await send(
         {"type": "http.response.start", "status": 200, "headers": [*_SSE, *_request_id(provider)]}
     )
@@ -408,20 +420,21 @@ async def _write_stream(send: Send, provider: Provider, plan: StreamPlan, d: Dir
     delay = d.delay_ms / 1000
     # Without delays the whole stream goes out in one write: that is what keeps benchmarks cheap.
     pending = [plan.head]
-    for frame in plan.deltas[:cut]:
+    for sent, frame in enumerate(plan.deltas[:cut]):
         if delay:
             await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
             pending.clear()
             if _disconnected(send):
-                return
+                return sent
             await asyncio.sleep(delay)
         pending.append(frame)
     if fault == "drop":
         await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
         await _drop_connection(send)
-        return
+        return None
     pending.append(plan.error if fault == "error" else plan.tail)
     await send({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
+    return None
 
 
 class _DropConnection(Exception):
@@ -520,6 +533,11 @@ class FakeUpstream:
         if thread.is_alive():
             server.force_exit = True
             thread.join(5)
+
+    @property
+    def cut_short(self) -> list[tuple[Any, int]]:
+        """Return the streams whose client left before their end: (request body, deltas sent)."""
+        return self.app.cut_short
 
     def clear(self) -> None:
         """Forget recorded requests and fail_times counters."""

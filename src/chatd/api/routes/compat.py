@@ -16,7 +16,6 @@ from chatd.api.deps import (
     PrincipalDep,
     Service,
     SessionPath,
-    SettingsDep,
     StoreDep,
 )
 from chatd.api.routing import CheckedRoute
@@ -42,8 +41,7 @@ from chatd.api.streams import (
     text_failure,
 )
 from chatd.api.views import history, strip_controls
-from chatd.engine import TurnOptions, clean_message
-from chatd.ports import Store
+from chatd.engine import TurnOptions
 
 router = APIRouter(tags=["compatibility"], route_class=CheckedRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -65,20 +63,16 @@ async def root() -> ServiceStatus:
     return ServiceStatus(status="ok", service="chatd")
 
 
-async def _prepare(
-    store: Store, caller: Caller, body: ChatIn, max_chars: int, key: str | None = None
-) -> TurnOptions:
-    # Refuse a bad message before the system prompt is written anywhere.
-    clean_message(body.message, max_chars)
+def _options(caller: Caller, body: ChatIn, key: str | None = None) -> TurnOptions:
     prompt = None if body.system_prompt is None else strip_controls(body.system_prompt)
-    user = caller.user_id
-    if prompt is not None and body.session_id is not None:
-        # The prompt given with a message applies to the session from now on.
-        found = await store.get_session(user, body.session_id)
-        if found is not None and found.system_prompt != prompt:
-            await store.update_session(user, body.session_id, system_prompt=prompt)
+    # The prompt given with a message applies to the session from now on, written with the
+    # turn itself: a refused turn (busy, bad input, quota, provider) leaves it as it was.
     return TurnOptions(
-        user_id=user, system_prompt=prompt, idempotency_key=key, usage_sink=caller.meter
+        user_id=caller.user_id,
+        system_prompt=prompt,
+        idempotency_key=key,
+        usage_sink=caller.meter,
+        session_prompt=prompt,
     )
 
 
@@ -87,13 +81,12 @@ async def chat(
     body: ChatIn,
     service: Service,
     store: StoreDep,
-    settings: SettingsDep,
     caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ChatOut:
     """Send a message and get the whole reply; the session is created on first use."""
     session_id = body.session_id or uuid4().hex
-    options = await _prepare(store, caller, body, settings.max_message_chars, idempotency_key)
+    options = _options(caller, body, idempotency_key)
     end = await service.reply(session_id, body.message, options)
     info = await store.get_session(caller.user_id, session_id)
     return ChatOut(
@@ -112,12 +105,10 @@ async def chat(
 async def chat_stream(
     body: ChatIn,
     service: Service,
-    store: StoreDep,
-    settings: SettingsDep,
     caller: CallerDep,
 ) -> EventStream:
     """Stream the reply's text as plain-text chunks; a failure ends it with an [error] line."""
-    options = await _prepare(store, caller, body, settings.max_message_chars)
+    options = _options(caller, body)
     events = service.turn(body.session_id or uuid4().hex, body.message, options)
     first = await started(events)
     return EventStream(
@@ -153,9 +144,9 @@ async def get_history(session_id: SessionPath, store: StoreDep, user: CurrentUse
 
 
 @router.delete("/history/{session_id}")
-async def delete_history(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> StatusOut:
-    """Delete the session and its history."""
-    gone = await store.delete_session(user, session_id)
+async def delete_history(session_id: SessionPath, service: Service, user: CurrentUser) -> StatusOut:
+    """Delete the session and its history; a reply streaming on it ends with an error."""
+    gone = await service.delete_session(user, session_id)
     return StatusOut(status="cleared" if gone else "not_found", session_id=session_id)
 
 
@@ -172,10 +163,12 @@ async def sessions(store: StoreDep, user: CurrentUser) -> SessionsOut:
 
 
 @router.post("/reset/{session_id}")
-async def reset(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> ResetOut:
-    """Empty the session's history; the session itself stays."""
+async def reset(
+    session_id: SessionPath, service: Service, store: StoreDep, user: CurrentUser
+) -> ResetOut:
+    """Empty the session's history; the session itself stays; a reply streaming on it ends."""
     info = await store.get_session(user, session_id)
-    if info is None or await store.reset_session(user, session_id) is None:
+    if info is None or await service.reset_session(user, session_id) is None:
         return ResetOut(status="not_found", session_id=session_id)
     return ResetOut(status="reset", session_id=session_id, previous_turns=info.turn_count)
 

@@ -110,17 +110,20 @@ async def update_session(
 
 
 @router.delete("/sessions/{session_id}", status_code=204, responses=_errors(404, 422))
-async def delete_session(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> None:
-    """Delete the session and all its turns."""
-    if not await store.delete_session(user, session_id):
+async def delete_session(session_id: SessionPath, runtime: RuntimeDep, user: CurrentUser) -> None:
+    """Delete the session and all its turns; a reply streaming on it ends with an error event."""
+    if not await runtime.service.delete_session(user, session_id):
         raise NotFound(f"no session {session_id!r}")
 
 
 @router.post("/sessions/{session_id}/reset", responses=_errors(404, 422))
-async def reset_session(session_id: SessionPath, store: StoreDep, user: CurrentUser) -> ResetV1Out:
-    """Delete every turn but keep the session and its settings."""
+async def reset_session(
+    session_id: SessionPath, runtime: RuntimeDep, user: CurrentUser
+) -> ResetV1Out:
+    """Delete every turn but keep the session and its settings; a reply streaming on it ends."""
+    store = runtime.store
     info = await store.get_session(user, session_id)
-    if info is None or await store.reset_session(user, session_id) is None:
+    if info is None or await runtime.service.reset_session(user, session_id) is None:
         raise NotFound(f"no session {session_id!r}")
     return ResetV1Out(session_id=session_id, previous_turns=info.turn_count)
 
