@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol
 
@@ -303,30 +304,46 @@ class ChatService:
 
     async def delete_session(self, user_id: str, session_id: str) -> bool:
         """Delete the session; a reply streaming on it here stops now, and is not kept."""
-        existed = await self.store.delete_session(user_id, session_id)
-        await self._discard(user_id, session_id, "deleted")
+        why = _discarded("deleted")
+        with self._dooming(user_id, session_id, why):
+            existed = await self.store.delete_session(user_id, session_id)
+        await self._discard(user_id, session_id, why)
         return existed
 
     async def reset_session(self, user_id: str, session_id: str) -> int | None:
         """Empty the session; a reply streaming on it here stops now, and is not kept."""
-        removed = await self.store.reset_session(user_id, session_id)
-        await self._discard(user_id, session_id, "reset")
+        why = _discarded("reset")
+        with self._dooming(user_id, session_id, why):
+            removed = await self.store.reset_session(user_id, session_id)
+        await self._discard(user_id, session_id, why)
         return removed
+
+    @contextmanager
+    def _dooming(self, user_id: str, session_id: str, why: TurnDiscarded) -> Iterator[None]:
+        # A turn finishing while its rows are being deleted must say why they are gone.
+        found = self._live.get((user_id, session_id))
+        if found is not None:
+            found[0].doomed = why
+        try:
+            yield
+        except BaseException:
+            if found is not None:
+                found[0].doomed = None
+            raise
 
     def _forget(self, live: tuple[str, str], task: asyncio.Task[None]) -> None:
         # Only its own entry: a discarded turn may end after the next turn on its session began.
         if live in self._live and self._live[live][1] is task:
             del self._live[live]
 
-    async def _discard(self, user_id: str, session_id: str, how: str) -> None:
+    async def _discard(self, user_id: str, session_id: str, why: TurnDiscarded) -> None:
         # After the store's change, so that a turn beginning meanwhile is refused by its claim
         # rather than missed here. Other processes' turns learn it at their next lease renewal.
         found = self._live.get((user_id, session_id))
         if found is None:
             return
         run, task = found
-        message = f"the session was {how} while the reply was streaming, so the reply was not kept"
-        run.discard(TurnDiscarded(message))
+        run.discard(why)
         # Its cleanup (charging what the model produced) is done when the caller hears back.
         await asyncio.wait({task})
 
@@ -388,6 +405,12 @@ class ChatService:
             if isinstance(event, TurnEnded):
                 return event
         raise ChatdError("the turn ended without a final event")  # unreachable by construction
+
+
+def _discarded(how: str) -> TurnDiscarded:
+    return TurnDiscarded(
+        f"the session was {how} while the reply was streaming, so the reply was not kept"
+    )
 
 
 class _Prepared(NamedTuple):

@@ -184,6 +184,8 @@ class TurnRun:
     lost_lease: bool = False
     # Set when the turn's session was deleted or reset under it: what its reader is told.
     discarded: TurnDiscarded | None = None
+    # Set while its session is being deleted or reset: a finish that finds its row gone says so.
+    doomed: TurnDiscarded | None = None
     usage_sink: UsageSink | None = None
     # The run may start before its turn is stored (the model call overlaps the store's write):
     # it keeps nothing, and runs no tool, until `stored` says the turn's row is committed.
@@ -343,8 +345,8 @@ class TurnRun:
                 error=error,
             )
         except NotFound:
-            if self.record.id not in await self.store.existing_turns([self.record.id]):
-                raise TurnDiscarded(SESSION_GONE) from None
+            if self.doomed is not None:
+                raise self.doomed from None
             raise StoreUnavailable(
                 "the turn's lease ran out before its reply could be stored"
             ) from None
