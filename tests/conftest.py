@@ -13,10 +13,30 @@ import pytest
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.testing.postgres import PostgresServer
 from chatd.testing.redis import RedisServer
+from chatd.testing.watch import install as watch_servers
 
 _database_numbers = itertools.count(1)
 # The system's browser: tests never download one (no `playwright install`).
 CHROMIUM = Path("/usr/bin/chromium")
+SERVER_WATCH = watch_servers()
+
+
+@pytest.fixture(autouse=True)
+def _no_server_error(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test whose server answered 5xx or logged a traceback, unless it allows 5xx."""
+    errors = SERVER_WATCH.server_errors()
+    del SERVER_WATCH.tracebacks[:]
+    yield
+    if request.node.get_closest_marker("allow_5xx") is not None:
+        return
+    errors = SERVER_WATCH.server_errors() - errors
+    logged = [f"{r.name}: {r.getMessage()}" for r in SERVER_WATCH.tracebacks]
+    if errors or logged:
+        pytest.fail(
+            f"the server under test answered {errors} 5xx and logged {len(logged)} "
+            f"traceback(s): {logged} (mark the test allow_5xx if it provokes them)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from chatd.keys import KeyLimits, new_key
 from chatd.store.db import open_store
 from chatd.store.keys import SqlKeyStore
 from chatd.testing.fake_upstream import FakeUpstream
+from chatd.testing.watch import WATCH
 
 COMPLETIONS_CAP = 2 * 1024 * 1024
 ALLOWED_ORIGIN = "http://allowed.test"
@@ -47,9 +48,8 @@ def running(settings: Settings, env: dict[str, str]) -> Iterator[Server]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings, env=env), log_level="warning", ws="none", lifespan="on"
-    )
+    app = create_app(settings, env=env)
+    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -59,7 +59,8 @@ def running(settings: Settings, env: dict[str, str]) -> Iterator[Server]:
             raise RuntimeError("chatd did not start")
         time.sleep(0.01)
     try:
-        yield Server(f"http://127.0.0.1:{port}", settings)
+        with WATCH.server(app.state.response_counts):
+            yield Server(f"http://127.0.0.1:{port}", settings)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

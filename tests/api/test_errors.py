@@ -61,6 +61,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         ("crash", 500, None, "internal_error"),
     ],
 )
+@pytest.mark.allow_5xx
 async def test_status_retry_after_and_shape_per_family(
     client: httpx.AsyncClient, name: str, status: int, retry_after: str | None, kind: str
 ) -> None:

@@ -131,6 +131,7 @@ def test_streamed_tool_call(sdk: openai.OpenAI) -> None:
         ("status=401", openai.InternalServerError),
     ],
 )
+@pytest.mark.allow_5xx
 def test_upstream_errors_raise_the_matching_sdk_class(
     sdk: openai.OpenAI, directive: str, error: type[Exception]
 ) -> None:

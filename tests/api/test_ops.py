@@ -6,6 +6,7 @@ import sqlite3
 from typing import Any
 
 import httpx
+import pytest
 
 ORIGIN = "http://allowed.test"
 
@@ -24,6 +25,7 @@ def test_readyz_checks_database_migrations_and_provider(client: httpx.Client) ->
     }
 
 
+@pytest.mark.allow_5xx
 def test_readyz_is_503_when_migrations_are_not_applied(make_server: Any) -> None:
     server = make_server()
     path = server.settings.database_url.removeprefix("sqlite:///")

@@ -56,6 +56,10 @@ def test_create_prints_the_key_alone_then_list_and_revoke(env: dict[str, str], c
         (("revoke", "chatd_nothing"), "no key 'chatd_nothing'"),
         (("create", "--user", "ann", "--expires", "soon"), "cannot read duration 'soon'"),
         (("create", "--user", "has space"), "user name must be"),
+        (("create", "--user", "ann", "--rpm", str(2**70)), "--rpm must be at most"),
+        (("create", "--user", "ann", "--tpm", str(2**63)), "--tpm must be at most"),
+        (("create", "--user", "ann", "--budget-usd-per-day", "1e400"), "must be at most"),
+        (("create", "--user", "ann", "--expires", "99999999999d"), "is too long"),
     ],
 )
 def test_key_commands_fail_plainly(
