@@ -65,6 +65,7 @@ def assert_clear_refusal(response: httpx.Response) -> None:
 
 
 @pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.allow_5xx
 def test_compat_chat_answers_any_retry_hint_with_a_sane_retry_after(
     http: httpx.Client, status: int
 ) -> None:
@@ -83,6 +84,7 @@ def test_v1_send_answers_any_retry_hint_with_a_sane_retry_after(http: httpx.Clie
         assert response.json()["error"]["type"] == "upstream_rate_limited"
 
 
+@pytest.mark.allow_5xx
 def test_completions_answer_any_retry_hint_with_a_sane_retry_after(http: httpx.Client) -> None:
     for hint in HINTS:
         for session in ({}, {"x-chatd-session": "hint-openai"}):
