@@ -300,3 +300,16 @@ async def test_a_session_keeps_its_own_tools_and_context_policy(
     assert [m["content"] for m in body["messages"]] == ["question 2"]
     await run(service, "own", "and now?", tools=())
     assert "tools" not in fake_upstream.requests[-1].body
+
+
+async def test_usage_an_upstream_reports_beyond_range_is_bounded_and_stored(
+    service: ChatService,
+) -> None:
+    # A hostile or broken upstream: counts past a 32-bit column must not fail the turn.
+    end = ended(await run(service, "s1", "hi [fake: usage_in=1099511627776 usage_out=7]"))
+    assert end.state is TurnState.COMPLETE
+    assert end.usage.input_tokens == 2**31 - 1
+    [turn] = await service.store.list_turns("local", "s1")
+    assert turn.state is TurnState.COMPLETE
+    assert turn.usage.input_tokens == 2**31 - 1
+    assert turn.usage.output_tokens == 7

@@ -25,6 +25,7 @@ from chatd.providers.base import (
     redact,
     response_bytes,
     stream_json,
+    token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
 from chatd.types import (
@@ -274,8 +275,10 @@ plugin = ProviderPlugin(
 def _usage(reported: dict[str, Any], so_far: Usage) -> Usage:
     """Merge what an event reports into the usage so far (message_delta repeats totals)."""
     return Usage(
-        input_tokens=reported.get("input_tokens") or so_far.input_tokens,
-        output_tokens=reported.get("output_tokens") or so_far.output_tokens,
-        cache_read_tokens=reported.get("cache_read_input_tokens") or so_far.cache_read_tokens,
-        cache_write_tokens=reported.get("cache_creation_input_tokens") or so_far.cache_write_tokens,
+        input_tokens=token_count(reported.get("input_tokens")) or so_far.input_tokens,
+        output_tokens=token_count(reported.get("output_tokens")) or so_far.output_tokens,
+        cache_read_tokens=token_count(reported.get("cache_read_input_tokens"))
+        or so_far.cache_read_tokens,
+        cache_write_tokens=token_count(reported.get("cache_creation_input_tokens"))
+        or so_far.cache_write_tokens,
     )

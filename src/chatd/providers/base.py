@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from chatd.bounds import MAX_TURN_TOKENS
 from chatd.errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -71,6 +72,14 @@ class ProviderPlugin:
     create: Callable[[ProviderOptions], Provider]
     resolve: Callable[[str, Mapping[str, str], str | None, str | None, float], ProviderOptions]
     configured: Callable[[str, Mapping[str, str]], bool]
+
+
+def token_count(value: object) -> int:
+    """Read a token count an upstream reported: a whole number within one turn's range, or 0."""
+    # The upstream is not trusted: a string, a float, -5 or 2**70 must not reach storage.
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), MAX_TURN_TOKENS)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

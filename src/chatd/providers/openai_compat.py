@@ -31,6 +31,7 @@ from chatd.providers.base import (
     redact,
     response_bytes,
     stream_json,
+    token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
 from chatd.types import (
@@ -280,11 +281,12 @@ class _Chunks:
         out: list[StreamEvent] = []
         u = chunk.get("usage")
         if isinstance(u, dict):
-            details = u.get("prompt_tokens_details") or {}
+            details = u.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
             self.usage = Usage(
-                input_tokens=u.get("prompt_tokens") or 0,
-                output_tokens=u.get("completion_tokens") or 0,
-                cache_read_tokens=details.get("cached_tokens") or 0,
+                input_tokens=token_count(u.get("prompt_tokens")),
+                output_tokens=token_count(u.get("completion_tokens")),
+                cache_read_tokens=token_count(cached),
             )
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
