@@ -2,7 +2,7 @@
 
 FastAPI's own work for a send (matching it against the routes, solving its dependencies,
 decoding the body with the standard library, checking the reply against its response model)
-was about 0.7 M of a turn's 7.8 M instructions (benchmarks/README.md). A send to
+was about 0.7 M of a turn's 7.8 M instructions (benchmarks/HISTORY.md). A send to
 `POST /v1/sessions/{id}/messages` or `POST /v1/chat/completions` whose path, headers and JSON
 body are all well-formed is validated here, with the same models and the same patterns, and run
 by the same function the route calls. Anything else (a bad id, another content type, a body

@@ -147,7 +147,7 @@ class OpenAICompatProvider:
             max_retries=0,
             timeout=options.timeout_s,
             # The SDK's aiohttp transport: about half the work per streamed chunk of its default
-            # httpx one, and 15 % less per request (benchmarks/README.md).
+            # httpx one, and 15 % less per request (benchmarks/HISTORY.md).
             http_client=openai.DefaultAioHttpClient(
                 timeout=options.timeout_s, limits=pool_limits(openai.DEFAULT_CONNECTION_LIMITS)
             ),
