@@ -30,11 +30,18 @@ from sqlalchemy import event
 
 from benchmarks.workload import PLAIN, session_doc
 from chatd.engine import EngineConfig
-from chatd.ports import DEFAULT_USER, TurnPlan
 from chatd.store.database import SqliteDatabase
 from chatd.store.db import open_store
 from chatd.store.export import parse_doc
-from chatd.types import Message, SessionSettings, StopReason, TurnState, Usage
+from chatd.types import (
+    DEFAULT_USER,
+    Message,
+    SessionSettings,
+    StopReason,
+    TurnPlan,
+    TurnState,
+    Usage,
+)
 
 REPLY = 'Fake reply #0badcafe to 11 messages. You said: "' + PLAIN + '".'
 

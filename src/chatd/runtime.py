@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from chatd.config import Settings
 from chatd.engine import ChatService, EngineConfig
+from chatd.engine.ports import Store
 from chatd.errors import StoreUnavailable
-from chatd.ports import Store
 from chatd.providers.pool import ProviderPool
 from chatd.store.db import open_store
 from chatd.store.repo import SqlStore

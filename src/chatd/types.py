@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -318,3 +318,28 @@ class TurnStart:
 
     record: TurnRecord
     history: tuple[Message, ...] = ()
+
+
+# The user every session belongs to when auth is off.
+DEFAULT_USER = "local"
+
+# Fed a session's history newest first; True once no older message could reach the model.
+HistoryCut = Callable[[Message], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What a new turn is stored with, and how far back its history is read."""
+
+    model: str
+    provider: str
+    history_until: HistoryCut | None = None
+
+
+# Decides a turn's plan from its session's settings, inside begin_turn and before it writes:
+# what it raises refuses the turn with nothing stored. May run more than once (a retried write).
+Planner = Callable[[SessionSettings], TurnPlan]
+
+# Handed the new turn and its history by begin_turn once they are read, perhaps before the
+# write: the engine starts the model call here, so that it overlaps the write and its commit.
+Launch = Callable[[TurnStart], Awaitable[None]]

@@ -9,18 +9,20 @@ from typing import Any, cast
 import pytest
 
 from chatd.engine import ChatService, TurnOptions
+from chatd.engine.ports import Store
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
-from chatd.ports import Launch, Store, TurnPlan
 from chatd.store.db import open_store
 from chatd.store.repo import SqlStore
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import (
+    Launch,
     Message,
     Role,
     StopReason,
     TextDelta,
     TurnEnded,
     TurnEvent,
+    TurnPlan,
     TurnStart,
     TurnState,
     Usage,

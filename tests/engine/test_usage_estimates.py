@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from chatd.context import CallUsage, estimate_usage
 from chatd.engine import ChatService, CompletionOptions, TurnOptions
+from chatd.engine.run import Progress
 from chatd.errors import UpstreamError
-from chatd.turnrun import Progress
+from chatd.tokens import CallUsage, estimate_usage
 from chatd.types import (
     ChatRequest,
     Message,

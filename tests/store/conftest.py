@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.ports import Store
+from chatd.engine.ports import Store
 from chatd.store.db import open_store
 from chatd.store.memory import MemoryStore
 from chatd.store.repo import SqlStore

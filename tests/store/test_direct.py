@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, exc, insert, select, text
 
-from chatd.ports import TurnPlan
 from chatd.store import queries as q
 from chatd.store.db import open_store
 from chatd.store.direct import Direct
@@ -25,6 +24,7 @@ from chatd.types import (
     TextPart,
     ToolCallPart,
     ToolResultPart,
+    TurnPlan,
     TurnState,
     Usage,
 )

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from chatd.engine.ports import KeyStore, Store
 from chatd.errors import InputError, NotFound
 from chatd.keys import KeyLimits, hash_key, looks_like_key, new_key
-from chatd.ports import KeyStore, Store, TurnPlan
 from chatd.store.keys import SqlKeyStore
 from chatd.store.memory_keys import MemoryKeyStore
 from chatd.store.repo import SqlStore
-from chatd.types import Message, StopReason, TurnState, Usage
+from chatd.types import Message, StopReason, TurnPlan, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")
 

@@ -16,11 +16,10 @@ import pytest
 from sqlalchemy import event
 
 from chatd.errors import StoreUnavailable
-from chatd.ports import TurnPlan
 from chatd.store.db import open_store
 from chatd.store.repo import SqlStore
 from chatd.testing.postgres import PostgresServer
-from chatd.types import Message, StopReason, TurnRecord, TurnState, Usage
+from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
 
 USER = "alice"
 # Every call must fail (or succeed) well within this; a hang is a bug, not a slow test.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from chatd.engine.ports import Store
 from chatd.errors import InputError, NotFound
-from chatd.ports import Store, TurnPlan
-from chatd.types import Message, StopReason, TurnState, Usage
+from chatd.types import Message, StopReason, TurnPlan, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")
 

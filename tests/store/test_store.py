@@ -19,8 +19,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, exc, inspect, text
 
+from chatd.engine.ports import Store
 from chatd.errors import ConfigError, InputError, NotFound, SessionBusy, StoreUnavailable
-from chatd.ports import Store, TurnPlan
 from chatd.store.db import alembic_config, open_store, upgrade
 from chatd.store.repo import SqlStore
 from chatd.store.tables import metadata
@@ -34,6 +34,7 @@ from chatd.types import (
     TextPart,
     ToolCallPart,
     ToolResultPart,
+    TurnPlan,
     TurnRecord,
     TurnStart,
     TurnState,

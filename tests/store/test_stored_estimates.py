@@ -6,11 +6,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from chatd.ports import Store, TurnPlan
+from chatd.engine.ports import Store
 from chatd.store.db import alembic_config, upgrade
 from chatd.store.export import export_doc, parse_doc
 from chatd.store.repo import SqlStore
-from chatd.types import Message, StopReason, TurnRecord, TurnState, Usage
+from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")
 USER = "ann"

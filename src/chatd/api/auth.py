@@ -20,9 +20,10 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatd.api.errors import error_response
+from chatd.engine.ports import KeyStore
 from chatd.errors import ChatdError
 from chatd.keys import ApiKey, KeyLimits, hash_key, looks_like_key
-from chatd.ports import DEFAULT_USER, KeyStore
+from chatd.types import DEFAULT_USER
 
 log = logging.getLogger("chatd.api")
 

@@ -12,12 +12,11 @@ from chatd.api.auth import Principal, local_principal, principal_of
 from chatd.api.limits import charge_of
 from chatd.api.schemas import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN
 from chatd.config import Settings
-from chatd.engine import ChatService, check_model
+from chatd.engine import ChatService, UsageSink, check_model
+from chatd.engine.ports import Store
 from chatd.errors import Forbidden
 from chatd.keys import KeyLimits
-from chatd.ports import Store
 from chatd.runtime import Runtime
-from chatd.turnrun import UsageSink
 
 # Dependencies are async on purpose: FastAPI runs plain functions in a thread pool.
 

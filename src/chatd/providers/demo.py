@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
-from chatd.context import estimate_request_tokens
 from chatd.providers.base import ProviderOptions, ProviderPlugin
+from chatd.tokens import estimate_request_tokens
 from chatd.types import (
     ChatRequest,
     Role,

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatd.context import estimate_usage
 from chatd.errors import (
     ConfigError,
     ProviderNotConfigured,
@@ -34,6 +33,7 @@ from chatd.providers.base import (
     token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
+from chatd.tokens import estimate_usage
 from chatd.types import (
     ChatRequest,
     Message,

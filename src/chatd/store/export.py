@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_LATENCY_MS, MAX_TOKENS, MAX_TURN_TOKENS
+from chatd.engine.ports import Store
 from chatd.errors import InputError
-from chatd.ports import Store
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.textcheck import NOT_UNICODE, unencodable_at
 from chatd.textcheck import where as place

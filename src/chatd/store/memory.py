@@ -8,16 +8,18 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
-from chatd.ports import Launch, Planner, TurnPlan
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import LEASE_EXPIRED, busy, read_back
 from chatd.types import (
     GenerationParams,
+    Launch,
     Message,
+    Planner,
     SessionInfo,
     SessionSettings,
     StopReason,
+    TurnPlan,
     TurnRecord,
     TurnStart,
     TurnState,

@@ -15,7 +15,6 @@ from chatd.errors import (
     IdempotencyConflict,
     NotFound,
 )
-from chatd.ports import HistoryCut, Launch, Planner, TurnPlan
 from chatd.store import queries as q
 from chatd.store.database import Database
 from chatd.store.paging import parse_session_cursor, session_cursor
@@ -37,10 +36,14 @@ from chatd.store.rows import (
 from chatd.store.tables import sessions
 from chatd.types import (
     GenerationParams,
+    HistoryCut,
+    Launch,
     Message,
+    Planner,
     SessionInfo,
     SessionSettings,
     StopReason,
+    TurnPlan,
     TurnRecord,
     TurnStart,
     TurnState,

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from chatd.context import CallUsage, ContextPolicy
+from chatd.engine.context import ContextPolicy
+from chatd.engine.leases import LeaseKeeper
+from chatd.engine.ports import Store
 from chatd.errors import (
     ChatdError,
     NotFound,
@@ -19,10 +21,9 @@ from chatd.errors import (
     TurnDiscarded,
     TurnStopped,
 )
-from chatd.leases import LeaseKeeper
-from chatd.ports import Store
 from chatd.providers.base import Provider
 from chatd.providers.retry import stream_with_retries
+from chatd.tokens import CallUsage
 from chatd.types import (
     ChatRequest,
     Message,
@@ -44,7 +45,7 @@ from chatd.types import (
 )
 
 if TYPE_CHECKING:
-    from chatd.engine import EngineConfig
+    from chatd.engine.service import EngineConfig
     from chatd.tools import ToolRegistry
 
 log = logging.getLogger("chatd.engine")

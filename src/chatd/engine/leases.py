@@ -6,8 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from chatd.engine.ports import Store
 from chatd.errors import StoreUnavailable
-from chatd.ports import Store
 
 log = logging.getLogger("chatd.engine")
 

@@ -1,47 +1,26 @@
-"""The store interface the engine talks to; `chatd.store` implements it (SQL and in-memory)."""
+"""The ports the engine talks to: the session store and the key store, as protocols."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from chatd.keys import ApiKey, KeyLimits
 from chatd.types import (
     GenerationParams,
+    Launch,
     Message,
+    Planner,
     SessionInfo,
     SessionSettings,
     StopReason,
+    TurnPlan,
     TurnRecord,
     TurnStart,
     TurnState,
     Usage,
 )
-
-DEFAULT_USER = "local"
-
-# Fed a session's history newest first; True once no older message could reach the model.
-HistoryCut = Callable[[Message], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class TurnPlan:
-    """What a new turn is stored with, and how far back its history is read."""
-
-    model: str
-    provider: str
-    history_until: HistoryCut | None = None
-
-
-# Decides a turn's plan from its session's settings, inside begin_turn and before it writes:
-# what it raises refuses the turn with nothing stored. May run more than once (a retried write).
-Planner = Callable[[SessionSettings], TurnPlan]
-
-# Handed the new turn and its history by begin_turn once they are read, perhaps before the
-# write: the engine starts the model call here, so that it overlaps the write and its commit.
-Launch = Callable[[TurnStart], Awaitable[None]]
 
 
 class Store(Protocol):

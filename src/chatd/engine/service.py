@@ -11,15 +11,17 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol
 
 from chatd.config import Settings
-from chatd.context import CallUsage, ContextPolicy, SlidingWindow, TokenBudget, policy_for
+from chatd.engine.context import ContextPolicy, SlidingWindow, TokenBudget, policy_for
+from chatd.engine.leases import LeaseKeeper
+from chatd.engine.ports import Store
+from chatd.engine.run import TurnRun, UsageSink
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
-from chatd.leases import LeaseKeeper
-from chatd.ports import DEFAULT_USER, Store, TurnPlan
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryPolicy, stream_with_retries
+from chatd.tokens import CallUsage
 from chatd.tools import ToolRegistry
-from chatd.turnrun import TurnRun, UsageSink
 from chatd.types import (
+    DEFAULT_USER,
     ChatRequest,
     GenerationParams,
     Message,
@@ -31,6 +33,7 @@ from chatd.types import (
     ToolSpec,
     TurnEnded,
     TurnEvent,
+    TurnPlan,
     TurnRecord,
     TurnStart,
     TurnStarted,

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatd.context import (
+from chatd.engine.context import ContextPolicy, SlidingWindow, TokenBudget
+from chatd.tokens import (
     MESSAGE_OVERHEAD,
-    ContextPolicy,
-    SlidingWindow,
-    TokenBudget,
     estimate_message_tokens,
     estimate_request_tokens,
     estimate_text_tokens,
