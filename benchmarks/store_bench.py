@@ -30,9 +30,9 @@ from sqlalchemy import event
 
 from benchmarks.workload import PLAIN, session_doc
 from chatd.engine import EngineConfig
+from chatd.store import open_store
 from chatd.store.database import SqliteDatabase
-from chatd.store.db import open_store
-from chatd.store.export import parse_doc
+from chatd.transfer import parse_doc
 from chatd.types import (
     DEFAULT_USER,
     Message,

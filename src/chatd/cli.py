@@ -121,7 +121,7 @@ def chat(
 @db_app.command("upgrade", cls=Command)
 def db_upgrade() -> None:
     """Apply database migrations up to the latest."""
-    from chatd.store.db import create_database, upgrade
+    from chatd.store import create_database, upgrade
 
     with plain_errors():
         settings = load_settings()

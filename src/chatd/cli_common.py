@@ -44,7 +44,7 @@ def load_settings(**overrides: object) -> Settings:
 
 def describe_database(database_url: str) -> str:
     """Say where the database lives: the SQLite file's full path, or the URL without secrets."""
-    from chatd.store.db import parse_database_url
+    from chatd.store import parse_database_url
 
     url = parse_database_url(database_url)
     if url.get_backend_name() == "sqlite":

@@ -13,7 +13,7 @@ from chatd.cli_common import Command, new_app, plain_errors
 from chatd.cli_sessions import parse_duration, with_store
 from chatd.errors import InputError
 from chatd.keys import ApiKey, KeyLimits, new_key, user_name
-from chatd.store.keys import SqlKeyStore
+from chatd.store import SqlKeyStore
 
 app = new_app("API keys (used when auth is on).")
 

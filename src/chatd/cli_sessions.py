@@ -17,9 +17,8 @@ from chatd.bounds import MAX_KEY_DAYS
 from chatd.cli_common import Command, fail, load_settings, new_app, plain_errors
 from chatd.engine import check_session_id
 from chatd.errors import InputError, NotFound
-from chatd.store.db import open_store
-from chatd.store.export import export_doc, parse_doc, restore
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
+from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import DEFAULT_USER
 
 T = TypeVar("T")

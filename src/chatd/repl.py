@@ -12,7 +12,7 @@ import orjson
 
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import ChatdError, InputError, NotFound
-from chatd.store.export import export_doc, parse_doc, restore
+from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import (
     TextDelta,
     ToolCallEvent,

@@ -13,8 +13,7 @@ from chatd.engine import ChatService, EngineConfig
 from chatd.engine.ports import Store
 from chatd.errors import StoreUnavailable
 from chatd.providers.pool import ProviderPool
-from chatd.store.db import open_store
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
 from chatd.tools import ToolRegistry
 from chatd.tools.builtins import builtin_tools
 

@@ -20,8 +20,7 @@ import uvicorn
 from chatd.api.app import create_app
 from chatd.config import Settings
 from chatd.keys import KeyLimits, new_key
-from chatd.store.db import open_store
-from chatd.store.keys import SqlKeyStore
+from chatd.store import SqlKeyStore, open_store
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.testing.watch import WATCH
 

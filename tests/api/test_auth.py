@@ -17,8 +17,7 @@ import httpx
 import openai
 import pytest
 
-from chatd.store.db import open_store
-from chatd.store.keys import SqlKeyStore
+from chatd.store import SqlKeyStore, open_store
 
 ISSUED: list[str] = []  # every key this module made: none may show up in a log
 LINES: list[str] = []

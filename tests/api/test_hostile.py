@@ -29,7 +29,7 @@ from pydantic import AwareDatetime, BaseModel
 from chatd.api.openai_schemas import CompletionRequest
 from chatd.api.routes.admin import KeyCreate
 from chatd.api.schemas import ChatIn, MessageIn, SendIn, SessionCreate, SessionSettings
-from chatd.store.export import _Doc
+from chatd.transfer import _Doc
 
 S = st.SearchStrategy
 

@@ -11,8 +11,7 @@ from chatd.config import Settings
 from chatd.engine import ChatService, EngineConfig
 from chatd.providers.pool import ProviderPool
 from chatd.providers.retry import RetryPolicy
-from chatd.store.db import open_store
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.tools import ToolRegistry
 from chatd.tools.builtins import builtin_tools

@@ -11,7 +11,7 @@ from chatd.config import Settings
 from chatd.engine import ChatService, EngineConfig, TurnOptions
 from chatd.errors import ChatdError, StoreUnavailable
 from chatd.providers.pool import ProviderPool
-from chatd.store.db import open_store
+from chatd.store import open_store
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.testing.postgres import PostgresServer
 from chatd.types import TurnEnded, TurnState

@@ -11,8 +11,7 @@ import pytest
 
 from chatd.engine import ChatService, TurnOptions
 from chatd.errors import ConfigError, SessionBusy, TurnDiscarded
-from chatd.store.db import open_store
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import TextDelta, TurnEnded, TurnEvent, TurnState
 

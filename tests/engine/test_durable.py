@@ -11,8 +11,7 @@ import pytest
 from chatd.engine import ChatService, TurnOptions
 from chatd.engine.ports import Store
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
-from chatd.store.db import open_store
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import (
     Launch,
@@ -283,7 +282,7 @@ async def drain(stream: AsyncIterator[TurnEvent]) -> None:
 async def _force_expire(service: ChatService) -> bool:
     from sqlalchemy import update
 
-    from chatd.store.repo import SqlStore
+    from chatd.store import SqlStore
     from chatd.store.rows import utc_now
     from chatd.store.tables import turns
 

@@ -15,10 +15,9 @@ from chatd.engine import ChatService, EngineConfig, TurnOptions
 from chatd.errors import ChatdError
 from chatd.providers.pool import ProviderPool
 from chatd.providers.retry import RetryPolicy
-from chatd.store.db import open_store
-from chatd.store.export import export_doc, parse_doc
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
 from chatd.testing.fake_upstream import FakeUpstream
+from chatd.transfer import export_doc, parse_doc
 from chatd.types import Role, TextDelta, TurnEnded
 
 USER = "u"

@@ -12,8 +12,7 @@ import pytest
 from chatd.config import Settings
 from chatd.engine import ChatService, EngineConfig, TurnOptions
 from chatd.providers.pool import ProviderPool
-from chatd.store.db import create_database, upgrade
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, create_database, upgrade
 from chatd.types import TurnState
 
 # These provoke an unforeseen error on purpose, and the engine logs its traceback, as it should.

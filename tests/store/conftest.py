@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from chatd.engine.ports import Store
-from chatd.store.db import open_store
-from chatd.store.memory import MemoryStore
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
+from chatd.testing.memory_store import MemoryStore
 
 
 async def _memory(request: pytest.FixtureRequest) -> MemoryStore:

@@ -9,9 +9,8 @@ import pytest
 from chatd.engine.ports import KeyStore, Store
 from chatd.errors import InputError, NotFound
 from chatd.keys import KeyLimits, hash_key, looks_like_key, new_key
-from chatd.store.keys import SqlKeyStore
-from chatd.store.memory_keys import MemoryKeyStore
-from chatd.store.repo import SqlStore
+from chatd.store import SqlKeyStore, SqlStore
+from chatd.testing.memory_keys import MemoryKeyStore
 from chatd.types import Message, StopReason, TurnPlan, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")

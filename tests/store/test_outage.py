@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import event
 
 from chatd.errors import StoreUnavailable
-from chatd.store.db import open_store
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store
 from chatd.testing.postgres import PostgresServer
 from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
 

@@ -21,8 +21,8 @@ from sqlalchemy import Connection, event, exc, inspect, text
 
 from chatd.engine.ports import Store
 from chatd.errors import ConfigError, InputError, NotFound, SessionBusy, StoreUnavailable
-from chatd.store.db import alembic_config, open_store, upgrade
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, open_store, upgrade
+from chatd.store.migrate import alembic_config
 from chatd.store.tables import metadata
 from chatd.types import (
     GenerationParams,
@@ -735,7 +735,7 @@ async def test_an_unreachable_database_is_store_unavailable(tmp_path: Path, wher
 
 
 def test_the_schema_head_constant_matches_the_shipped_migrations() -> None:
-    from chatd.store.db import SCHEMA_HEAD
+    from chatd.store import SCHEMA_HEAD
 
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     assert heads == [SCHEMA_HEAD]

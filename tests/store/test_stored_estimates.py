@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from chatd.engine.ports import Store
-from chatd.store.db import alembic_config, upgrade
-from chatd.store.export import export_doc, parse_doc
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, upgrade
+from chatd.store.migrate import alembic_config
+from chatd.transfer import export_doc, parse_doc
 from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")

@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chatd.errors import StoreUnavailable
-from chatd.store.db import create_database
-from chatd.store.repo import SqlStore
+from chatd.store import SqlStore, create_database
 
 SSL_REQUEST = 80877103
 

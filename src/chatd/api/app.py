@@ -24,7 +24,7 @@ from chatd.keys import KeyLimits
 from chatd.prices import load_prices
 from chatd.quotas import open_limiter
 from chatd.runtime import open_runtime
-from chatd.store.keys import SqlKeyStore
+from chatd.store import SqlKeyStore
 
 DESCRIPTION = """\
 chatd's HTTP API. The compatibility routes keep the common "Chat API" shapes; /v1 is chatd's

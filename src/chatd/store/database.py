@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import URL
 
 from chatd.errors import ChatdError, StoreUnavailable
-from chatd.store.direct import driver, driver_error
+from chatd.store.sqlite_fast import driver, driver_error
 
 if TYPE_CHECKING:
     # The asyncio extension loads the ORM (7 MB); only PostgreSQL needs it, at run time.

@@ -18,8 +18,8 @@ from sqlalchemy import (
     update,
 )
 
-from chatd.store.direct import Direct
 from chatd.store.rows import LEASE_EXPIRED
+from chatd.store.sqlite_fast import Direct
 from chatd.store.tables import messages, sessions, turns
 from chatd.types import TurnState
 

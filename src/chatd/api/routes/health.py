@@ -11,7 +11,7 @@ from chatd.api.deps import PrincipalDep, RuntimeDep
 from chatd.api.middleware import prometheus_text
 from chatd.api.schemas import HealthOut, ReadyOut
 from chatd.errors import ChatdError, Forbidden
-from chatd.store.schema import schema_is_current
+from chatd.store import schema_is_current
 
 router = APIRouter(tags=["health"])
 

@@ -22,7 +22,7 @@ from chatd.api.views import session_out, strip_controls, usage_out
 from chatd.engine import check_max_tokens, check_session_id
 from chatd.errors import AlreadyExists, NotFound
 from chatd.runtime import Runtime
-from chatd.store.export import export_doc, parse_doc, restore
+from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import GenerationParams
 
 router = APIRouter(prefix="/v1", tags=["sessions"], route_class=CheckedRoute)

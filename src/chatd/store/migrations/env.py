@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from chatd.store.db import create_database
+from chatd.store.connect import create_database
 from chatd.store.tables import metadata
 
 config = context.config

@@ -1,4 +1,4 @@
-"""Opening the database, schema migrations, and opening a ready SqlStore."""
+"""Connecting: a database URL to a running Database (SQLite or PostgreSQL), then a ready store."""
 
 from __future__ import annotations
 
@@ -10,20 +10,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, create_engine, event, exc, inspect
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from chatd.errors import ConfigError, StoreUnavailable
 from chatd.store.database import AsyncDatabase, Database, SqliteDatabase
-from chatd.store.repo import SqlStore
+from chatd.store.migrate import upgrade
+from chatd.store.sessions import SqlStore
 
 if TYPE_CHECKING:
-    from alembic.config import Config
+    pass
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# The newest migration shipped; tests/store keeps it equal to the migrations folder's head.
-SCHEMA_HEAD = "0005"
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -46,9 +44,6 @@ _DRIVERS = {
 
 # How long a call that found the database locked by another process waits (on a thread).
 SQLITE_BUSY_TIMEOUT_MS = 5000
-
-# Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent upgrades.
-_PG_MIGRATION_LOCK = 7_245_301
 
 
 def parse_database_url(database_url: str) -> URL:
@@ -109,31 +104,6 @@ def _sqlite(url: URL, options: dict[str, Any]) -> SqliteDatabase:
     return SqliteDatabase(engine, waiting)
 
 
-async def applied_revisions(db: Database) -> frozenset[str]:
-    """Return the migrations applied to the database (none for a new one)."""
-    return await db.read(_applied)
-
-
-def _applied(connection: Connection) -> frozenset[str]:
-    if not inspect(connection).has_table("alembic_version"):
-        return frozenset()
-    rows = connection.exec_driver_sql("SELECT version_num FROM alembic_version")
-    return frozenset(str(r[0]) for r in rows)
-
-
-async def upgrade(db: Database) -> None:
-    """Migrate the schema to the newest revision; a no-op when it is already there."""
-    if await applied_revisions(db) == {SCHEMA_HEAD}:
-        return  # the common start: alembic (10 MB) is not even imported
-    from alembic.util import CommandError
-
-    try:
-        await db.write(_upgrade_sync)
-    except CommandError as e:
-        # Typically a schema newer than this chatd: its revision is unknown here.
-        raise ConfigError(f"cannot migrate the database: {e}") from None
-
-
 async def open_store(database_url: str) -> SqlStore:
     """Open the database, migrate, and return the store."""
     db = create_database(database_url)
@@ -143,28 +113,6 @@ async def open_store(database_url: str) -> SqlStore:
         await db.dispose()
         raise
     return SqlStore(db)
-
-
-def alembic_config(connection: Connection | None = None) -> Config:
-    """Build the Alembic config in code, pointing at the migrations shipped in the package."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if connection is not None:
-        config.attributes["connection"] = connection
-    return config
-
-
-def _upgrade_sync(connection: Connection) -> None:
-    # Hold a database-wide lock for the whole upgrade so that workers starting together
-    # migrate one after another: the later ones find the schema current and do nothing.
-    # (SQLite's writes already hold its lock: BEGIN IMMEDIATE.)
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-    from alembic import command
-
-    command.upgrade(alembic_config(connection), "head")
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:

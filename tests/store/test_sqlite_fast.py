@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, exc, insert, select, text
 
+from chatd.store import SqlStore, open_store
 from chatd.store import queries as q
-from chatd.store.db import open_store
-from chatd.store.direct import Direct
-from chatd.store.repo import SqlStore
 from chatd.store.rows import UNFINISHED_TURN
+from chatd.store.sqlite_fast import Direct
 from chatd.store.tables import sessions, turns
 from chatd.types import (
     GenerationParams,

@@ -8,7 +8,7 @@ from typing import cast
 
 from sqlalchemy import Connection
 
-from chatd.store.db import create_database, upgrade
+from chatd.store import create_database, upgrade
 
 
 async def test_a_sqlite_migration_is_one_transaction_under_the_write_lock(tmp_path: Path) -> None:
