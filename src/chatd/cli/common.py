@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from typer.core import TyperCommand, TyperGroup
 
+from chatd.bounds import MAX_KEY_DAYS
 from chatd.config import Settings
-from chatd.errors import ChatdError
+from chatd.errors import ChatdError, InputError
+
+if TYPE_CHECKING:
+    from chatd.store import SqlStore
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -95,3 +102,39 @@ def new_app(summary: str) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+
+
+T = TypeVar("T")
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse 90s, 15m, 12h, 30d or 2w; InputError otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise InputError(f"cannot read duration {text!r}: use a number and s, m, h, d or w")
+    number, unit = int(match.group(1)), match.group(2)
+    # Refused before timedelta or date arithmetic could overflow on it.
+    if number * _SECONDS[unit] > MAX_KEY_DAYS * _SECONDS["d"]:
+        raise InputError(f"duration {text!r} is too long: at most {MAX_KEY_DAYS} days")
+    return timedelta(**{_UNITS[unit]: number})
+
+
+def with_store(action: Callable[[SqlStore], Awaitable[T]]) -> T:
+    """Open the configured database, run one action, close it."""
+    with plain_errors():
+        settings = load_settings()
+
+        async def run() -> T:
+            from chatd.store import open_store
+
+            store = await open_store(settings.database_url)
+            try:
+                return await action(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+    raise AssertionError("unreachable")  # plain_errors exits on error

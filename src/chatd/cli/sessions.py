@@ -2,59 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import orjson
 import typer
 
-from chatd.bounds import MAX_KEY_DAYS
-from chatd.cli_common import Command, fail, load_settings, new_app, plain_errors
+from chatd.cli.common import (
+    Command,
+    fail,
+    new_app,
+    parse_duration,
+    plain_errors,
+    with_store,
+)
 from chatd.engine import check_session_id
 from chatd.errors import InputError, NotFound
-from chatd.store import SqlStore, open_store
+from chatd.store import SqlStore
 from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import DEFAULT_USER
 
-T = TypeVar("T")
 app = new_app("Stored conversations.")
 User = Annotated[str, typer.Option(help="Owner of the sessions.")]
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """Parse 90s, 15m, 12h, 30d or 2w; InputError otherwise."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise InputError(f"cannot read duration {text!r}: use a number and s, m, h, d or w")
-    number, unit = int(match.group(1)), match.group(2)
-    # Refused before timedelta or date arithmetic could overflow on it.
-    if number * _SECONDS[unit] > MAX_KEY_DAYS * _SECONDS["d"]:
-        raise InputError(f"duration {text!r} is too long: at most {MAX_KEY_DAYS} days")
-    return timedelta(**{_UNITS[unit]: number})
-
-
-def with_store(action: Callable[[SqlStore], Awaitable[T]]) -> T:
-    """Open the configured database, run one action, close it."""
-    with plain_errors():
-        settings = load_settings()
-
-        async def run() -> T:
-            store = await open_store(settings.database_url)
-            try:
-                return await action(store)
-            finally:
-                await store.close()
-
-        return asyncio.run(run())
-    raise AssertionError("unreachable")  # plain_errors exits on error
 
 
 @app.command("list", cls=Command)

@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from chatd.bounds import MAX_BUDGET_USD, MAX_KEY_LIMIT
-from chatd.cli_common import Command, new_app, plain_errors
-from chatd.cli_sessions import parse_duration, with_store
+from chatd.cli.common import Command, new_app, parse_duration, plain_errors, with_store
 from chatd.errors import InputError
 from chatd.keys import ApiKey, KeyLimits, new_key, user_name
 from chatd.store import SqlKeyStore

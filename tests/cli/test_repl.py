@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatd.repl import shown
+from chatd.cli.repl import shown
 
 
 def test_an_escape_sequence_split_across_two_deltas_stays_inert() -> None:
