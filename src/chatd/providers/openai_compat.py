@@ -146,8 +146,7 @@ class OpenAICompatProvider:
             base_url=options.base_url,
             max_retries=0,
             timeout=options.timeout_s,
-            # The SDK's aiohttp transport: about half the work per streamed chunk of its default
-            # httpx one, and 15 % less per request (benchmarks/HISTORY.md).
+            # The SDK's aiohttp transport: much less work per chunk than its httpx default.
             http_client=openai.DefaultAioHttpClient(
                 timeout=options.timeout_s, limits=pool_limits(openai.DEFAULT_CONNECTION_LIMITS)
             ),
@@ -222,10 +221,8 @@ class OpenAICompatProvider:
         import openai
 
         try:
-            # The SDK's low-level request with the body as JSON bytes: its error classes, headers
-            # and transport stay; its per-call request transform and typed chunk models (~2 ms a
-            # turn) go, and orjson writes the body (the SDK's stdlib json took 0.15 M
-            # instructions for a 21-message body).
+            # The SDK's low-level request with the body as orjson bytes: its error classes,
+            # headers and transport stay; its costly request transform and typed chunks go.
             return await self._client.post(
                 "/chat/completions",
                 content=orjson.dumps(self._body(request)),

@@ -2,8 +2,8 @@
 
 The providers open a stream with their SDK (its request building, status errors, timeouts and
 transport) and read the response's bytes themselves: the SDKs' own event iterators (an SSE
-line decoder, `json.loads` and five async-generator layers) took half the work of relaying a
-streamed chunk (benchmarks/HISTORY.md). Framing follows the WHATWG event-stream rules: lines end
+line decoder, `json.loads` and five async-generator layers) cost more than the relaying they
+serve. Framing follows the WHATWG event-stream rules: lines end
 in LF, CRLF or CR; a blank line ends an event; `data` lines join with LF; `:` lines are comments;
 an event without data is not dispatched; an unfinished event at the end of the body is dropped.
 """
