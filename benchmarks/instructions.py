@@ -33,7 +33,14 @@ from benchmarks import callgrind as cg
 from benchmarks.client import Conn, Result
 from benchmarks.instructions_report import KINDS, LONG, SHORT, render
 from benchmarks.procs import Server
-from benchmarks.workload import MAIN_HISTORY, PLAIN, Req, SessionPool, streaming_text
+from benchmarks.workload import (
+    MAIN_HISTORY,
+    PLAIN,
+    Req,
+    SessionPool,
+    streaming_text,
+    synthetic_body,
+)
 
 SUPPORTED = ("N", "G", "Gb", "Ns")
 IDLE_S = 3.0
@@ -268,9 +275,7 @@ async def run_arms(
                     await seed(arm, args)
                     body = body or await capture(fake, arm)
                 elif body is None:
-                    from benchmarks.run import _synthetic_body
-
-                    body = _synthetic_body(MAIN_HISTORY)
+                    body = synthetic_body(MAIN_HISTORY)
                 data, parts[name] = await measure(arm, counter, body, args)
                 results["arms"][name] = {"title": arm.title, "started_in_s": started, **data}
             finally:
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or A.REPO / "benchmarks" / "results" / time.strftime("instr-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="chatd-instr-"))
-    from benchmarks.run import machine
+    from benchmarks.bench import machine
 
     results: dict[str, Any] = {"machine": machine(), "notes": notes, "arms": {}}
     results["commit"] = results["machine"]["commit"]

@@ -30,12 +30,13 @@ from benchmarks.workload import (
     PLAIN,
     Req,
     chatd_send,
+    history_reuse,
     openai_body,
     streaming_text,
 )
 
 if TYPE_CHECKING:
-    from benchmarks.run import Bench
+    from benchmarks.bench import Bench
 
 # Streams are held at their rate if, while all were open, their chunks came on average at
 # most this much further apart than the upstream sent them, over a window of at least:
@@ -46,11 +47,6 @@ INFO_ARMS = frozenset({"Nc", "Nh", "Ns"})
 
 ALL_TESTS = ("latency", "streaming", "throughput", "history", "open_streams", "store")
 _nonce = itertools.count()
-
-
-def history_reuse(size: int) -> int:
-    """How many turns one seeded session serves at this history size (growth stays <= 2 %)."""
-    return 1 if size <= 20 else 3 if size <= 100 else 10
 
 
 def rotate(items: list[Arm], k: int) -> list[Arm]:

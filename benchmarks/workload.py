@@ -146,3 +146,24 @@ def chatd_send(session_id: str, text: str, *, stream: bool, headers: list[tuple[
         headers,
         "sse-chatd" if stream else "json",
     )
+
+
+def synthetic_body(size: int) -> dict[str, Any]:
+    """Build an OpenAI request body carrying `size` messages of history, then the plain prompt."""
+    messages: list[dict[str, Any]] = []
+    for k in range(1, size // 2 + 1):
+        messages.append({"role": "user", "content": _user_text(k)})
+        messages.append({"role": "assistant", "content": _assistant_text(k)})
+    messages.append({"role": "user", "content": PLAIN})
+    return {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "max_tokens": 1024,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def history_reuse(size: int) -> int:
+    """How many turns one seeded session serves at this history size (growth stays <= 2 %)."""
+    return 1 if size <= 20 else 3 if size <= 100 else 10
