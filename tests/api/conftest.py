@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from chatd.api.app import create_app
+from chatd.api.state import state
 from chatd.config import Settings
 from chatd.keys import KeyLimits, new_key
 from chatd.store import SqlKeyStore, open_store
@@ -58,7 +59,7 @@ def running(settings: Settings, env: dict[str, str]) -> Iterator[Server]:
             raise RuntimeError("chatd did not start")
         time.sleep(0.01)
     try:
-        with WATCH.server(app.state.response_counts):
+        with WATCH.server(state(app).response_counts):
             yield Server(f"http://127.0.0.1:{port}", settings)
     finally:
         server.should_exit = True

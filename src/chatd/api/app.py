@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -19,6 +18,7 @@ from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
 from chatd.api.routes import admin, compat, health, messages, openai, sessions
 from chatd.api.sse import StreamHandoff
+from chatd.api.state import attach, state
 from chatd.config import Settings
 from chatd.keys import KeyLimits
 from chatd.prices import load_prices
@@ -89,17 +89,18 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redact_access_logs()
         runtime = await open_runtime(settings, env)
-        app.state.runtime = runtime
-        app.state.key_cache = KeyCache(SqlKeyStore(runtime.store.db), settings.key_cache_s)
-        app.state.limiter = open_limiter(settings.redis_url, prices)
+        live = state(app)
+        live.runtime = runtime
+        live.key_cache = KeyCache(SqlKeyStore(runtime.store.db), settings.key_cache_s)
+        live.limiter = open_limiter(settings.redis_url, prices)
         try:
             yield
         finally:
             try:
                 await runtime.aclose()
             finally:
-                await app.state.key_cache.aclose()
-                await app.state.limiter.aclose()
+                await live.key_cache.aclose()
+                await live.limiter.aclose()
 
     app = FastAPI(
         title="chatd",
@@ -111,8 +112,6 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         docs_url=None,
         redoc_url=None,
     )
-    counts: Counter[tuple[str, int]] = Counter()
-    app.state.response_counts = counts
     errors.install(app)
     # Routers are matched in this order, route by route, so the hot routes go first: sending
     # a message used to try 20 routes before its own (3 % of a turn's instructions). The
@@ -125,18 +124,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     app.add_middleware(StreamHandoff)
     # Well-formed sends and completions run here, past the router; all else goes on.
     app.add_middleware(HotPath)
-    big = settings.max_completions_body_bytes
     app.add_middleware(
-        BodyLimit,
-        default=settings.max_body_bytes,
-        per_path={"/v1/chat/completions": big, "/v1/sessions/import": big},
+        BodyLimit, default=settings.max_body_bytes, large=settings.max_completions_body_bytes
     )
     # Who is calling comes first; then their limits; then the body is read.
     app.add_middleware(RateLimit)
     app.add_middleware(
         Authenticate, enabled=settings.auth == "on", default_limits=default_limits(settings)
     )
-    app.add_middleware(SecurityHeaders, counts=counts)
+    app.add_middleware(SecurityHeaders, counts=attach(app).response_counts)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

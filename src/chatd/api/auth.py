@@ -20,6 +20,8 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatd.api.errors import error_response
+from chatd.api.state import state
+from chatd.api.table import is_public
 from chatd.engine.ports import KeyStore
 from chatd.errors import ChatdError
 from chatd.keys import ApiKey, KeyLimits, hash_key, looks_like_key
@@ -28,7 +30,6 @@ from chatd.types import DEFAULT_USER
 log = logging.getLogger("chatd.api")
 
 PRINCIPAL = "chatd.principal"  # where the caller is kept in the ASGI scope's state
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
 _TOUCH_EVERY = timedelta(minutes=1)  # last-used is a hint: at most one write a minute per key
 _CACHE_MAX = 10_000
 
@@ -123,7 +124,7 @@ class Authenticate:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        if scope["path"] in PUBLIC_PATHS and scope["method"] in ("GET", "HEAD"):
+        if is_public(scope["method"], scope["path"]):
             pass  # health checks are nobody's requests: no key, no limits
         elif not self.enabled:
             state[PRINCIPAL] = self.local
@@ -148,7 +149,8 @@ class Authenticate:
         if not looks_like_key(key):
             return None, "invalid API key"
         digest = hash_key(key)
-        found = await scope["app"].state.key_cache.lookup(digest)
+        cache = state(scope["app"]).key_cache
+        found = await cache.lookup(digest)
         if found is None:
             return None, "invalid API key"
         now = datetime.now(UTC)
@@ -156,7 +158,7 @@ class Authenticate:
             return None, "this API key has been revoked"
         if not found.usable(now):
             return None, "this API key has expired"
-        scope["app"].state.key_cache.touch(digest, found, now)
+        cache.touch(digest, found, now)
         limits = found.limits.over(self.default_limits)
         return Principal(found.user_id, found.admin, limits, found.id), ""
 

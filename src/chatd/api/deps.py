@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 
 from chatd.api.auth import Principal, local_principal, principal_of
 from chatd.api.limits import charge_of
 from chatd.api.schemas import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN
+from chatd.api.state import state
 from chatd.config import Settings
 from chatd.engine import ChatService, UsageSink, check_model
-from chatd.engine.ports import Store
+from chatd.engine.ports import SessionStore
 from chatd.errors import Forbidden
 from chatd.keys import KeyLimits
 from chatd.runtime import Runtime
@@ -23,7 +24,7 @@ from chatd.runtime import Runtime
 
 async def get_runtime(request: Request) -> Runtime:
     """Return the runtime the lifespan opened."""
-    return cast(Runtime, request.app.state.runtime)
+    return state(request).runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -34,7 +35,7 @@ async def get_service(runtime: RuntimeDep) -> ChatService:
     return runtime.service
 
 
-async def get_store(runtime: RuntimeDep) -> Store:
+async def get_store(runtime: RuntimeDep) -> SessionStore:
     """Return the store."""
     return runtime.store
 
@@ -90,7 +91,7 @@ async def admin_principal(principal: PrincipalDep) -> Principal:
 
 
 Service = Annotated[ChatService, Depends(get_service)]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[SessionStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentUser = Annotated[str, Depends(current_user)]
 Admin = Annotated[Principal, Depends(admin_principal)]

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from chatd.api.table import family
 from chatd.errors import ChatdError, UpstreamBadRequest, UpstreamError, bounded_wait
 from chatd.textcheck import jsonable
 
@@ -25,7 +26,6 @@ log = logging.getLogger("chatd.api")
 
 # Said when the upstream gave no hint: soon enough to retry, long enough not to hammer.
 DEFAULT_RETRY_AFTER_S = 2
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _HTTP_TYPES = {
     400: "bad_request",
@@ -56,13 +56,6 @@ def retry_after(exc: BaseException) -> int | None:
     # Bounded again: an UpstreamError's hint may have been set after it was made.
     hint = bounded_wait(exc.retry_after) if isinstance(exc, UpstreamError) else None
     return max(1, math.ceil(hint)) if hint is not None else DEFAULT_RETRY_AFTER_S
-
-
-def family(path: str) -> str:
-    """Tell which error shape a path speaks: openai, v1 or compat."""
-    if path.startswith(OPENAI_PATHS):
-        return "openai"
-    return "v1" if path.startswith("/v1/") else "compat"
 
 
 def error_response(

@@ -33,6 +33,7 @@ from chatd.api.schemas import (
     SendIn,
 )
 from chatd.api.sse import EventStream
+from chatd.api.state import state
 from chatd.errors import ChatdError
 from chatd.runtime import Runtime
 
@@ -104,7 +105,7 @@ class HotPath:
             return
         response: Response
         try:
-            runtime = scope["app"].state.runtime
+            runtime = state(scope["app"]).runtime
             result = await route.run(runtime, caller_of(scope), match, *request)
         except ChatdError as exc:
             response = chatd_error_response(scope["path"], exc)

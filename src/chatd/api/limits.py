@@ -1,7 +1,7 @@
 """Rate limits over HTTP, as pure ASGI middleware: admit or 429, and the RateLimit headers.
 
 The policy (which counters, reservations, settling) lives in `chatd.quotas`; this layer decides
-which requests are metered (the ones that call the model), answers 429 in the route family's
+which requests are metered (the route table says), answers 429 in the route family's
 error shape, puts the request's Charge where the routes hand it to the engine, and gives an
 unused reservation back when the response is over.
 """
@@ -9,7 +9,6 @@ unused reservation back when the response is over.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,20 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.api.auth import principal_of
 from chatd.api.errors import error_response
+from chatd.api.state import state
+from chatd.api.table import is_metered
 from chatd.keys import KeyLimits
-from chatd.quotas import Charge, Limiter, LimiterUnavailable, Status
+from chatd.quotas import Charge, LimiterUnavailable, Status
 
 NO_LIMITS = KeyLimits()
 CHARGE = "chatd.charge"  # where a metered request's Charge is kept in the scope's state
-# The routes that call the model: only these reserve and spend token and cost quotas.
-_METERED = re.compile(
-    r"/chat|/chat-stream|/chat/[^/]+|/v1/sessions/[^/]+/messages|/v1/chat/completions"
-)
-
-
-def is_metered(method: str, path: str) -> bool:
-    """Tell whether a request calls the model."""
-    return method == "POST" and _METERED.fullmatch(path) is not None
 
 
 def charge_of(scope: Mapping[str, Any]) -> Charge | None:
@@ -69,7 +61,7 @@ class RateLimit:
         if principal is None or limits is None or limits == NO_LIMITS:
             await self.app(scope, receive, send)
             return
-        limiter: Limiter = scope["app"].state.limiter
+        limiter = state(scope["app"]).limiter
         path: str = scope["path"]
         try:
             statuses, charge = await limiter.admit(

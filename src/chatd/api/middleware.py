@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.api.errors import error_response
+from chatd.api.table import LARGE_BODY_PATHS
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 class BodyLimit:
-    """Refuse request bodies over a cap with 413, by Content-Length or while they stream in."""
+    """Refuse request bodies over a cap with 413, by Content-Length or while they stream in.
 
-    def __init__(self, app: ASGIApp, default: int, per_path: Mapping[str, int]) -> None:
+    `large` is the cap of the paths the route table marks `large_body`, `default` of the rest.
+    """
+
+    def __init__(self, app: ASGIApp, default: int, large: int) -> None:
         self.app = app
         self.default = default
-        self.per_path = dict(per_path)
+        self.large = large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, cutting its body off past the cap."""
@@ -26,7 +29,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        limit = self.per_path.get(path, self.default)
+        limit = self.large if path in LARGE_BODY_PATHS else self.default
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > limit:

@@ -12,6 +12,7 @@ from chatd.api.auth import KeyCache
 from chatd.api.deps import StoreDep, admin_principal
 from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import ErrorOut
+from chatd.api.state import state
 from chatd.bounds import MAX_BUDGET_USD, MAX_KEY_DAYS, MAX_KEY_LIMIT
 from chatd.keys import ApiKey, KeyLimits, new_key, user_name
 
@@ -107,8 +108,7 @@ def key_out(key: ApiKey) -> dict[str, Any]:
 
 
 def _cache(request: Request) -> KeyCache:
-    cache: KeyCache = request.app.state.key_cache
-    return cache
+    return state(request).key_cache
 
 
 @router.post("/keys", status_code=201, responses=ERRORS)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from chatd.api.deps import PrincipalDep, RuntimeDep
 from chatd.api.middleware import prometheus_text
 from chatd.api.schemas import HealthOut, ReadyOut
+from chatd.api.state import state
 from chatd.errors import ChatdError, Forbidden
 from chatd.store import schema_is_current
 
@@ -38,7 +37,7 @@ async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> R
     except ChatdError as exc:
         checks["provider"] = exc.message
     if runtime.settings.redis_url:
-        reachable = await request.app.state.limiter.ping()
+        reachable = await state(request).limiter.ping()
         checks["limits"] = "ok: redis" if reachable else "redis unreachable: CHATD_REDIS_URL"
     ready = all(v.startswith("ok") for v in checks.values()) and "migrations" in checks
     if not ready:
@@ -60,5 +59,5 @@ async def metrics(request: Request, principal: PrincipalDep) -> PlainTextRespons
     # who has no key: the server is theirs.
     if principal.key_id is not None and not principal.admin:
         raise Forbidden("/metrics needs an admin key (create one with `chatd keys create --admin`)")
-    counts: Counter[tuple[str, int]] = request.app.state.response_counts
+    counts = state(request).response_counts
     return PlainTextResponse(prometheus_text(counts), media_type="text/plain; version=0.0.4")
