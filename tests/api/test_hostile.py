@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel
 
-from chatd.api.openai_schemas import CompletionRequest
+from chatd.api.openai.schemas import CompletionRequest
 from chatd.api.routes.admin import KeyCreate
 from chatd.api.schemas import ChatIn, MessageIn, SendIn, SessionCreate, SessionSettings
 from chatd.transfer import _Doc

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from httpx_sse import connect_sse
 
-from chatd.api.streams import encode, ndjson_failure, sse_failure, text_failure
+from chatd.api.encoders import encode, ndjson_failure, sse_failure, text_failure
 from chatd.errors import UpstreamRateLimited
 from chatd.testing.fake_upstream import FakeUpstream
 from chatd.types import TurnEvent, TurnStarted

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable
 from typing import Any
 
-from chatd.api.sse import HANDOFF, PING, EventStream, StreamHandoff
+from chatd.api.responses import HANDOFF, PING, EventStream, StreamHandoff
 
 
 class Server:

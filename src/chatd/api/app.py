@@ -16,8 +16,9 @@ from chatd.api.auth import Authenticate, KeyCache, redact_access_logs
 from chatd.api.hotpath import HotPath
 from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
-from chatd.api.routes import admin, compat, health, messages, openai, sessions
-from chatd.api.sse import StreamHandoff
+from chatd.api.openai import routes as openai
+from chatd.api.responses import StreamHandoff
+from chatd.api.routes import admin, compat, health, messages, sessions
 from chatd.api.state import attach, state
 from chatd.config import Settings
 from chatd.keys import KeyLimits

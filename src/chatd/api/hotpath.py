@@ -24,15 +24,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.api.deps import Caller, caller_of
 from chatd.api.errors import chatd_error_response
-from chatd.api.openai_schemas import CompletionRequest
-from chatd.api.routes import messages, openai
+from chatd.api.openai import routes as openai
+from chatd.api.openai.schemas import CompletionRequest
+from chatd.api.responses import EventStream
+from chatd.api.routes import messages
 from chatd.api.schemas import (
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_PATTERN,
     SESSION_ID_PATTERN,
     SendIn,
 )
-from chatd.api.sse import EventStream
 from chatd.api.state import state
 from chatd.errors import ChatdError
 from chatd.runtime import Runtime

@@ -18,6 +18,15 @@ from chatd.api.deps import (
     SessionPath,
     StoreDep,
 )
+from chatd.api.encoders import (
+    encode,
+    ndjson_chunk,
+    ndjson_failure,
+    started,
+    text_chunk,
+    text_failure,
+)
+from chatd.api.responses import EventStream
 from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import (
     ChatIn,
@@ -30,15 +39,6 @@ from chatd.api.schemas import (
     SessionSummary,
     StatsOut,
     StatusOut,
-)
-from chatd.api.sse import EventStream
-from chatd.api.streams import (
-    encode,
-    ndjson_chunk,
-    ndjson_failure,
-    started,
-    text_chunk,
-    text_failure,
 )
 from chatd.api.views import history, strip_controls
 from chatd.engine import TurnOptions

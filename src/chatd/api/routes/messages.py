@@ -16,10 +16,10 @@ from chatd.api.deps import (
     StoreDep,
     resolve_model,
 )
+from chatd.api.encoders import encode, sse_chunk, sse_failure, started
+from chatd.api.responses import SSE_HEADERS, EventStream, event_schema
 from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import ErrorOut, ReplyOut, SendIn, TurnPage
-from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
-from chatd.api.streams import encode, sse_chunk, sse_failure, started
 from chatd.api.views import reply_out, turn_out
 from chatd.engine import TurnOptions
 from chatd.errors import ChatdError

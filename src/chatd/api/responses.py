@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
 
-import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -35,16 +33,6 @@ def event_schema(names: list[str] | None = None) -> dict[str, object]:
 
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-def sse(event: str, data: Any) -> bytes:
-    """Encode one SSE event with a JSON payload."""
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-def sse_data(data: Any) -> bytes:
-    """Encode one unnamed SSE event (the OpenAI stream's shape)."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 class EventStream(StreamingResponse):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
 
 import orjson
 
 from chatd.api.errors import error_type, retry_after
-from chatd.api.sse import sse
 from chatd.api.views import tool_call_out, usage_out
 from chatd.errors import ChatdError
 from chatd.types import (
@@ -27,6 +27,17 @@ from chatd.types import (
 )
 
 log = logging.getLogger("chatd.api")
+
+
+def sse(event: str, data: Any) -> bytes:
+    """Encode one SSE event with a JSON payload."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def sse_data(data: Any) -> bytes:
+    """Encode one unnamed SSE event (the OpenAI stream's shape)."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
 
 Encoder = Callable[[TurnEvent], bytes | None]
 Failure = Callable[[BaseException], bytes]

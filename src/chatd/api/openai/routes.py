@@ -13,20 +13,13 @@ from uuid import uuid4
 from fastapi import APIRouter, Header
 
 from chatd.api.deps import Caller, CallerDep, IdempotencyKey, RuntimeDep, resolve_model
-from chatd.api.openai_schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
-from chatd.api.openai_wire import (
-    Reply,
-    check_messages,
-    collect,
-    content_text,
-    stream,
-    to_chatd,
-    tool_specs,
-)
+from chatd.api.encoders import started
+from chatd.api.openai.decode import check_messages, content_text, to_chatd, tool_specs
+from chatd.api.openai.encode import Reply, collect, stream
+from chatd.api.openai.schemas import Completion, CompletionRequest, Model, ModelList, OpenAIError
+from chatd.api.responses import SSE_HEADERS, EventStream, event_schema
 from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import SESSION_ID_PATTERN
-from chatd.api.sse import SSE_HEADERS, EventStream, event_schema
-from chatd.api.streams import started
 from chatd.engine import CompletionOptions, TurnOptions
 from chatd.errors import ConfigError, InputError
 from chatd.runtime import Runtime

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible surface: its schemas, request decoding, response encoding, routes."""
