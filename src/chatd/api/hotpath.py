@@ -1,13 +1,12 @@
 """The hot routes, served ahead of the framework when the request is well-formed.
 
-FastAPI's own work for a send (matching it against the routes, solving its dependencies,
-decoding the body with the standard library, checking the reply against its response model)
-was about 0.7 M of a turn's 7.8 M instructions (benchmarks/HISTORY.md). A send to
-`POST /v1/sessions/{id}/messages` or `POST /v1/chat/completions` whose path, headers and JSON
-body are all well-formed is validated here, with the same models and the same patterns, and run
-by the same function the route calls. Anything else (a bad id, another content type, a body
-that does not validate) goes on to FastAPI with its body replayed, so every refusal still comes
-from one place and reads the same.
+Each route the route table marks `hot` (the sends and the completion: what a client calls per
+turn) has a runner here. A request to one whose path, headers and JSON body are all well-formed
+is validated with the route's own model and patterns, and run by the same function the route
+calls; the framework's routing, dependencies and response checks cost more than the rest of the
+request's own Python (benchmarks/HISTORY.md). Anything else (a bad id, another content type, a
+body that does not validate) goes on to FastAPI with its body replayed, so every refusal still
+comes from one place and reads the same.
 """
 
 from __future__ import annotations
@@ -27,19 +26,22 @@ from chatd.api.errors import chatd_error_response
 from chatd.api.openai import routes as openai
 from chatd.api.openai.schemas import CompletionRequest
 from chatd.api.responses import EventStream
-from chatd.api.routes import messages
+from chatd.api.routes import compat, messages
 from chatd.api.schemas import (
     IDEMPOTENCY_KEY_MAX,
     IDEMPOTENCY_KEY_PATTERN,
     SESSION_ID_PATTERN,
+    ChatIn,
+    MessageIn,
     SendIn,
 )
 from chatd.api.state import state
+from chatd.api.table import HOT_ROUTES, Route, path_pattern
 from chatd.errors import ChatdError
 from chatd.runtime import Runtime
 
 _SESSION_ID = SESSION_ID_PATTERN.strip("^$")
-# As `deps.IdempotencyKey` and `routes.openai.SessionHeader` declare them.
+# As `deps.IdempotencyKey` and `openai.routes.SessionHeader` declare them.
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$").encode())
 SESSION_HEADER = re.compile(_SESSION_ID.encode())
 
@@ -57,9 +59,18 @@ Run = Callable[[Runtime, Caller, "re.Match[str]", Any, Headers], Awaitable[BaseM
 
 
 @dataclass(frozen=True, slots=True)
-class HotRoute:
-    """A path, the model its body must fit, and what runs it."""
+class Runner:
+    """The model a hot route's body must fit, and what runs it."""
 
+    body: type[BaseModel]
+    run: Run
+
+
+@dataclass(frozen=True, slots=True)
+class HotRoute:
+    """A hot route's methods, its path (each `{name}` a session id), and its runner."""
+
+    methods: frozenset[str]
     path: re.Pattern[str]
     body: type[BaseModel]
     run: Run
@@ -79,10 +90,43 @@ async def _complete(
     return await openai.complete(runtime, caller, body, headers.session, headers.idempotency_key)
 
 
-ROUTES = (
-    HotRoute(re.compile(f"/v1/sessions/({_SESSION_ID})/messages"), SendIn, _send),
-    HotRoute(re.compile("/v1/chat/completions"), CompletionRequest, _complete),
-)
+async def _chat(
+    runtime: Runtime, caller: Caller, _: re.Match[str], body: ChatIn, headers: Headers
+) -> Any:
+    return await compat.reply(runtime, caller, body, headers.idempotency_key)
+
+
+async def _chat_stream(
+    runtime: Runtime, caller: Caller, _: re.Match[str], body: ChatIn, __: Headers
+) -> Any:
+    return await compat.stream_text(runtime, caller, body)
+
+
+async def _chat_session(
+    runtime: Runtime, caller: Caller, match: re.Match[str], body: MessageIn, _: Headers
+) -> Any:
+    return await compat.stream_ndjson(runtime, caller, match[1], body)
+
+
+RUNNERS = {
+    "/chat": Runner(ChatIn, _chat),
+    "/chat-stream": Runner(ChatIn, _chat_stream),
+    "/chat/{session_id}": Runner(MessageIn, _chat_session),
+    "/v1/sessions/{session_id}/messages": Runner(SendIn, _send),
+    "/v1/chat/completions": Runner(CompletionRequest, _complete),
+}
+assert set(RUNNERS) == {r.path for r in HOT_ROUTES}, "every hot route of the table has a runner"
+
+
+def _hot(route: Route) -> HotRoute:
+    runner = RUNNERS[route.path]
+    path = re.compile(path_pattern(route.path, _SESSION_ID))
+    return HotRoute(route.methods, path, runner.body, runner.run)
+
+
+# Static paths by a dict lookup; those with a session id in them by their pattern.
+_STATIC = {r.path: _hot(r) for r in HOT_ROUTES if "{" not in r.path}
+_PATTERNED = tuple(_hot(r) for r in HOT_ROUTES if "{" in r.path)
 
 
 class HotPath:
@@ -120,12 +164,17 @@ class HotPath:
 
 def _route(scope: Scope) -> tuple[HotRoute, re.Match[str]] | None:
     """Return the hot route a request is for, and its path's match."""
-    if scope["type"] != "http" or scope["method"] != "POST":
+    if scope["type"] != "http":
         return None
-    for route in ROUTES:
-        match = route.path.fullmatch(scope["path"])
+    path: str = scope["path"]
+    route = _STATIC.get(path)
+    if route is not None:
+        match = route.path.fullmatch(path) if scope["method"] in route.methods else None
+        return None if match is None else (route, match)
+    for route in _PATTERNED:
+        match = route.path.fullmatch(path)
         if match is not None:
-            return route, match
+            return (route, match) if scope["method"] in route.methods else None
     return None
 
 

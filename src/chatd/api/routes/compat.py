@@ -14,6 +14,7 @@ from chatd.api.deps import (
     CurrentUser,
     IdempotencyKey,
     PrincipalDep,
+    RuntimeDep,
     Service,
     SessionPath,
     StoreDep,
@@ -42,6 +43,7 @@ from chatd.api.schemas import (
 )
 from chatd.api.views import history, strip_controls
 from chatd.engine import TurnOptions
+from chatd.runtime import Runtime
 
 router = APIRouter(tags=["compatibility"], route_class=CheckedRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -79,16 +81,22 @@ def _options(caller: Caller, body: ChatIn, key: str | None = None) -> TurnOption
 @router.post("/chat", responses=ERRORS)
 async def chat(
     body: ChatIn,
-    service: Service,
-    store: StoreDep,
+    runtime: RuntimeDep,
     caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ChatOut:
     """Send a message and get the whole reply; the session is created on first use."""
+    return await reply(runtime, caller, body, idempotency_key)
+
+
+async def reply(
+    runtime: Runtime, caller: Caller, body: ChatIn, idempotency_key: str | None
+) -> ChatOut:
+    """Run one validated /chat: the whole reply."""
     session_id = body.session_id or uuid4().hex
     options = _options(caller, body, idempotency_key)
-    end = await service.reply(session_id, body.message, options)
-    info = await store.get_session(caller.user_id, session_id)
+    end = await runtime.service.reply(session_id, body.message, options)
+    info = await runtime.store.get_session(caller.user_id, session_id)
     return ChatOut(
         response=end.text,
         session_id=session_id,
@@ -102,14 +110,15 @@ async def chat(
     response_class=EventStream,
     responses={200: {"content": {"text/plain": {}}}, **STREAM_ERRORS},
 )
-async def chat_stream(
-    body: ChatIn,
-    service: Service,
-    caller: CallerDep,
-) -> EventStream:
+async def chat_stream(body: ChatIn, runtime: RuntimeDep, caller: CallerDep) -> EventStream:
     """Stream the reply's text as plain-text chunks; a failure ends it with an [error] line."""
+    return await stream_text(runtime, caller, body)
+
+
+async def stream_text(runtime: Runtime, caller: Caller, body: ChatIn) -> EventStream:
+    """Run one validated /chat-stream: its text as it comes."""
     options = _options(caller, body)
-    events = service.turn(body.session_id or uuid4().hex, body.message, options)
+    events = runtime.service.turn(body.session_id or uuid4().hex, body.message, options)
     first = await started(events)
     return EventStream(
         encode(first, events, text_chunk, text_failure), media_type="text/plain; charset=utf-8"
@@ -122,11 +131,18 @@ async def chat_stream(
     responses={200: {"content": {"application/x-ndjson": {}}}, **STREAM_ERRORS},
 )
 async def chat_session(
-    session_id: SessionPath, body: MessageIn, service: Service, caller: CallerDep
+    session_id: SessionPath, body: MessageIn, runtime: RuntimeDep, caller: CallerDep
 ) -> EventStream:
     """Stream the reply as NDJSON {"delta": ...} lines; a failure ends it with {"error": ...}."""
+    return await stream_ndjson(runtime, caller, session_id, body)
+
+
+async def stream_ndjson(
+    runtime: Runtime, caller: Caller, session_id: str, body: MessageIn
+) -> EventStream:
+    """Run one validated /chat/{session_id}: its reply as NDJSON lines."""
     options = TurnOptions(user_id=caller.user_id, usage_sink=caller.meter)
-    events = service.turn(session_id, body.message, options)
+    events = runtime.service.turn(session_id, body.message, options)
     first = await started(events)
     return EventStream(
         encode(first, events, ndjson_chunk, ndjson_failure), media_type="application/x-ndjson"
