@@ -114,16 +114,15 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         redoc_url=None,
     )
     errors.install(app)
-    # Routers are matched in this order, route by route, so the hot routes go first: sending
-    # a message used to try 20 routes before its own (3 % of a turn's instructions). The
-    # docs keep their reading order through the tags.
+    # Routers are matched in this order, route by route: the hot routes first, so a send tries
+    # no other route before its own. The docs keep their reading order through the tags.
     for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
     add_docs(app)
     # Added innermost first: CORS sees a request first, the body cap last, then the hot
     # routes are taken, then streams are run past the framework's frames.
     app.add_middleware(StreamHandoff)
-    # Well-formed sends and completions run here, past the router; all else goes on.
+    # The route table's hot routes run here, past the router, when well-formed; all else goes on.
     app.add_middleware(HotPath)
     app.add_middleware(
         BodyLimit, default=settings.max_body_bytes, large=settings.max_completions_body_bytes
