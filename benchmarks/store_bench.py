@@ -5,9 +5,10 @@ Run by the harness pinned to the server core while the servers are idle:
     python -m benchmarks.store_bench --url sqlite:////tmp/x.db --sizes 10,100,1000
 
 For each size it imports sessions with that many messages of history, then times what a turn
-costs the store, step by step as the engine calls it: `begin_turn` (the session's settings read
-and handed to the engine's planner, the user's message written and committed; then the history
-read, as far back as the engine's default context policy needs, timed apart as "history"), and
+costs the store, step by step as the engine calls it: "begin" (`chatd.testing.turns.begin_turn`:
+`open_turn` reads the session's settings for the engine's plan, the history is decoded as far
+back as the engine's default context policy needs, timed apart as "history", and the commit
+writes the user's message), and
 `finish_turn` (the reply and final state, one transaction).
 It also counts, per step, the SQL statements sent and (on SQLite) the calls that had to go to
 a thread (only when another process holds the lock: none here). A session
@@ -32,6 +33,7 @@ from benchmarks.workload import PLAIN, session_doc
 from chatd.engine import EngineConfig
 from chatd.store import open_store
 from chatd.store.database import SqliteDatabase
+from chatd.testing.turns import begin_turn
 from chatd.transfer import parse_doc
 from chatd.types import (
     DEFAULT_USER,
@@ -82,7 +84,7 @@ def _instrument(db: Any, counts: Counts) -> None:
     db._patient.submit = counted  # type: ignore[method-assign]
 
 
-# begin_turn is timed in two parts: its write transaction, then the history read after it.
+# A turn's begin is timed in two parts: its reads ("history"), and the rest (its write).
 STEPS = ("begin", "history", "finish")
 
 
@@ -115,11 +117,12 @@ async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, fl
                 sid = sessions[-1] if rep == 0 else sessions[(rep - 1) // reuse]
                 marks = [(time.perf_counter(), counts.statements, counts.hops)]
                 read_before = counts.read_s
-                start = await store.begin_turn(
+                start = await begin_turn(
+                    store,
                     DEFAULT_USER,
                     sid,
                     Message.user(PLAIN),
-                    # As the engine plans a turn: from the session's settings, in the write.
+                    # As the engine plans a turn: from the settings the open read.
                     lambda _settings: TurnPlan("gpt-4o-mini", "openai", policy.history_cut()),
                     create=SessionSettings(),
                 )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from chatd.config import Settings
 from chatd.engine import ChatService, EngineConfig
-from chatd.engine.ports import Store
+from chatd.engine.ports import LeaseStore
 from chatd.errors import StoreUnavailable
 from chatd.providers.pool import ProviderPool
 from chatd.store import SqlStore, open_store
@@ -42,7 +42,7 @@ class Runtime:
             await self.store.close()
 
 
-async def sweep_leases(store: Store, every_s: float) -> None:
+async def sweep_leases(store: LeaseStore, every_s: float) -> None:
     """Mark turns orphaned by a dead process as interrupted, every so often."""
     while True:
         await asyncio.sleep(every_s)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_LATENCY_MS, MAX_TOKENS, MAX_TURN_TOKENS
-from chatd.engine.ports import Store
+from chatd.engine.ports import SessionWriter
 from chatd.errors import InputError
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.textcheck import NOT_UNICODE, unencodable_at
@@ -183,7 +183,7 @@ def parse_doc(data: Any) -> SessionExport:
 
 
 async def restore(
-    store: Store, user_id: str, saved: SessionExport, session_id: str | None = None
+    store: SessionWriter, user_id: str, saved: SessionExport, session_id: str | None = None
 ) -> SessionInfo:
     """Create the saved session (under session_id if given); AlreadyExists if it is taken."""
     return await store.import_session(

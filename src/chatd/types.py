@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -336,10 +336,6 @@ class TurnPlan:
     history_until: HistoryCut | None = None
 
 
-# Decides a turn's plan from its session's settings, inside begin_turn and before it writes:
-# what it raises refuses the turn with nothing stored. May run more than once (a retried write).
+# Decides a turn's plan from its session's settings (what the engine does between a turn's
+# open and its commit); what it raises refuses the turn with nothing stored.
 Planner = Callable[[SessionSettings], TurnPlan]
-
-# Handed the new turn and its history by begin_turn once they are read, perhaps before the
-# write: the engine starts the model call here, so that it overlaps the write and its commit.
-Launch = Callable[[TurnStart], Awaitable[None]]

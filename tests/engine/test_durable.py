@@ -9,12 +9,12 @@ from typing import Any, cast
 import pytest
 
 from chatd.engine import ChatService, TurnOptions
-from chatd.engine.ports import Store
+from chatd.engine.ports import PendingTurn, Store
 from chatd.errors import IdempotencyConflict, SessionBusy, StoreUnavailable, UpstreamUnavailable
 from chatd.store import SqlStore, open_store
 from chatd.testing.fake_upstream import FakeUpstream
+from chatd.testing.turns import begin_turn
 from chatd.types import (
-    Launch,
     Message,
     Role,
     StopReason,
@@ -22,7 +22,7 @@ from chatd.types import (
     TurnEnded,
     TurnEvent,
     TurnPlan,
-    TurnStart,
+    TurnRecord,
     TurnState,
     Usage,
 )
@@ -127,9 +127,13 @@ class _FinishedMeanwhile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    async def begin_turn(self, *args: Any, launch: Launch, **kwargs: Any) -> TurnStart:
-        async def then_finish(start: TurnStart) -> None:
-            await launch(start)
+    async def open_turn(self, *args: Any, **kwargs: Any) -> PendingTurn | TurnRecord:
+        opened = await self.store.open_turn(*args, **kwargs)
+        assert not isinstance(opened, TurnRecord)
+        real_commit = opened.commit
+
+        async def commit(plan: TurnPlan, lease_s: float) -> TurnRecord:
+            # The model call was launched; before the write, the stalled turn completes.
             done = [Message.assistant("late")]
             await self.store.finish_turn(
                 self.stalled,
@@ -140,8 +144,10 @@ class _FinishedMeanwhile:
                 latency_ms=None,
                 ttft_ms=None,
             )
+            return await real_commit(plan, lease_s)
 
-        return await self.store.begin_turn(*args, launch=then_finish, **kwargs)
+        cast(Any, opened).commit = commit
+        return opened
 
 
 async def test_a_turn_that_could_not_be_stored_calls_its_model_call_off(
@@ -149,7 +155,7 @@ async def test_a_turn_that_could_not_be_stored_calls_its_model_call_off(
 ) -> None:
     store = service.store
     await store.ensure_session("local", "s")
-    stalled = await store.begin_turn("local", "s", Message.user("slow"), PLAN, lease_s=0.05)
+    stalled = await begin_turn(store, "local", "s", Message.user("slow"), PLAN, lease_s=0.05)
     await asyncio.sleep(0.1)
     service.store = cast(Store, _FinishedMeanwhile(store, stalled.record.id))
     with pytest.raises(SessionBusy):
@@ -205,8 +211,8 @@ async def test_a_retry_after_a_crash_takes_over_its_key_once_the_lease_runs_out(
     store = service.store
     await store.ensure_session("local", "s")
     # The first attempt's process died mid-turn: its turn is still marked streaming.
-    crashed = await store.begin_turn(
-        "local", "s", Message.user("hello"), PLAN, lease_s=0.05, idempotency_key="k"
+    crashed = await begin_turn(
+        store, "local", "s", Message.user("hello"), PLAN, lease_s=0.05, idempotency_key="k"
     )
     await asyncio.sleep(0.1)
     end = last(await run(service, "hello", idempotency_key="k"))
@@ -227,7 +233,7 @@ async def test_an_orphaned_turn_is_interrupted_once_its_lease_runs_out(
     store = service.store
     await store.ensure_session("local", "s")
     # A process that began a turn and died: nobody renews this lease.
-    start = await store.begin_turn("local", "s", Message.user("lost"), PLAN, lease_s=0.2)
+    start = await begin_turn(store, "local", "s", Message.user("lost"), PLAN, lease_s=0.2)
     orphan = start.record
     with pytest.raises(SessionBusy):
         await run(service, "too soon")
@@ -246,7 +252,7 @@ async def test_the_sweep_marks_expired_turns_across_sessions(service: ChatServic
     store = service.store
     for sid in ("a", "b"):
         await store.ensure_session("local", sid)
-        await store.begin_turn("local", sid, Message.user("x"), PLAN, lease_s=0.05)
+        await begin_turn(store, "local", sid, Message.user("x"), PLAN, lease_s=0.05)
     await asyncio.sleep(0.1)
     assert await store.expire_leases() == 2
     assert await store.expire_leases() == 0

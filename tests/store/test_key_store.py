@@ -11,6 +11,7 @@ from chatd.errors import InputError, NotFound
 from chatd.keys import KeyLimits, hash_key, looks_like_key, new_key
 from chatd.store import SqlKeyStore, SqlStore
 from chatd.testing.memory_keys import MemoryKeyStore
+from chatd.testing.turns import begin_turn
 from chatd.types import Message, StopReason, TurnPlan, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")
@@ -108,7 +109,7 @@ async def test_touch_records_last_use(keys: KeyStore) -> None:
 async def test_session_stats_per_user_and_overall(store: Store) -> None:
     for user, sid in (("ann", "a1"), ("ann", "a2"), ("bob", "b1")):
         await store.ensure_session(user, sid)
-    turn = (await store.begin_turn("ann", "a1", Message.user("hi"), PLAN)).record
+    turn = (await begin_turn(store, "ann", "a1", Message.user("hi"), PLAN)).record
     await store.finish_turn(
         turn.id,
         state=TurnState.COMPLETE,

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from chatd.errors import StoreUnavailable
 from chatd.store import SqlStore, open_store
 from chatd.testing.postgres import PostgresServer
+from chatd.testing.turns import begin_turn
 from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
 
 USER = "alice"
@@ -72,8 +73,8 @@ async def finish(store: SqlStore, turn: TurnRecord, text: str) -> TurnRecord:
 
 
 async def begin(store: SqlStore, session_id: str, text: str) -> TurnRecord:
-    start = await store.begin_turn(
-        USER, session_id, Message.user(text), TurnPlan("test-model", "demo")
+    start = await begin_turn(
+        store, USER, session_id, Message.user(text), TurnPlan("test-model", "demo")
     )
     return start.record
 

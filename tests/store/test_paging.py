@@ -6,6 +6,7 @@ import pytest
 
 from chatd.engine.ports import Store
 from chatd.errors import InputError, NotFound
+from chatd.testing.turns import begin_turn
 from chatd.types import Message, StopReason, TurnPlan, TurnState, Usage
 
 PLAN = TurnPlan("m", "p")
@@ -15,7 +16,7 @@ ALICE, BOB = "alice", "bob"
 
 async def add_turn(store: Store, user: str, session: str, text: str, state: TurnState) -> None:
     """Store one finished turn with a fixed usage."""
-    turn = (await store.begin_turn(user, session, Message.user(text), PLAN)).record
+    turn = (await begin_turn(store, user, session, Message.user(text), PLAN)).record
     await store.finish_turn(
         turn.id,
         state=state,

@@ -14,6 +14,7 @@ from chatd.store import queries as q
 from chatd.store.rows import UNFINISHED_TURN
 from chatd.store.sqlite_fast import Direct
 from chatd.store.tables import sessions, turns
+from chatd.testing.turns import begin_turn
 from chatd.types import (
     GenerationParams,
     Message,
@@ -62,7 +63,7 @@ async def _exercise(store: SqlStore) -> list[Any]:
 
 
 async def _turn(store: SqlStore, text: str) -> Any:
-    start = await store.begin_turn(ALICE, "s", Message.user(text), PLAN)
+    start = await begin_turn(store, ALICE, "s", Message.user(text), PLAN)
     done = await store.finish_turn(
         start.record.id,
         state=TurnState.COMPLETE,
@@ -118,7 +119,7 @@ async def test_direct_reads_convert_types_as_sqlalchemy_does(tmp_path: Path) -> 
         assert head["created_at"].tzinfo is UTC
         assert head["streaming_until"] is None
         assert head["last_turn"] is None
-        await store.begin_turn(ALICE, "s", Message.user("q"), PLAN)
+        await begin_turn(store, ALICE, "s", Message.user("q"), PLAN)
         head = await store.db.read(lambda c: q.BEGIN_HEAD.first(c, key))
         assert head is not None
         # A subquery's value, read back as its column's type (SQLite returns text).
@@ -132,7 +133,7 @@ async def test_direct_reads_convert_types_as_sqlalchemy_does(tmp_path: Path) -> 
 async def test_direct_errors_are_sqlalchemys(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path / 'chatd.db'}")
     try:
-        await store.begin_turn(ALICE, "s", Message.user("q"), PLAN, create=NEW)
+        await begin_turn(store, ALICE, "s", Message.user("q"), PLAN, create=NEW)
         [turn] = await store.list_turns(ALICE, "s")
         again = {**_turn_row(turn.id), "session_pk": 1}
         with pytest.raises(exc.IntegrityError, match="UNIQUE"):

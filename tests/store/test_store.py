@@ -24,6 +24,7 @@ from chatd.errors import ConfigError, InputError, NotFound, SessionBusy, StoreUn
 from chatd.store import SqlStore, open_store, upgrade
 from chatd.store.migrate import alembic_config
 from chatd.store.tables import metadata
+from chatd.testing.turns import begin_turn
 from chatd.types import (
     GenerationParams,
     Message,
@@ -36,7 +37,6 @@ from chatd.types import (
     ToolResultPart,
     TurnPlan,
     TurnRecord,
-    TurnStart,
     TurnState,
     Usage,
 )
@@ -85,7 +85,7 @@ async def add_turn(
     reply: Sequence[Message] | None = None,
 ) -> TurnRecord:
     """Store one turn ending in this state; failed turns carry an error and no reply."""
-    turn = (await store.begin_turn(user_id, session_id, Message.user(text), PLAN)).record
+    turn = (await begin_turn(store, user_id, session_id, Message.user(text), PLAN)).record
     if state is TurnState.STREAMING:
         return turn
     failed = state is TurnState.FAILED
@@ -127,7 +127,7 @@ async def test_begin_turn_returns_the_history_in_context_before_it(store: Store)
     await add_turn(store, ALICE, "s", "one")
     await add_turn(store, ALICE, "s", "broken", state=TurnState.FAILED)
     await add_turn(store, ALICE, "s", "two", reply=TOOL_LOOP)
-    start = await store.begin_turn(ALICE, "s", Message.user("now"), PLAN)
+    start = await begin_turn(store, ALICE, "s", Message.user("now"), PLAN)
     assert start.history == (
         Message.user("one"),
         Message.assistant("re: one"),
@@ -147,9 +147,28 @@ async def test_begin_turn_reads_history_only_as_far_back_as_asked(store: Store) 
         fed.append(message.text)
         return len(fed) == 3
 
-    start = await store.begin_turn(ALICE, "s", Message.user("now"), TurnPlan("m", "p", three))
+    start = await begin_turn(store, ALICE, "s", Message.user("now"), TurnPlan("m", "p", three))
     assert fed == ["re: q4", "q4", "re: q3"]  # newest first, and no further
     assert texts(start.history) == ["re: q3", "q4", "re: q4"]
+
+
+async def test_a_history_longer_than_the_opens_read_is_read_to_where_asked(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    for n in range(40):  # 80 messages: more than the open reads at once
+        await add_turn(store, ALICE, "s", f"q{n}")
+    fed: list[str] = []
+
+    def seventy(message: Message) -> bool:
+        fed.append(message.text)
+        return len(fed) == 70
+
+    start = await begin_turn(store, ALICE, "s", Message.user("now"), TurnPlan("m", "p", seventy))
+    assert len(fed) == 70
+    assert texts(start.history) == [t for n in range(5, 40) for t in (f"q{n}", f"re: q{n}")]
+    await finish_with_tool_loop(store, start.record.id)
+    whole = await begin_turn(store, ALICE, "s", Message.user("all"), PLAN)
+    assert whole.history == tuple(await store.context_messages(ALICE, "s"))
+    assert len(whole.history) == 81 + len(TOOL_LOOP)
 
 
 async def test_begin_turn_creates_a_missing_session_with_the_given_settings(store: Store) -> None:
@@ -160,14 +179,14 @@ async def test_begin_turn_creates_a_missing_session_with_the_given_settings(stor
         return PLAN
 
     new = SessionSettings(system_prompt="be brief", provider="p")
-    start = await store.begin_turn(ALICE, "fresh", Message.user("hi"), plan, create=new)
+    start = await begin_turn(store, ALICE, "fresh", Message.user("hi"), plan, create=new)
     assert seen == [new]
     assert start.history == ()
     info = await store.get_session(ALICE, "fresh")
     assert info is not None
     assert (info.system_prompt, info.provider) == ("be brief", "p")
     with pytest.raises(NotFound):
-        await store.begin_turn(ALICE, "other", Message.user("hi"), PLAN)
+        await begin_turn(store, ALICE, "other", Message.user("hi"), PLAN)
 
 
 async def test_the_planner_is_given_the_sessions_stored_settings(store: Store) -> None:
@@ -182,7 +201,7 @@ async def test_the_planner_is_given_the_sessions_stored_settings(store: Store) -
         return TurnPlan("chosen-model", "chosen-provider")
 
     ignored = SessionSettings(system_prompt="not this")
-    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), plan, create=ignored)).record
+    turn = (await begin_turn(store, ALICE, "s", Message.user("q"), plan, create=ignored)).record
     assert seen == [SessionSettings("sys", params, "prov")]
     assert (turn.model, turn.provider) == ("chosen-model", "chosen-provider")
 
@@ -192,11 +211,11 @@ async def test_a_refused_plan_stores_nothing(store: Store) -> None:
         raise InputError("no tool named 'nope'")
 
     with pytest.raises(InputError, match="nope"):
-        await store.begin_turn(ALICE, "new", Message.user("q"), refuse, create=SessionSettings())
+        await begin_turn(store, ALICE, "new", Message.user("q"), refuse, create=SessionSettings())
     assert await store.get_session(ALICE, "new") is None
     await store.ensure_session(ALICE, "s")
     with pytest.raises(InputError, match="nope"):
-        await store.begin_turn(ALICE, "s", Message.user("q"), refuse)
+        await begin_turn(store, ALICE, "s", Message.user("q"), refuse)
     assert await store.list_turns(ALICE, "s") == []
 
 
@@ -204,7 +223,7 @@ async def test_renewing_leases_keeps_only_turns_still_streaming(store: Store) ->
     for sid in ("a", "b", "c"):
         await store.ensure_session(ALICE, sid)
     live, short = [
-        (await store.begin_turn(ALICE, sid, Message.user("q"), PLAN, lease_s=0.05)).record
+        (await begin_turn(store, ALICE, sid, Message.user("q"), PLAN, lease_s=0.05)).record
         for sid in ("a", "c")
     ]
     done = await add_turn(store, ALICE, "b", "done")
@@ -218,7 +237,7 @@ async def test_renewing_leases_keeps_only_turns_still_streaming(store: Store) ->
 async def test_messages_with_every_part_type_round_trip(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
     question = Message.user("Weather in Oslo? «ünïcode» 🌧")
-    turn = (await store.begin_turn(ALICE, "s", question, PLAN)).record
+    turn = (await begin_turn(store, ALICE, "s", question, PLAN)).record
     finished = await store.finish_turn(
         turn.id,
         state=TurnState.COMPLETE,
@@ -314,7 +333,7 @@ async def test_another_users_session_answers_as_missing(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.list_turns(BOB, "mine")
     with pytest.raises(NotFound):
-        await store.begin_turn(BOB, "mine", Message.user("x"), PLAN)
+        await begin_turn(store, BOB, "mine", Message.user("x"), PLAN)
     with pytest.raises(NotFound):
         await store.update_session(BOB, "mine", system_prompt="hijack")
     assert await store.reset_session(BOB, "mine") is None
@@ -355,7 +374,7 @@ async def test_delete_removes_the_session_and_everything_in_it(store: Store) -> 
 
 async def test_finish_turn_is_all_or_nothing(store: Store) -> None:
     await store.ensure_session(ALICE, "s")
-    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), PLAN)).record
+    turn = (await begin_turn(store, ALICE, "s", Message.user("q"), PLAN)).record
     broken = Message(Role.ASSISTANT, (cast(Part, object()),))
     finish: dict[str, Any] = {
         "state": TurnState.COMPLETE,
@@ -419,7 +438,7 @@ async def test_update_session_changes_only_the_given_fields(store: Store) -> Non
 
 async def test_turns_keep_the_session_updated_at_current(store: Store) -> None:
     created = await store.ensure_session(ALICE, "s")
-    turn = (await store.begin_turn(ALICE, "s", Message.user("q"), PLAN)).record
+    turn = (await begin_turn(store, ALICE, "s", Message.user("q"), PLAN)).record
     began = await store.get_session(ALICE, "s")
     assert began is not None
     assert began.updated_at >= turn.created_at >= created.updated_at
@@ -507,7 +526,7 @@ async def test_storing_a_turn_writes_only_that_turns_rows(sql_store: SqlStore) -
 
 async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
-    start = await sql_store.begin_turn(ALICE, "s", Message.user("q"), PLAN)
+    start = await begin_turn(sql_store, ALICE, "s", Message.user("q"), PLAN)
     turn = start.record
     # A failure inside the database, after the turn update and the message insert.
     if sql_store.db.sync_engine.dialect.name == "sqlite":
@@ -532,7 +551,7 @@ async def test_finish_turn_rolls_back_when_the_database_fails_midway(sql_store: 
 
 async def test_begin_turn_is_committed_before_it_returns(sql_store: SqlStore) -> None:
     await sql_store.ensure_session(ALICE, "s")
-    await sql_store.begin_turn(ALICE, "s", Message.user("hold on"), PLAN)
+    await begin_turn(sql_store, ALICE, "s", Message.user("hold on"), PLAN)
     other = await open_store(sql_store.db.url.render_as_string(hide_password=False))
     try:
         [seen] = await other.list_turns(ALICE, "s")
@@ -547,7 +566,7 @@ async def test_a_turn_begun_elsewhere_is_finished_from_what_is_stored(
 ) -> None:
     await sql_store.ensure_session(ALICE, "s")
     await add_turn(sql_store, ALICE, "s", "earlier")
-    here = (await sql_store.begin_turn(ALICE, "s", Message.user("q"), PLAN)).record
+    here = (await begin_turn(sql_store, ALICE, "s", Message.user("q"), PLAN)).record
     # Another process (or this one, having forgotten it) finishes the turn.
     other = await open_store(sql_store.db.url.render_as_string(hide_password=False))
     try:
@@ -746,27 +765,25 @@ async def test_begin_turn_is_busy_if_the_history_changed_after_its_read(
 ) -> None:
     await sql_store.ensure_session(ALICE, "s")
     # A turn whose process stalled past its lease: a new turn may take the session over.
-    stalled = await sql_store.begin_turn(ALICE, "s", Message.user("slow"), PLAN, lease_s=0.05)
+    stalled = await begin_turn(sql_store, ALICE, "s", Message.user("slow"), PLAN, lease_s=0.05)
     await asyncio.sleep(0.1)
-    read: list[TurnStart] = []
-
-    async def launch(start: TurnStart) -> None:
-        read.append(start)
-        # Between this turn's read and its write, the stalled process wakes and completes.
-        await sql_store.finish_turn(
-            stalled.record.id,
-            state=TurnState.COMPLETE,
-            messages=[Message.assistant("late answer")],
-            stop_reason=StopReason.END_TURN,
-            usage=Usage(),
-            latency_ms=None,
-            ttft_ms=None,
-        )
-
+    opened = await sql_store.open_turn(ALICE, "s", Message.user("new"))
+    assert not isinstance(opened, TurnRecord)
+    history = await opened.history(PLAN.history_until)
+    # Between this turn's read and its write, the stalled process wakes and completes.
+    await sql_store.finish_turn(
+        stalled.record.id,
+        state=TurnState.COMPLETE,
+        messages=[Message.assistant("late answer")],
+        stop_reason=StopReason.END_TURN,
+        usage=Usage(),
+        latency_ms=None,
+        ttft_ms=None,
+    )
     with pytest.raises(SessionBusy):
-        await sql_store.begin_turn(ALICE, "s", Message.user("new"), PLAN, launch=launch)
+        await opened.commit(PLAN, 60.0)
     # What the new turn read lacks the late answer: it must not be stored on that history.
-    assert read[0].history == ()
+    assert history == ()
     turns = await sql_store.list_turns(ALICE, "s")
     assert [t.state for t in turns] == [TurnState.COMPLETE]
     assert texts(await sql_store.context_messages(ALICE, "s")) == ["slow", "late answer"]

@@ -9,6 +9,7 @@ from sqlalchemy import Connection
 from chatd.engine.ports import Store
 from chatd.store import SqlStore, upgrade
 from chatd.store.migrate import alembic_config
+from chatd.testing.turns import begin_turn
 from chatd.transfer import export_doc, parse_doc
 from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
 
@@ -20,7 +21,7 @@ GUESSED = Usage(120, 34, estimated=True)
 async def finish(store: Store, session_id: str, state: TurnState, usage: Usage) -> TurnRecord:
     """Store one turn in this state with this usage."""
     await store.ensure_session(USER, session_id)
-    turn = (await store.begin_turn(USER, session_id, Message.user("hi"), PLAN)).record
+    turn = (await begin_turn(store, USER, session_id, Message.user("hi"), PLAN)).record
     return await store.finish_turn(
         turn.id,
         state=state,

@@ -14,7 +14,7 @@ from chatd.api.schemas import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, SESS
 from chatd.api.state import state
 from chatd.config import Settings
 from chatd.engine import ChatService, UsageSink, check_model
-from chatd.engine.ports import Store
+from chatd.engine.ports import SessionStore
 from chatd.errors import Forbidden
 from chatd.keys import KeyLimits
 from chatd.runtime import Runtime
@@ -35,7 +35,7 @@ async def get_service(runtime: RuntimeDep) -> ChatService:
     return runtime.service
 
 
-async def get_store(runtime: RuntimeDep) -> Store:
+async def get_store(runtime: RuntimeDep) -> SessionStore:
     """Return the store."""
     return runtime.store
 
@@ -91,7 +91,7 @@ async def admin_principal(principal: PrincipalDep) -> Principal:
 
 
 Service = Annotated[ChatService, Depends(get_service)]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[SessionStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentUser = Annotated[str, Depends(current_user)]
 Admin = Annotated[Principal, Depends(admin_principal)]

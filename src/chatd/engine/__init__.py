@@ -1,16 +1,26 @@
 """The engine: one turn, start to end, over the ports it needs (a store, providers, tools).
 
 `ChatService` is what every adapter (HTTP, terminal, batch) calls; the rest is behind it:
-`run` (one turn's task), `leases` (the process's lease keeper), `context` (which history the
-model sees) and `ports` (the store protocols). Nothing here imports `api`, `cli` or `store`.
+`config` (its defaults and bounds), `run` (one turn's task), `leases` (the process's lease
+keeper), `context` (which history the model sees) and `ports` (the store protocols, narrow by
+caller). Nothing here imports `api`, `cli` or `store`.
 """
 
-from chatd.engine.ports import KeyStore, Store
+from chatd.engine.config import DisconnectPolicy, EngineConfig
+from chatd.engine.ports import (
+    KeyStore,
+    LeaseStore,
+    PendingTurn,
+    SessionReader,
+    SessionStore,
+    SessionWriter,
+    Store,
+    TurnStore,
+)
 from chatd.engine.run import UsageSink
 from chatd.engine.service import (
     ChatService,
     CompletionOptions,
-    EngineConfig,
     ProviderSource,
     TurnOptions,
     check_max_tokens,
@@ -22,11 +32,18 @@ from chatd.engine.service import (
 __all__ = [
     "ChatService",
     "CompletionOptions",
+    "DisconnectPolicy",
     "EngineConfig",
     "KeyStore",
+    "LeaseStore",
+    "PendingTurn",
     "ProviderSource",
+    "SessionReader",
+    "SessionStore",
+    "SessionWriter",
     "Store",
     "TurnOptions",
+    "TurnStore",
     "UsageSink",
     "check_max_tokens",
     "check_model",

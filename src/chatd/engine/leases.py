@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from chatd.engine.ports import Store
+from chatd.engine.ports import LeaseStore
 from chatd.errors import StoreUnavailable
 
 log = logging.getLogger("chatd.engine")
@@ -23,7 +23,7 @@ class LeaseKeeper:
     deleted with its session (by any process): one more read, only then, tells which.
     """
 
-    def __init__(self, store: Store, lease_s: float) -> None:
+    def __init__(self, store: LeaseStore, lease_s: float) -> None:
         self.store = store
         self.lease_s = lease_s
         self._held: dict[str, OnLost] = {}

@@ -1,4 +1,10 @@
-"""The ports the engine talks to: the session store and the key store, as protocols."""
+"""The ports the engine and the adapters talk to, as narrow protocols; a store implements them all.
+
+`TurnStore` is the engine's: a turn opened (the read), committed (the write) and finished.
+`LeaseStore` is the lease keeper's and the sweep's. `SessionReader` and `SessionWriter` are what
+the API, the CLI and the session documents use. `Store` is all of them: what a backend provides.
+`KeyStore` is the API keys'.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,172 @@ from typing import Protocol
 from chatd.keys import ApiKey, KeyLimits
 from chatd.types import (
     GenerationParams,
-    Launch,
+    HistoryCut,
     Message,
-    Planner,
     SessionInfo,
     SessionSettings,
     StopReason,
     TurnPlan,
     TurnRecord,
-    TurnStart,
     TurnState,
     Usage,
 )
 
 
-class Store(Protocol):
-    """Sessions and their turns; every call is scoped to one user."""
+class PendingTurn(Protocol):
+    """A turn read but not yet stored: what `TurnStore.open_turn` hands the engine.
+
+    It holds the session in this process until committed or abandoned: another send to the
+    session here is SessionBusy meanwhile, before it costs a model call.
+    """
+
+    @property
+    def turn_id(self) -> str:
+        """Return the id the turn is stored under once committed."""
+        ...
+
+    @property
+    def settings(self) -> SessionSettings:
+        """Return what the turn plans from: the session's settings, with the turn's prompt."""
+        ...
+
+    async def history(self, until: HistoryCut | None) -> tuple[Message, ...]:
+        """Return the history in context before the turn, oldest first, as the open read it.
+
+        Only as far back as `until` needs (all of it when None): fed the messages newest first,
+        it says when no older one could reach the model.
+        """
+        ...
+
+    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        """Store the turn (streaming, holding a lease) and its user message; committed on return.
+
+        In one transaction: a missing session is created; an existing one is claimed only if
+        its newest message is still the one the open read saw (else SessionBusy: the history
+        is stale), with the turn's system prompt if it brought one; turns of the session whose
+        lease ran out are marked interrupted; a failed or interrupted turn's idempotency key
+        moves to this one. Any race (another process's too) is SessionBusy. Ends the hold.
+        """
+        ...
+
+    def abandon(self) -> None:
+        """Give the turn up unstored (its plan was refused, or the engine stopped); idempotent."""
+        ...
+
+
+class TurnStore(Protocol):
+    """The engine's port: a turn opened, committed and finished; every call scoped to one user."""
+
+    async def open_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        user_message: Message,
+        *,
+        create: SessionSettings | None = None,
+        idempotency_key: str | None = None,
+        system_prompt: str | None = None,
+    ) -> PendingTurn | TurnRecord:
+        """Read what a new turn needs: the session's settings, its head and its history.
+
+        Nothing is written. A missing session is NotFound, unless `create` gives the settings
+        it is created with at commit. SessionBusy if a turn on the session is in flight (its
+        lease still live), or another send to it in this process is between its open and its
+        commit. With an idempotency key used on this session: the same message gets the
+        earlier, finished turn back (a TurnRecord: a replay, nothing to commit) unless that
+        turn failed or was interrupted, which frees the key for this one; another message is
+        an IdempotencyConflict; a turn still in flight is SessionBusy. `system_prompt`, if
+        given, is in the settings the turn plans from and becomes the session's at commit.
+        """
+        ...
+
+    async def finish_turn(
+        self,
+        turn_id: str,
+        *,
+        state: TurnState,
+        messages: Sequence[Message],
+        stop_reason: StopReason | None,
+        usage: Usage,
+        latency_ms: float | None,
+        ttft_ms: float | None,
+        error: str | None = None,
+    ) -> TurnRecord:
+        """Append the reply's messages and set the final state, in one transaction."""
+        ...
+
+
+class LeaseStore(Protocol):
+    """Streaming turns' leases: renewed by the process running them, expired by the sweep."""
+
+    async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend these turns' leases; return the ids renewed (those still streaming)."""
+        ...
+
+    async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are still stored, in any state.
+
+        A held turn missing from a renewal is either taken by a sweep (still stored) or gone
+        with its session (deleted or reset): this tells which.
+        """
+        ...
+
+    async def expire_leases(self) -> int:
+        """Mark every streaming turn whose lease ran out as interrupted; return how many."""
+        ...
+
+
+class SessionReader(Protocol):
+    """Sessions and their turns, read; every call is scoped to one user."""
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
         ...
+
+    async def list_sessions(self, user_id: str) -> Sequence[SessionInfo]:
+        """Return the user's sessions, oldest first."""
+        ...
+
+    async def page_sessions(
+        self, user_id: str, *, limit: int, after: str | None = None
+    ) -> tuple[Sequence[SessionInfo], str | None]:
+        """Return up to limit sessions, oldest first, after the cursor, and the next cursor.
+
+        The next cursor is None on the last page; InputError if `after` is not a cursor.
+        """
+        ...
+
+    async def list_turns(self, user_id: str, session_id: str) -> Sequence[TurnRecord]:
+        """Return every turn with its state and messages, in order."""
+        ...
+
+    async def page_turns(
+        self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0
+    ) -> tuple[Sequence[TurnRecord], int | None]:
+        """Return up to limit turns with seq above after_seq, in order, and the seq to go on from.
+
+        The seq to go on from is None on the last page; NotFound if there is no such session.
+        """
+        ...
+
+    async def context_messages(self, user_id: str, session_id: str) -> Sequence[Message]:
+        """Return the messages of complete and truncated turns, in order."""
+        ...
+
+    async def usage_totals(self, user_id: str) -> tuple[int, Usage]:
+        """Return how many turns the user has, and their usage summed."""
+        ...
+
+    async def session_stats(self, user_id: str | None) -> tuple[int, int]:
+        """Return how many sessions there are and how many turns of them are in context.
+
+        Counts one user's, or every user's when user_id is None.
+        """
+        ...
+
+
+class SessionWriter(Protocol):
+    """Sessions created, changed, emptied, deleted and imported; scoped to one user."""
 
     async def ensure_session(
         self,
@@ -52,86 +204,6 @@ class Store(Protocol):
         provider: str | None = None,
     ) -> SessionInfo:
         """Change the given settings (None leaves one as it is); NotFound if missing."""
-        ...
-
-    async def list_sessions(self, user_id: str) -> Sequence[SessionInfo]:
-        """Return the user's sessions, oldest first."""
-        ...
-
-    async def context_messages(self, user_id: str, session_id: str) -> Sequence[Message]:
-        """Return the messages of complete and truncated turns, in order."""
-        ...
-
-    async def list_turns(self, user_id: str, session_id: str) -> Sequence[TurnRecord]:
-        """Return every turn with its state and messages, in order."""
-        ...
-
-    async def begin_turn(
-        self,
-        user_id: str,
-        session_id: str,
-        user_message: Message,
-        plan: TurnPlan | Planner,
-        *,
-        create: SessionSettings | None = None,
-        lease_s: float = 60.0,
-        idempotency_key: str | None = None,
-        launch: Launch | None = None,
-        system_prompt: str | None = None,
-    ) -> TurnStart:
-        """Store the user's message in a new streaming turn holding a lease, committed on return.
-
-        The plan (or what the planner makes of the session's settings) names the turn's model
-        and provider and how far back its history is read. A missing session is created with
-        `create`'s settings in the same transaction, or NotFound without it. Returns the new turn
-        with the history in context before it, exactly as it is when the turn is stored (a turn
-        that began or ended in between makes this SessionBusy): oldest first, and only as far
-        back as the plan's `history_until` needs (all of it when None). Turns of this session
-        whose lease ran out are marked interrupted first. SessionBusy if another turn is in
-        flight. With an idempotency key used on this session: the same message gets the
-        earlier turn back with no history (a finished state tells it is a replay) unless that
-        turn failed or was interrupted, which frees the key for a new turn; another message is
-        an IdempotencyConflict; a turn still in flight is SessionBusy.
-
-        `system_prompt`, if given, becomes the session's (a new one's too) in the same write, and
-        the planner sees it: a turn refused for any reason leaves the session's prompt as it was.
-        A replayed turn changes nothing.
-
-        `launch`, if given, is awaited with the new turn and its history (never for a replay)
-        before the turn is stored, or after: if begin_turn then raises, the turn was not
-        stored and whatever launch started must be stopped.
-        """
-        ...
-
-    async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
-        """Extend these turns' leases; return the ids renewed (those still streaming)."""
-        ...
-
-    async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
-        """Return the ids of these turns that are still stored, in any state.
-
-        A held turn missing from a renewal is either taken by a sweep (still stored) or gone
-        with its session (deleted or reset): this tells which.
-        """
-        ...
-
-    async def expire_leases(self) -> int:
-        """Mark every streaming turn whose lease ran out as interrupted; return how many."""
-        ...
-
-    async def finish_turn(
-        self,
-        turn_id: str,
-        *,
-        state: TurnState,
-        messages: Sequence[Message],
-        stop_reason: StopReason | None,
-        usage: Usage,
-        latency_ms: float | None,
-        ttft_ms: float | None,
-        error: str | None = None,
-    ) -> TurnRecord:
-        """Append the reply's messages and set the final state, in one transaction."""
         ...
 
     async def reset_session(self, user_id: str, session_id: str) -> int | None:
@@ -159,37 +231,16 @@ class Store(Protocol):
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         ...
 
-    async def page_sessions(
-        self, user_id: str, *, limit: int, after: str | None = None
-    ) -> tuple[Sequence[SessionInfo], str | None]:
-        """Return up to limit sessions, oldest first, after the cursor, and the next cursor.
 
-        The next cursor is None on the last page; InputError if `after` is not a cursor.
-        """
-        ...
+class SessionStore(SessionReader, SessionWriter, Protocol):
+    """Sessions read and written: what the API's session routes and the CLI use."""
 
-    async def page_turns(
-        self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0
-    ) -> tuple[Sequence[TurnRecord], int | None]:
-        """Return up to limit turns with seq above after_seq, in order, and the seq to go on from.
 
-        The seq to go on from is None on the last page; NotFound if there is no such session.
-        """
-        ...
-
-    async def usage_totals(self, user_id: str) -> tuple[int, Usage]:
-        """Return how many turns the user has, and their usage summed."""
-        ...
+class Store(TurnStore, LeaseStore, SessionStore, Protocol):
+    """Every port a backend provides (SqlStore, MemoryStore), with its health and lifetime."""
 
     async def ping(self) -> None:
         """Check the store answers; StoreUnavailable if not."""
-        ...
-
-    async def session_stats(self, user_id: str | None) -> tuple[int, int]:
-        """Return how many sessions there are and how many turns of them are in context.
-
-        Counts one user's, or every user's when user_id is None.
-        """
         ...
 
     async def close(self) -> None:

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from chatd.engine.config import EngineConfig
 from chatd.engine.context import ContextPolicy
 from chatd.engine.leases import LeaseKeeper
-from chatd.engine.ports import Store
+from chatd.engine.ports import TurnStore
 from chatd.errors import (
     ChatdError,
     NotFound,
@@ -39,13 +40,11 @@ from chatd.types import (
     ToolResultPart,
     TurnEnded,
     TurnEvent,
-    TurnRecord,
     TurnState,
     Usage,
 )
 
 if TYPE_CHECKING:
-    from chatd.engine.service import EngineConfig
     from chatd.tools import ToolRegistry
 
 log = logging.getLogger("chatd.engine")
@@ -170,8 +169,8 @@ class Progress:
 class TurnRun:
     """Everything one in-flight turn needs; `run` drives it to a stored final state."""
 
-    record: TurnRecord
-    store: Store
+    turn_id: str
+    store: TurnStore
     provider: Provider
     tools: ToolRegistry
     config: EngineConfig
@@ -188,26 +187,32 @@ class TurnRun:
     # Set while its session is being deleted or reset: a finish that finds its row gone says so.
     doomed: TurnDiscarded | None = None
     usage_sink: UsageSink | None = None
-    # The run may start before its turn is stored (the model call overlaps the store's write):
-    # it keeps nothing, and runs no tool, until `stored` says the turn's row is committed.
+    # The run starts before its turn is stored (the model call overlaps the store's write):
+    # it keeps nothing, and runs no tool, until `committed` says the turn's row is stored.
     is_stored: bool = False
     _stored: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     _runner: asyncio.Task[None] | None = None
 
-    def stored(self, runner: asyncio.Task[None]) -> None:
-        """Note that the turn is committed: hold its lease, and let the run keep its outcome."""
-        self._runner = runner
+    def start(self) -> asyncio.Task[None]:
+        """Start `run` as a task of its own, so a reader that goes away does not cancel it."""
+        self._runner = asyncio.create_task(self.run(), name=f"turn-{self.turn_id}")
+        return self._runner
+
+    def committed(self) -> None:
+        """Note that the turn is stored: hold its lease, and let the run keep its outcome."""
+        runner = self._runner
 
         def lost(gone: bool) -> None:
             if gone:
                 self.discard(TurnDiscarded(SESSION_GONE))
                 return
             self.lost_lease = True
-            runner.cancel()
+            if runner is not None:
+                runner.cancel()
 
-        self.leases.hold(self.record.id, lost)
+        self.leases.hold(self.turn_id, lost)
         self.is_stored = True
         self._stored.set_result(None)
 
@@ -224,7 +229,7 @@ class TurnRun:
     async def run(self) -> None:
         """Call the model (and tools) to the end, store the turn, then post TurnEnded.
 
-        Cancelled before `stored` is called, it ends with nothing recorded: the turn never was.
+        Cancelled before `committed` is called, it ends with nothing recorded: the turn never was.
         """
         try:
             try:
@@ -236,7 +241,7 @@ class TurnRun:
             finally:
                 # Before the turn is stored: a renewal that misses it then is no lost lease.
                 if self.is_stored:
-                    self.leases.release(self.record.id)
+                    self.leases.release(self.turn_id)
         except asyncio.CancelledError:
             if not self.is_stored:
                 raise
@@ -255,7 +260,7 @@ class TurnRun:
         except Exception as exc:
             if not self.is_stored:
                 await self._stored
-                self.leases.release(self.record.id)
+                self.leases.release(self.turn_id)
             self.progress.end_call(worked=False)
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
             await self._report_usage()
@@ -282,7 +287,7 @@ class TurnRun:
         try:
             await self.usage_sink(self.progress.usage, self.base.model)
         except Exception:
-            log.exception("could not report the usage of turn %s", self.record.id)
+            log.exception("could not report the usage of turn %s", self.turn_id)
 
     async def _rounds(self) -> AsyncIterator[TurnEvent]:
         cfg, base, progress = self.config, self.base, self.progress
@@ -336,7 +341,7 @@ class TurnRun:
         progress.flush()
         try:
             await self.store.finish_turn(
-                self.record.id,
+                self.turn_id,
                 state=state,
                 messages=progress.messages,
                 stop_reason=progress.stop,
@@ -353,7 +358,7 @@ class TurnRun:
             ) from None
         text = "".join(m.text for m in progress.messages if m.role is Role.ASSISTANT)
         return TurnEnded(
-            self.record.id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
+            self.turn_id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
         )
 
     async def _finish_quietly(self, state: TurnState, error: str) -> None:
@@ -361,9 +366,9 @@ class TurnRun:
         try:
             await self._finish(state, error)
         except ChatdError as exc:
-            log.warning("could not store the end of turn %s: %s", self.record.id, exc.message)
+            log.warning("could not store the end of turn %s: %s", self.turn_id, exc.message)
         except Exception:
-            log.exception("could not store the end of turn %s", self.record.id)
+            log.exception("could not store the end of turn %s", self.turn_id)
 
 
 def _describe(exc: BaseException) -> str:

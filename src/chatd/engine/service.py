@@ -8,16 +8,16 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-from chatd.config import Settings
-from chatd.engine.context import ContextPolicy, SlidingWindow, TokenBudget, policy_for
+from chatd.engine.config import DisconnectPolicy, EngineConfig
+from chatd.engine.context import ContextPolicy, policy_for
 from chatd.engine.leases import LeaseKeeper
 from chatd.engine.ports import Store
 from chatd.engine.run import TurnRun, UsageSink
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
 from chatd.providers.base import Provider
-from chatd.providers.retry import RetryPolicy, stream_with_retries
+from chatd.providers.retry import stream_with_retries
 from chatd.tokens import CallUsage
 from chatd.tools import ToolRegistry
 from chatd.types import (
@@ -35,15 +35,12 @@ from chatd.types import (
     TurnEvent,
     TurnPlan,
     TurnRecord,
-    TurnStart,
     TurnStarted,
-    TurnState,
     Usage,
 )
 
 log = logging.getLogger("chatd.engine")
 
-DisconnectPolicy = Literal["finish", "abort"]
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Unicode's control characters (category Cc) and lone surrogates (Cs), but newline and tab.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -93,54 +90,6 @@ class ProviderSource(Protocol):
     def get(self, name: str | None = None) -> Provider:
         """Return the named provider, or the default when name is None."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """The engine's defaults and bounds."""
-
-    defaults: GenerationParams = field(
-        default_factory=lambda: GenerationParams(max_tokens=1024, stop=())
-    )
-    policy: ContextPolicy = field(default_factory=lambda: TokenBudget(16000))
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_tool_rounds: int = 8
-    tool_timeout_s: float = 30.0
-    max_message_chars: int = 32000
-    max_tokens_ceiling: int | None = None
-    # CHATD_MODELS: every call's model, however it was chosen, must be one of these.
-    models: tuple[str, ...] = ()
-    lease_s: float = 30.0
-    on_disconnect: DisconnectPolicy = "finish"
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> EngineConfig:
-        """Read the engine's knobs from settings."""
-        policy: ContextPolicy = (
-            SlidingWindow(s.context_max_messages)
-            if s.context_policy == "window"
-            else TokenBudget(s.context_max_tokens)
-        )
-        return cls(
-            defaults=GenerationParams(
-                model=s.model,
-                max_tokens=s.max_tokens,
-                temperature=s.temperature,
-                stop=(),
-                tools=tuple(s.tools),
-            ),
-            policy=policy,
-            retry=RetryPolicy(
-                s.retry_max_attempts, s.retry_base_delay_s, s.retry_max_delay_s, s.retry_max_total_s
-            ),
-            max_tool_rounds=s.max_tool_rounds,
-            tool_timeout_s=s.tool_timeout_s,
-            max_message_chars=s.max_message_chars,
-            max_tokens_ceiling=s.max_tokens_ceiling,
-            models=tuple(s.models),
-            lease_s=s.turn_lease_s,
-            on_disconnect=s.on_disconnect,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,70 +148,59 @@ class ChatService:
         check_session_id(session_id)
         text = clean_message(text, cfg.max_message_chars)
         check_max_tokens(opts.params.max_tokens, cfg.max_tokens_ceiling)
-        prepared: list[_Prepared] = []
-
-        def plan(session: SessionSettings) -> TurnPlan:
-            # Run inside begin_turn, before it writes: what this refuses leaves nothing stored.
-            p = self._prepare(session, opts)
-            prepared.append(p)
-            return TurnPlan(p.base.model, p.provider.name, p.policy.history_cut())
-
-        launched: list[tuple[TurnRun, asyncio.Task[None]]] = []
-
-        async def launch(start: TurnStart) -> None:
-            provider, base, policy = prepared[-1]
+        # 1. Open: the read (the session's settings and head, the idempotency key, the history).
+        message = Message.user(text)
+        opened = await self.store.open_turn(
+            opts.user_id,
+            session_id,
+            message,
+            create=SessionSettings(system_prompt=opts.system_prompt, provider=opts.provider),
+            idempotency_key=opts.idempotency_key,
+            system_prompt=opts.session_prompt,
+        )
+        if isinstance(opened, TurnRecord):
+            for event in (TurnStarted(session_id, opened.id), *_replay(opened)):
+                yield event
+            return
+        pending = opened
+        task: asyncio.Task[None] | None = None
+        try:
+            # 2. Plan from the session's settings: what this refuses leaves nothing stored.
+            provider, base, policy = self._prepare(pending.settings, opts)
+            history = await pending.history(policy.history_cut())
+            # 3. Start the model call, so that it overlaps the write and its commit.
             run = TurnRun(
-                start.record, self.store, provider, self.tools, cfg, base, policy, self.leases
+                pending.turn_id, self.store, provider, self.tools, cfg, base, policy, self.leases
             )
-            run.messages = [*start.history, start.record.messages[0]]
+            run.messages = [*history, message]
             run.usage_sink = opts.usage_sink
-            # The turn runs as a task of its own, started before anything is handed on, so a
-            # consumer that goes away at any point does not cancel it.
-            task = asyncio.create_task(run.run(), name=f"turn-{start.record.id}")
+            task = runner = run.start()
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-            launched.append((run, task))
             # Two passes of the loop let the task send the model's request before the store
-            # writes the turn (on SQLite, in this thread without a pause), so the model starts
-            # working while the turn is written and committed: in the first the SDK builds the
-            # request, in the second aiohttp's writer task puts it on a pooled connection.
+            # writes the turn (on SQLite, in this thread without a pause): in the first the SDK
+            # builds the request, in the second aiohttp's writer task puts it on a connection.
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-
-        new = SessionSettings(system_prompt=opts.system_prompt, provider=opts.provider)
-        try:
-            start = await self.store.begin_turn(
-                opts.user_id,
-                session_id,
-                Message.user(text),
-                plan,
-                create=new,
-                lease_s=cfg.lease_s,
-                idempotency_key=opts.idempotency_key,
-                launch=launch,
-                system_prompt=opts.session_prompt,
-            )
+            # 4. Commit: the write; a stale read or a race is SessionBusy.
+            await pending.commit(TurnPlan(base.model, provider.name), cfg.lease_s)
         except BaseException:
+            pending.abandon()
             # Not stored: the model call it started must not go on (or be kept).
-            for _, task in launched:
+            if task is not None:
                 task.cancel()
                 await asyncio.wait({task})
             raise
-        record = start.record
-        if record.state is not TurnState.STREAMING:
-            for event in (TurnStarted(session_id, record.id), *_replay(record)):
-                yield event
-            return
-        run, task = launched[-1]
-        run.stored(task)
+        run.committed()
         live = (opts.user_id, session_id)
-        self._live[live] = (run, task)
-        task.add_done_callback(lambda _: self._forget(live, task))
+        self._live[live] = (run, runner)
+        runner.add_done_callback(lambda _: self._forget(live, runner))
         # Whatever ends the task, its reader is told: a turn's stream never waits forever.
-        task.add_done_callback(run.outbox.end_with)
+        runner.add_done_callback(run.outbox.end_with)
+        # 5. Stream what the run posts, to its end (stored before TurnEnded is posted).
         ended = False
         try:
-            yield TurnStarted(session_id, record.id)
+            yield TurnStarted(session_id, pending.turn_id)
             while True:
                 outcome = await run.outbox.get()
                 if isinstance(outcome, BaseException):
@@ -274,8 +212,8 @@ class ChatService:
                     return
         finally:
             if not ended and (opts.on_disconnect or cfg.on_disconnect) == "abort":
-                task.cancel()
-                await asyncio.wait({task})
+                runner.cancel()
+                await asyncio.wait({runner})
 
     def _prepare(self, session: SessionSettings, opts: TurnOptions) -> _Prepared:
         """Resolve the turn's provider, request and context policy from its session."""

@@ -95,7 +95,7 @@ SESSION_MESSAGES = (
     .order_by(messages.c.seq)
 )
 
-# What begin_turn needs in one read: the session (its pk and settings), its last turn and
+# What open_turn needs in one read: the session (its pk and settings), its last turn and
 # message seqs, and the lease of a turn streaming on it (None when none is).
 BEGIN_HEAD = Direct(
     select(
@@ -109,7 +109,7 @@ BEGIN_HEAD = Direct(
         .label("streaming_until"),
     ).where(THIS_SESSION)
 )
-# begin_turn's write, first: touch the session only if no message was added to it since the
+# A turn's commit, first: touch the session only if no message was added to it since the
 # read (parameters pk, now, last_message). No row changed means another turn began or ended
 # in between, so the history read may be stale.
 _CLAIM = (

@@ -21,7 +21,7 @@ from chatd.types import (
     Usage,
 )
 
-# What a turn row holds before it finishes, beside the values begin_turn inserts.
+# What a turn row holds before it finishes, beside the values a turn's commit inserts.
 UNFINISHED_TURN: Mapping[str, Any] = {
     "stop_reason": None,
     "input_tokens": 0,

@@ -1,10 +1,11 @@
-"""SqlStore: the Store port on prebuilt SQLAlchemy Core statements, one function per call."""
+"""SqlStore: the store ports on prebuilt SQLAlchemy Core statements, one function per call."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 from uuid import uuid4
 
@@ -37,15 +38,12 @@ from chatd.store.tables import sessions
 from chatd.types import (
     GenerationParams,
     HistoryCut,
-    Launch,
     Message,
-    Planner,
     SessionInfo,
     SessionSettings,
     StopReason,
     TurnPlan,
     TurnRecord,
-    TurnStart,
     TurnState,
     Usage,
 )
@@ -68,19 +66,131 @@ class _Begun:
 
 @dataclass(frozen=True, slots=True)
 class _Draft:
-    """What begin_turn read before its write: the session as it was, and the turn's history."""
+    """What open_turn read: the session as it was, and the newest of its history's rows."""
 
-    pk: int | None  # None: the session is created by the write
+    pk: int | None  # None: the session is created by the commit
     last_turn: int
     last_message: int
     streaming: bool  # a turn whose lease ran out is still marked streaming
     release: str | None  # the failed turn whose idempotency key this turn takes over
-    plan: TurnPlan
-    history: tuple[Message, ...]
+    settings: SessionSettings
+    # The history's newest rows (role, parts), not yet decoded: all of them unless there are
+    # more than HISTORY_BATCH, then HISTORY_BATCH + 1.
+    rows: list[Sequence[Any]]
+
+
+class _Pending:
+    """A turn SqlStore read but has not written: the engine plans, launches, then commits."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        user_id: str,
+        session_id: str,
+        user_message: Message,
+        draft: _Draft,
+        *,
+        create: SessionSettings | None,
+        idempotency_key: str | None,
+        system_prompt: str | None,
+        now: datetime,
+    ) -> None:
+        self.turn_id = uuid4().hex
+        self.settings = draft.settings
+        self._store = store
+        self._user_id = user_id
+        self._session_id = session_id
+        self._message = user_message
+        self._draft = draft
+        self._create = create
+        self._key = idempotency_key
+        self._prompt = system_prompt
+        self._now = now
+        self._open = True
+
+    async def history(self, until: HistoryCut | None) -> tuple[Message, ...]:
+        """Return the history before the turn, oldest first, decoded only as far as needed."""
+        draft = self._draft
+        taken: list[Message] = []
+        if _take(draft.rows, taken, until) or len(draft.rows) <= HISTORY_BATCH:
+            return tuple(reversed(taken))
+        # Longer than the open's read: the rest, in a read of its own (a stale one is refused
+        # by the commit's claim).
+        seen, pk = len(draft.rows), draft.pk
+        assert pk is not None
+
+        def rest(conn: Connection) -> None:
+            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
+            _take(islice(rows, seen, None), taken, until)
+
+        await self._store.db.read(rest)
+        return tuple(reversed(taken))
+
+    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        """Write the turn and its user message in one transaction; SessionBusy if stale."""
+        if not self._open:
+            raise RuntimeError("this turn was already committed or abandoned")
+        draft, now, session_id = self._draft, self._now, self._session_id
+        turn_id, user_message, prompt = self.turn_id, self._message, self._prompt
+        turn = {
+            "id": turn_id,
+            "session_pk": draft.pk,
+            "seq": draft.last_turn + 1,
+            "state": q.STREAMING,
+            "model": plan.model,
+            "provider": plan.provider,
+            "created_at": now,
+            "lease_until": now + timedelta(seconds=lease_s),
+            "idempotency_key": self._key,
+            **UNFINISHED_TURN,
+        }
+        record = turn_record(turn, session_id, (user_message,))
+
+        def write(conn: Connection) -> _Begun:
+            pk = draft.pk
+            if pk is None:
+                # Created here, in the turn's transaction: a refused turn leaves no session.
+                assert self._create is not None
+                values = _session_row(self._user_id, session_id, self._create, now)
+                pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
+            else:
+                claim = {"pk": pk, "now": now, "last_message": draft.last_message}
+                if prompt is None:
+                    claimed = q.CLAIM_SESSION.execute(conn, claim)
+                else:
+                    claimed = q.CLAIM_SESSION_PROMPT.execute(conn, {**claim, "prompt": prompt})
+                if claimed != 1:
+                    raise busy(session_id)
+                if draft.streaming:
+                    # Its process may have died: an expired lease frees the session for this turn.
+                    conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+                if draft.release is not None:
+                    conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
+            row = {**turn, "session_pk": pk}
+            q.INSERT_TURN.execute(conn, row)
+            seq = draft.last_message + 1
+            q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
+            return _Begun(pk, seq + 1, row, record)
+
+        try:
+            self._store._remember(await self._store.db.write(write))
+        except exc.IntegrityError:
+            # One streaming turn per session (a partial unique index), unique seqs and keys:
+            # another turn is in flight or began on this session just now.
+            raise busy(session_id) from None
+        finally:
+            self.abandon()
+        return record
+
+    def abandon(self) -> None:
+        """Let the session go in this process; the turn is not (or is already) stored."""
+        if self._open:
+            self._open = False
+            self._store._beginning.discard((self._user_id, self._session_id))
 
 
 class SqlStore:
-    """The Store port over SQL; each call is one function run on one connection."""
+    """The store ports over SQL; each call is one function run on one connection."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -186,57 +296,24 @@ class SqlStore:
 
         return await self.db.read(work)
 
-    async def begin_turn(
+    async def open_turn(
         self,
         user_id: str,
         session_id: str,
         user_message: Message,
-        plan: TurnPlan | Planner,
         *,
         create: SessionSettings | None = None,
-        lease_s: float = 60.0,
         idempotency_key: str | None = None,
-        launch: Launch | None = None,
         system_prompt: str | None = None,
-    ) -> TurnStart:
-        """Store the user's message in a new streaming turn holding a lease, committed on return."""
-        # A send that arrives while another to the same session is between its read and its
+    ) -> _Pending | TurnRecord:
+        """Read the session's head, settings, idempotency key and newest history, in one read."""
+        # A send that arrives while another to the same session is between its open and its
         # commit here would read the same history and launch its own model call, only for
         # its write to be refused: refuse it now, before it costs anything.
         beginning = (user_id, session_id)
         if beginning in self._beginning:
             raise busy(session_id)
-        self._beginning.add(beginning)
-        try:
-            return await self._begin(
-                user_id,
-                session_id,
-                user_message,
-                plan,
-                create,
-                lease_s,
-                idempotency_key,
-                launch,
-                system_prompt,
-            )
-        finally:
-            self._beginning.discard(beginning)
-
-    async def _begin(
-        self,
-        user_id: str,
-        session_id: str,
-        user_message: Message,
-        plan: TurnPlan | Planner,
-        create: SessionSettings | None,
-        lease_s: float,
-        idempotency_key: str | None,
-        launch: Launch | None,
-        system_prompt: str | None,
-    ) -> TurnStart:
-        """Read the session and history, launch the turn, then write it."""
-        turn_id, now = uuid4().hex, utc_now()
-        key = _key(user_id, session_id)
+        now, key = utc_now(), _key(user_id, session_id)
         if create is not None and system_prompt is not None:
             create = replace(create, system_prompt=system_prompt)
 
@@ -245,12 +322,10 @@ class SqlStore:
             if head is None:
                 if create is None:
                     raise NotFound(f"no session {session_id!r}")
-                chosen = plan(create) if callable(plan) else plan
-                return _Draft(None, 0, 0, False, None, chosen, ())
+                return _Draft(None, 0, 0, False, None, create, [])
             settings = session_settings(head)
             if system_prompt is not None:
                 settings = replace(settings, system_prompt=system_prompt)
-            chosen = plan(settings) if callable(plan) else plan
             pk, until = head["id"], head["streaming_until"]
             if until is not None and until >= now:
                 raise busy(session_id)
@@ -260,64 +335,34 @@ class SqlStore:
                 if isinstance(prior, TurnRecord):
                     return prior
                 release = prior
-            history = _history(conn, pk, chosen.history_until)
+            # The newest batch (and one more row: is there more?), decoded later only as far
+            # back as the engine's plan needs.
+            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
+            newest = list(islice(rows, HISTORY_BATCH + 1))
             last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
-            return _Draft(pk, last_turn, last_message, until is not None, release, chosen, history)
+            streaming = until is not None
+            return _Draft(pk, last_turn, last_message, streaming, release, settings, newest)
 
-        draft = await self.db.read(read)
-        if isinstance(draft, TurnRecord):
-            return TurnStart(draft)
-        turn = {
-            "id": turn_id,
-            "session_pk": draft.pk,
-            "seq": draft.last_turn + 1,
-            "state": q.STREAMING,
-            "model": draft.plan.model,
-            "provider": draft.plan.provider,
-            "created_at": now,
-            "lease_until": now + timedelta(seconds=lease_s),
-            "idempotency_key": idempotency_key,
-            **UNFINISHED_TURN,
-        }
-        start = TurnStart(turn_record(turn, session_id, (user_message,)), draft.history)
-        if launch is not None:
-            await launch(start)
-
-        def write(conn: Connection) -> _Begun:
-            pk = draft.pk
-            if pk is None:
-                # Created here, in the turn's transaction: a refused turn leaves no session.
-                assert create is not None
-                values = _session_row(user_id, session_id, create, now)
-                pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
-            else:
-                claim = {"pk": pk, "now": now, "last_message": draft.last_message}
-                if system_prompt is None:
-                    claimed = q.CLAIM_SESSION.execute(conn, claim)
-                else:
-                    claimed = q.CLAIM_SESSION_PROMPT.execute(
-                        conn, {**claim, "prompt": system_prompt}
-                    )
-                if claimed != 1:
-                    raise busy(session_id)
-                if draft.streaming:
-                    # Its process may have died: an expired lease frees the session for this turn.
-                    conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
-                if draft.release is not None:
-                    conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
-            row = {**turn, "session_pk": pk}
-            q.INSERT_TURN.execute(conn, row)
-            seq = draft.last_message + 1
-            q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
-            return _Begun(pk, seq + 1, row, start.record)
-
+        self._beginning.add(beginning)
         try:
-            self._remember(await self.db.write(write))
-        except exc.IntegrityError:
-            # One streaming turn per session (a partial unique index), unique seqs and keys:
-            # another turn is in flight or began on this session just now.
-            raise busy(session_id) from None
-        return start
+            draft = await self.db.read(read)
+        except BaseException:
+            self._beginning.discard(beginning)
+            raise
+        if isinstance(draft, TurnRecord):
+            self._beginning.discard(beginning)
+            return draft
+        return _Pending(
+            self,
+            user_id,
+            session_id,
+            user_message,
+            draft,
+            create=create,
+            idempotency_key=idempotency_key,
+            system_prompt=system_prompt,
+            now=now,
+        )
 
     def _remember(self, begun: _Begun) -> None:
         # What finish_turn would otherwise read back; bounded, as a turn whose task never ran
@@ -564,3 +609,13 @@ def _replay(
         # A retry after a failure should get a real answer: the new turn takes the key.
         return str(prior.id)
     return turn_record(prior._mapping, session_id, messages)
+
+
+def _take(rows: Iterable[Sequence[Any]], taken: list[Message], until: HistoryCut | None) -> bool:
+    """Decode history rows newest first into taken until `until` says enough; tell if it did."""
+    for role, parts in rows:
+        m = message(role, parts)
+        taken.append(m)
+        if until is not None and until(m):
+            return True
+    return False

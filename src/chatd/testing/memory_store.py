@@ -1,4 +1,4 @@
-"""MemoryStore: the Store port in process memory, with the same semantics as SqlStore."""
+"""MemoryStore: the store ports in process memory, with the same semantics as SqlStore."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import LEASE_EXPIRED, busy, read_back
 from chatd.types import (
     GenerationParams,
-    Launch,
+    HistoryCut,
     Message,
-    Planner,
     SessionInfo,
     SessionSettings,
     StopReason,
     TurnPlan,
     TurnRecord,
-    TurnStart,
     TurnState,
     Usage,
 )
@@ -35,12 +33,14 @@ class _Session:
 
 
 class MemoryStore:
-    """The Store port kept in dicts; for tests and throwaway runs."""
+    """The store ports kept in dicts; for tests and throwaway runs."""
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._turn_owner: dict[str, tuple[str, str]] = {}
         self._leases: dict[str, datetime] = {}
+        # Sessions with a turn opened here and not yet committed or abandoned.
+        self._beginning: set[tuple[str, str]] = set()
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -100,71 +100,37 @@ class MemoryStore:
         """Return every turn with its state and messages, in order."""
         return list(self._get(user_id, session_id).turns)
 
-    async def begin_turn(
+    async def open_turn(
         self,
         user_id: str,
         session_id: str,
         user_message: Message,
-        plan: TurnPlan | Planner,
         *,
         create: SessionSettings | None = None,
-        lease_s: float = 60.0,
         idempotency_key: str | None = None,
-        launch: Launch | None = None,
         system_prompt: str | None = None,
-    ) -> TurnStart:
-        """Store the user's message in a new streaming turn holding a lease, committed on return."""
-        found = self._sessions.get((user_id, session_id))
+    ) -> _Pending | TurnRecord:
+        """Read what a new turn needs; SessionBusy, NotFound or a replay as SqlStore says."""
+        key = (user_id, session_id)
+        if key in self._beginning:
+            raise busy(session_id)
+        found = self._sessions.get(key)
         settings = found.info.settings if found is not None else create
         if settings is None:
             raise NotFound(f"no session {session_id!r}")
         if system_prompt is not None:
             settings = replace(settings, system_prompt=system_prompt)
-        chosen = plan(settings) if callable(plan) else plan
-        if found is None:
-            await self.ensure_session(
-                user_id,
-                session_id,
-                system_prompt=settings.system_prompt,
-                params=settings.params,
-                provider=settings.provider,
-            )
-        session = self._get(user_id, session_id)
         now = _now()
-        self._expire(session.turns, now)
-        if idempotency_key is not None:
-            prior = self._replay(session, idempotency_key, user_message, session_id)
-            if prior is not None:
-                return TurnStart(prior)
-        if any(t.state is TurnState.STREAMING for t in session.turns):
-            raise busy(session_id)
-        newest_first = (_copy(m) for m in reversed(_in_context(session)))
-        history = read_back(newest_first, chosen.history_until)
-        seq = session.turns[-1].seq + 1 if session.turns else 1
-        turn = TurnRecord(
-            id=uuid4().hex,
-            session_id=session_id,
-            seq=seq,
-            state=TurnState.STREAMING,
-            messages=(_copy(user_message),),
-            stop_reason=None,
-            usage=Usage(),
-            model=chosen.model,
-            provider=chosen.provider,
-            created_at=now,
-        )
-        session.turns.append(turn)
-        self._turn_owner[turn.id] = (user_id, session_id)
-        self._leases[turn.id] = now + timedelta(seconds=lease_s)
-        if idempotency_key is not None:
-            session.keys[idempotency_key] = turn.id
-        prompt = session.info.system_prompt if system_prompt is None else system_prompt
-        session.info = replace(session.info, system_prompt=prompt, updated_at=now)
-        start = TurnStart(turn, history)
-        if launch is not None:
-            # Stored already, in one step: there is no write for the launched work to overlap.
-            await launch(start)
-        return start
+        if found is not None:
+            self._expire(found.turns, now)
+            if idempotency_key is not None:
+                prior = self._replay(found, idempotency_key, user_message, session_id)
+                if prior is not None:
+                    return prior
+            if any(t.state is TurnState.STREAMING for t in found.turns):
+                raise busy(session_id)
+        self._beginning.add(key)
+        return _Pending(self, key, user_message, settings, found, idempotency_key, system_prompt)
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""
@@ -205,7 +171,7 @@ class MemoryStore:
         if prior.state is TurnState.STREAMING:
             raise busy(session_id)
         if prior.state in (TurnState.FAILED, TurnState.INTERRUPTED):
-            del session.keys[key]
+            # The new turn takes the key at its commit.
             return None
         return prior
 
@@ -362,6 +328,101 @@ class MemoryStore:
         if session is None:
             raise NotFound(f"no session {session_id!r}")
         return session
+
+
+class _Pending:
+    """A turn MemoryStore read but has not stored: committed in one step, or abandoned."""
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        key: tuple[str, str],
+        user_message: Message,
+        settings: SessionSettings,
+        found: _Session | None,
+        idempotency_key: str | None,
+        system_prompt: str | None,
+    ) -> None:
+        self.turn_id = uuid4().hex
+        self.settings = settings
+        self._store = store
+        self._key = key
+        self._message = user_message
+        self._found = found
+        self._idempotency_key = idempotency_key
+        self._prompt = system_prompt
+        # What the commit checks is unchanged: no turn began or ended since the read.
+        self._stamp = None if found is None else _stamp(found)
+        self._open = True
+
+    async def history(self, until: HistoryCut | None) -> tuple[Message, ...]:
+        """Return the in-context history as read, oldest first, only as far back as needed."""
+        if self._found is None:
+            return ()
+        newest_first = (_copy(m) for m in reversed(_in_context(self._found)))
+        return read_back(newest_first, until)
+
+    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        """Store the turn, as SqlStore's commit does; SessionBusy if the session changed."""
+        if not self._open:
+            raise RuntimeError("this turn was already committed or abandoned")
+        try:
+            return await self._commit(plan, lease_s)
+        finally:
+            self.abandon()
+
+    async def _commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        store, (user_id, session_id) = self._store, self._key
+        session = store._sessions.get(self._key)
+        now = _now()
+        if self._found is None:
+            if session is not None:
+                raise busy(session_id)
+            settings = self.settings
+            await store.ensure_session(
+                user_id,
+                session_id,
+                system_prompt=settings.system_prompt,
+                params=settings.params,
+                provider=settings.provider,
+            )
+            session = store._get(user_id, session_id)
+        elif session is not self._found or _stamp(session) != self._stamp:
+            raise busy(session_id)
+        store._expire(session.turns, now)
+        if any(t.state is TurnState.STREAMING for t in session.turns):
+            raise busy(session_id)
+        seq = session.turns[-1].seq + 1 if session.turns else 1
+        turn = TurnRecord(
+            id=self.turn_id,
+            session_id=session_id,
+            seq=seq,
+            state=TurnState.STREAMING,
+            messages=(_copy(self._message),),
+            stop_reason=None,
+            usage=Usage(),
+            model=plan.model,
+            provider=plan.provider,
+            created_at=now,
+        )
+        session.turns.append(turn)
+        store._turn_owner[turn.id] = self._key
+        store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        if self._idempotency_key is not None:
+            session.keys[self._idempotency_key] = turn.id
+        prompt = session.info.system_prompt if self._prompt is None else self._prompt
+        session.info = replace(session.info, system_prompt=prompt, updated_at=now)
+        return turn
+
+    def abandon(self) -> None:
+        """Let the session go; the turn is not (or is already) stored."""
+        if self._open:
+            self._open = False
+            self._store._beginning.discard(self._key)
+
+
+def _stamp(session: _Session) -> tuple[int, int]:
+    return len(session.turns), sum(len(t.messages) for t in session.turns)
 
 
 def _info(session: _Session) -> SessionInfo:
