@@ -12,8 +12,9 @@ from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
 from chatd.api import errors
-from chatd.api.auth import Authenticate, KeyCache, redact_access_logs
+from chatd.api.auth import Authenticate, redact_access_logs
 from chatd.api.hotpath import HotPath
+from chatd.api.key_cache import KeyCache
 from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
 from chatd.api.openai import routes as openai

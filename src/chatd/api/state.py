@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
-    from chatd.api.auth import KeyCache
+    from chatd.api.key_cache import KeyCache
     from chatd.quotas import Limiter
     from chatd.runtime import Runtime
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatd.api.auth import KeyCache
 from chatd.api.deps import StoreDep, admin_principal
+from chatd.api.key_cache import KeyCache
 from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import ErrorOut
 from chatd.api.state import state
