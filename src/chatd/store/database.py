@@ -30,9 +30,8 @@ log = logging.getLogger("chatd.store")
 T = TypeVar("T")
 Work = Callable[[Connection], T]
 
-# Writes between two WAL checkpoints. SQLite's own (wal_autocheckpoint, off on chatd's
-# connections) runs inside the commit that crosses the threshold, so that request waits for
-# its fsyncs: p99 6 ms where p50 is 0.9 (store only). Run mostly off the writer: p99 3.8 ms.
+# Writes between two WAL checkpoints, run on a thread: SQLite's own (off on chatd's
+# connections) would make the request whose commit crosses the threshold wait for its fsyncs.
 CHECKPOINT_EVERY = 100
 
 
@@ -120,8 +119,7 @@ class SqliteDatabase:
     """SQLite on the stdlib driver, run where it is awaited unless it would have to wait.
 
     A store call on SQLite is a fraction of a millisecond of CPU (WAL, no fsync at commit):
-    less than handing it to a thread and back (four hops cost a turn 0.3 ms and a tenth of the
-    throughput). So a call runs in the event loop's thread, on a connection that never waits
+    less than handing it to a thread and back. So a call runs in the event loop's thread, on a connection that never waits
     for a lock (busy_timeout 0). Only when another process holds the lock (SQLITE_BUSY) does
     the call go to a thread of its own, on a connection that waits (busy_timeout 5 s): the
     loop never blocks on a lock. WAL checkpoints, with their fsyncs, run on threads too.
