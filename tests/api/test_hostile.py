@@ -28,7 +28,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from chatd.api.openai.schemas import CompletionRequest
 from chatd.api.routes.admin import KeyCreate
-from chatd.api.schemas import ChatIn, MessageIn, SendIn, SessionCreate, SessionSettings
+from chatd.api.schemas import ChatIn, MessageIn, SendIn, SessionCreate, SessionUpdate
 from chatd.transfer import _Doc
 
 S = st.SearchStrategy
@@ -216,7 +216,7 @@ REQUEST_SCHEMAS = {
     "ChatIn",
     "MessageIn",
     "SessionCreate",
-    "SessionSettings",
+    "SessionUpdate",
     "ContextSettings",
     "SendIn",
     "CompletionRequest",
@@ -346,7 +346,7 @@ def test_session_creation_never_gets_a_server_error(
 
 
 @hostile
-@given(body=body_of(SessionSettings))
+@given(body=body_of(SessionUpdate))
 def test_session_updates_never_get_a_server_error(api: httpx.Client, body: dict[str, Any]) -> None:
     sid = seeded(api)
     exchange(api, "PATCH", f"/v1/sessions/{sid}", body, sid=sid)

@@ -166,8 +166,8 @@ class ContextSettings(Strict):
     )
 
 
-class SessionSettings(Strict):
-    """Settings a session can be created or updated with."""
+class SessionUpdate(Strict):
+    """Settings a session can be created or updated with (PATCH takes these alone)."""
 
     system_prompt: SystemPrompt | None = None
     model: ModelName | None = None
@@ -179,7 +179,7 @@ class SessionSettings(Strict):
     context: ContextSettings | None = None
 
 
-class SessionCreate(SessionSettings):
+class SessionCreate(SessionUpdate):
     """A new session; the id is made up when omitted."""
 
     id: SessionId | None = None

@@ -119,10 +119,11 @@ class SqliteDatabase:
     """SQLite on the stdlib driver, run where it is awaited unless it would have to wait.
 
     A store call on SQLite is a fraction of a millisecond of CPU (WAL, no fsync at commit):
-    less than handing it to a thread and back. So a call runs in the event loop's thread, on a connection that never waits
-    for a lock (busy_timeout 0). Only when another process holds the lock (SQLITE_BUSY) does
-    the call go to a thread of its own, on a connection that waits (busy_timeout 5 s): the
-    loop never blocks on a lock. WAL checkpoints, with their fsyncs, run on threads too.
+    less than handing it to a thread and back. So a call runs in the event loop's thread, on
+    a connection that never waits for a lock (busy_timeout 0). Only when another process holds
+    the lock (SQLITE_BUSY) does the call go to a thread of its own, on a connection that waits
+    (busy_timeout 5 s): the loop never blocks on a lock. WAL checkpoints, with their fsyncs,
+    run on threads too.
     """
 
     def __init__(self, engine: Engine, waiting: Engine, *, in_memory: bool = False) -> None:

@@ -15,7 +15,7 @@ from chatd.api.schemas import (
     SessionCreate,
     SessionOut,
     SessionPage,
-    SessionSettings,
+    SessionUpdate,
     UsageTotalsOut,
 )
 from chatd.api.views import session_out, strip_controls, usage_out
@@ -32,7 +32,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in codes}
 
 
-def _params(body: SessionSettings, model: str | None, runtime: Runtime) -> GenerationParams:
+def _params(body: SessionUpdate, model: str | None, runtime: Runtime) -> GenerationParams:
     check_max_tokens(body.max_tokens, runtime.settings.max_tokens_ceiling)
     tools = None if body.tools is None else tuple(body.tools)
     runtime.service.tools.specs(tools or ())  # an unknown tool is a 400 now, not at a send
@@ -95,7 +95,7 @@ async def get_session(session_id: SessionPath, store: StoreDep, user: CurrentUse
 
 @router.patch("/sessions/{session_id}", responses=_errors(400, 404, 413, 422))
 async def update_session(
-    session_id: SessionPath, body: SessionSettings, runtime: RuntimeDep, user: CurrentUser
+    session_id: SessionPath, body: SessionUpdate, runtime: RuntimeDep, user: CurrentUser
 ) -> SessionOut:
     """Change the given settings; fields left out stay as they are."""
     provider, model = resolve_model(runtime, body.model, body.provider)
