@@ -125,6 +125,9 @@ async def bench(url: str, sizes: list[int], reps: int) -> dict[str, dict[str, fl
                     # As the engine plans a turn: from the settings the open read.
                     lambda _settings: TurnPlan("gpt-4o-mini", "openai", policy.history_cut()),
                     create=SessionSettings(),
+                    # As the engine guesses at open: the server's default policy.
+                    history_until=policy.history_cut(),
+                    same_as_hint=True,
                 )
                 history_s = counts.read_s - read_before
                 marks.append((time.perf_counter(), counts.statements, counts.hops))

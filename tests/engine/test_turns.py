@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from chatd.engine import ChatService, TurnOptions
+from chatd.engine.context import SlidingWindow
 from chatd.errors import (
     ConfigError,
     InputError,
@@ -313,3 +314,20 @@ async def test_usage_an_upstream_reports_beyond_range_is_bounded_and_stored(
     assert turn.state is TurnState.COMPLETE
     assert turn.usage.input_tokens == 2**31 - 1
     assert turn.usage.output_tokens == 7
+
+
+@pytest.mark.parametrize("session_limit", [2, 6, 40])
+async def test_a_sessions_own_window_sees_exactly_its_history_whatever_the_servers_default(
+    make_service: ServiceFactory, fake_upstream: FakeUpstream, session_limit: int
+) -> None:
+    # The open reads as far back as the server's default (a window of 4 messages) in one go;
+    # a session whose window is shorter or longer still sees exactly its own window.
+    service = await make_service("anthropic", policy=SlidingWindow(4))
+    settings = GenerationParams(context_policy="window", context_limit=session_limit)
+    await service.store.ensure_session("local", "own", params=settings)
+    for n in range(25):
+        ended(await run(service, "own", f"question {n}"))
+    sent = [m["content"] for m in fake_upstream.requests[-1].body["messages"]]
+    assert len(sent) == min(session_limit - 1 if session_limit % 2 == 0 else session_limit, 49)
+    assert sent[-1] == "question 24"
+    assert sent[0] == f"question {24 - (len(sent) - 1) // 2}"

@@ -44,11 +44,14 @@ class PendingTurn(Protocol):
         """Return what the turn plans from: the session's settings, with the turn's prompt."""
         ...
 
-    async def history(self, until: HistoryCut | None) -> tuple[Message, ...]:
+    async def history(
+        self, until: HistoryCut | None, *, same_as_hint: bool = False
+    ) -> tuple[Message, ...]:
         """Return the history in context before the turn, oldest first, as the open read it.
 
         Only as far back as `until` needs (all of it when None): fed the messages newest first,
-        it says when no older one could reach the model.
+        it says when no older one could reach the model. `same_as_hint` says `until` cuts
+        where open_turn's `history_until` did, so what the open read is the answer as it is.
         """
         ...
 
@@ -80,8 +83,13 @@ class TurnStore(Protocol):
         create: SessionSettings | None = None,
         idempotency_key: str | None = None,
         system_prompt: str | None = None,
+        history_until: HistoryCut | None = None,
     ) -> PendingTurn | TurnRecord:
         """Read what a new turn needs: the session's settings, its head and its history.
+
+        `history_until` is the engine's guess of how far back the history is needed (the
+        server's default context policy): read that far in the same read, so that the common
+        turn needs no second one whatever its history's length.
 
         Nothing is written. A missing session is NotFound, unless `create` gives the settings
         it is created with at commit. SessionBusy if a turn on the session is in flight (its

@@ -157,6 +157,8 @@ class ChatService:
             create=SessionSettings(system_prompt=opts.system_prompt, provider=opts.provider),
             idempotency_key=opts.idempotency_key,
             system_prompt=opts.session_prompt,
+            # Most sessions use the server's default policy: their history comes in this read.
+            history_until=cfg.policy.history_cut(),
         )
         if isinstance(opened, TurnRecord):
             for event in (TurnStarted(session_id, opened.id), *_replay(opened)):
@@ -167,7 +169,7 @@ class ChatService:
         try:
             # 2. Plan from the session's settings: what this refuses leaves nothing stored.
             provider, base, policy = self._prepare(pending.settings, opts)
-            history = await pending.history(policy.history_cut())
+            history = await pending.history(policy.history_cut(), same_as_hint=policy == cfg.policy)
             # 3. Start the model call, so that it overlaps the write and its commit.
             run = TurnRun(
                 pending.turn_id, self.store, provider, self.tools, cfg, base, policy, self.leases

@@ -74,9 +74,13 @@ class _Draft:
     streaming: bool  # a turn whose lease ran out is still marked streaming
     release: str | None  # the failed turn whose idempotency key this turn takes over
     settings: SessionSettings
-    # The history's newest rows (role, parts), not yet decoded: all of them unless there are
-    # more than HISTORY_BATCH, then HISTORY_BATCH + 1.
+    # The history's newest messages, decoded as far back as open_turn's hint asked...
+    decoded: list[Message]
+    # ...then its next rows (role, parts), not yet decoded: without a hint, all of them
+    # unless there are more than HISTORY_BATCH, then HISTORY_BATCH + 1.
     rows: list[Sequence[Any]]
+    # Whether decoded and rows hold the whole history.
+    whole: bool
 
 
 class _Pending:
@@ -94,6 +98,7 @@ class _Pending:
         idempotency_key: str | None,
         system_prompt: str | None,
         now: datetime,
+        hinted: bool,
     ) -> None:
         self.turn_id = uuid4().hex
         self.settings = draft.settings
@@ -107,16 +112,26 @@ class _Pending:
         self._prompt = system_prompt
         self._now = now
         self._open = True
+        self._hinted = hinted
 
-    async def history(self, until: HistoryCut | None) -> tuple[Message, ...]:
+    async def history(
+        self, until: HistoryCut | None, *, same_as_hint: bool = False
+    ) -> tuple[Message, ...]:
         """Return the history before the turn, oldest first, decoded only as far as needed."""
         draft = self._draft
+        if same_as_hint and self._hinted:
+            # The open applied this very cut while it read: its messages are the answer.
+            return tuple(reversed(draft.decoded))
         taken: list[Message] = []
-        if _take(draft.rows, taken, until) or len(draft.rows) <= HISTORY_BATCH:
+        for m in draft.decoded:
+            taken.append(m)
+            if until is not None and until(m):
+                return tuple(reversed(taken))
+        if _take(draft.rows, taken, until) or draft.whole:
             return tuple(reversed(taken))
         # Longer than the open's read: the rest, in a read of its own (a stale one is refused
         # by the commit's claim).
-        seen, pk = len(draft.rows), draft.pk
+        seen, pk = len(draft.decoded) + len(draft.rows), draft.pk
         assert pk is not None
 
         def rest(conn: Connection) -> None:
@@ -305,6 +320,7 @@ class SqlStore:
         create: SessionSettings | None = None,
         idempotency_key: str | None = None,
         system_prompt: str | None = None,
+        history_until: HistoryCut | None = None,
     ) -> _Pending | TurnRecord:
         """Read the session's head, settings, idempotency key and newest history, in one read."""
         # A send that arrives while another to the same session is between its open and its
@@ -322,7 +338,7 @@ class SqlStore:
             if head is None:
                 if create is None:
                     raise NotFound(f"no session {session_id!r}")
-                return _Draft(None, 0, 0, False, None, create, [])
+                return _Draft(None, 0, 0, False, None, create, [], [], True)
             settings = session_settings(head)
             if system_prompt is not None:
                 settings = replace(settings, system_prompt=system_prompt)
@@ -335,13 +351,22 @@ class SqlStore:
                 if isinstance(prior, TurnRecord):
                     return prior
                 release = prior
-            # The newest batch (and one more row: is there more?), decoded later only as far
-            # back as the engine's plan needs.
             rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
-            newest = list(islice(rows, HISTORY_BATCH + 1))
+            decoded: list[Message] = []
+            if history_until is not None:
+                # As far back as the hint says, whatever the history's length, in this read.
+                whole = not _take(rows, decoded, history_until)
+                newest: list[Sequence[Any]] = []
+            else:
+                # The newest batch (and one more row: is there more?), decoded later only as
+                # far back as the engine's plan needs.
+                newest = list(islice(rows, HISTORY_BATCH + 1))
+                whole = len(newest) <= HISTORY_BATCH
             last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
             streaming = until is not None
-            return _Draft(pk, last_turn, last_message, streaming, release, settings, newest)
+            return _Draft(
+                pk, last_turn, last_message, streaming, release, settings, decoded, newest, whole
+            )
 
         self._beginning.add(beginning)
         try:
@@ -362,6 +387,7 @@ class SqlStore:
             idempotency_key=idempotency_key,
             system_prompt=system_prompt,
             now=now,
+            hinted=history_until is not None,
         )
 
     def _remember(self, begun: _Begun) -> None:

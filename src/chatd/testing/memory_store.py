@@ -109,6 +109,7 @@ class MemoryStore:
         create: SessionSettings | None = None,
         idempotency_key: str | None = None,
         system_prompt: str | None = None,
+        history_until: HistoryCut | None = None,
     ) -> _Pending | TurnRecord:
         """Read what a new turn needs; SessionBusy, NotFound or a replay as SqlStore says."""
         key = (user_id, session_id)
@@ -355,7 +356,9 @@ class _Pending:
         self._stamp = None if found is None else _stamp(found)
         self._open = True
 
-    async def history(self, until: HistoryCut | None) -> tuple[Message, ...]:
+    async def history(
+        self, until: HistoryCut | None, *, same_as_hint: bool = False
+    ) -> tuple[Message, ...]:
         """Return the in-context history as read, oldest first, only as far back as needed."""
         if self._found is None:
             return ()

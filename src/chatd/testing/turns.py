@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from chatd.engine.ports import TurnStore
-from chatd.types import Message, Planner, SessionSettings, TurnPlan, TurnRecord, TurnStart
+from chatd.types import (
+    HistoryCut,
+    Message,
+    Planner,
+    SessionSettings,
+    TurnPlan,
+    TurnRecord,
+    TurnStart,
+)
 
 
 async def begin_turn(
@@ -17,6 +25,8 @@ async def begin_turn(
     lease_s: float = 60.0,
     idempotency_key: str | None = None,
     system_prompt: str | None = None,
+    history_until: HistoryCut | None = None,
+    same_as_hint: bool = False,
 ) -> TurnStart:
     """Open, plan, read the history and commit a turn; a replay comes back as it was stored."""
     opened = await store.open_turn(
@@ -26,12 +36,15 @@ async def begin_turn(
         create=create,
         idempotency_key=idempotency_key,
         system_prompt=system_prompt,
+        history_until=history_until,
     )
     if isinstance(opened, TurnRecord):
         return TurnStart(opened)
     try:
         chosen = plan(opened.settings) if callable(plan) else plan
-        history = await opened.history(chosen.history_until)
+        history = await opened.history(
+            chosen.history_until, same_as_hint=history_until is not None and same_as_hint
+        )
         record = await opened.commit(chosen, lease_s)
     except BaseException:
         opened.abandon()
