@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from chatd.testing import fake_wire as wire
+from chatd.testing.fake_cache import CacheSplit
 from chatd.testing.fake_directives import WireError
 from chatd.testing.fake_wire import Conversation, Reply, StreamPlan
 
@@ -64,11 +65,12 @@ def anthropic_conversation(body: dict[str, Any]) -> Conversation:
     return wire.conversation(messages, len(messages), human_at, len(results), trailing)
 
 
-def anthropic_reply(body: dict[str, Any], conv: Conversation) -> Reply:
+def anthropic_reply(body: dict[str, Any], conv: Conversation, prompt: CacheSplit) -> Reply:
     """Plan the reply, honouring max_tokens and stop_sequences."""
     return wire.plan_reply(
         body,
         conv,
+        prompt=prompt,
         limit=wire.int_field(body, "max_tokens"),
         sequences=wire.stop_sequences(body.get("stop_sequences")),
         tool_prefix="toolu_",

@@ -23,10 +23,11 @@ _FORCIBLE_STOPS = ("end_turn", "max_tokens", "refusal", "stop_sequence")
 class WireError(Exception):
     """A request the fake rejects with a 400 in the provider's error shape."""
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class Directives:
     words: int = 0
     unknown_event: bool = False
     reject_stream_options: bool = False
+    cache_min: int | None = None
+    context_limit: int | None = None
 
     @property
     def has_fault(self) -> bool:
@@ -82,6 +85,8 @@ _INT_KEYS = {
     "cache_read": 0,
     "cache_write": 0,
     "words": 0,
+    "cache_min": 1,
+    "context_limit": 1,
 }
 _BOOL_KEYS = frozenset(("quota", "no_usage", "unknown_event", "reject_stream_options"))
 

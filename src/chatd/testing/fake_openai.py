@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from chatd.testing import fake_wire as wire
+from chatd.testing.fake_cache import CacheSplit
 from chatd.testing.fake_wire import Conversation, Reply, StreamPlan
 
 _FINISH: dict[str, str] = {
@@ -47,13 +48,15 @@ def openai_conversation(body: dict[str, Any]) -> Conversation:
     return wire.conversation(messages, count, human_at, results, trailing)
 
 
-def openai_reply(body: dict[str, Any], conv: Conversation) -> Reply:
+def openai_reply(body: dict[str, Any], conv: Conversation, prompt: CacheSplit) -> Reply:
     """Plan the reply, honouring max_completion_tokens (else max_tokens) and stop."""
     limit = wire.int_field(body, "max_completion_tokens")
     limit = wire.int_field(body, "max_tokens") if limit is None else limit
     stop = body.get("stop")
     sequences = [stop] if isinstance(stop, str) else wire.stop_sequences(stop)
-    return wire.plan_reply(body, conv, limit=limit, sequences=sequences, tool_prefix="call_")
+    return wire.plan_reply(
+        body, conv, prompt=prompt, limit=limit, sequences=sequences, tool_prefix="call_"
+    )
 
 
 def openai_error(

@@ -119,6 +119,15 @@ from chatd.testing.fake_anthropic import (
     anthropic_reply,
     anthropic_stream,
 )
+from chatd.testing.fake_cache import (
+    ANTHROPIC_CACHE_MIN,
+    OPENAI_CACHE_MIN,
+    CacheSplit,
+    PromptCache,
+    Segment,
+    anthropic_segments,
+    has_breakpoints,
+)
 from chatd.testing.fake_directives import Directives, WireError
 from chatd.testing.fake_openai import (
     openai_completion,
@@ -128,6 +137,7 @@ from chatd.testing.fake_openai import (
     openai_reply,
     openai_stream,
 )
+from chatd.testing.fake_tokens import count_tokens
 from chatd.testing.fake_wire import Provider, StreamPlan
 
 __all__ = ["FakeApp", "FakeUpstream", "RecordedRequest", "create_app", "run"]
@@ -147,6 +157,7 @@ _SSE: Headers = [
 _BAD_KEY = "bad-key"
 # A standalone server may serve a benchmark's millions of requests; keep only recent ones.
 _RUN_MAX_RECORDED = 10_000
+CONTEXT_LIMITS: dict[Provider, int] = {"anthropic": 200_000, "openai": 128_000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,22 +172,41 @@ class RecordedRequest:
 
 
 class FakeApp:
-    """The ASGI app; holds the recorded requests and the fail_times counters."""
+    """The ASGI app; holds the recorded requests, fail_times counters and the prompt cache."""
 
     def __init__(
-        self, recorder: list[RecordedRequest] | None = None, *, max_recorded: int | None = None
+        self,
+        recorder: list[RecordedRequest] | None = None,
+        *,
+        max_recorded: int | None = None,
+        context_limit: int | None = None,
+        cache_min: int | None = None,
     ) -> None:
         self.requests: list[RecordedRequest] = recorder if recorder is not None else []
         self._max_recorded = max_recorded
         self._attempts: dict[bytes, int] = {}
         # Streams whose client left before their end: (request body, text deltas sent).
         self.cut_short: list[tuple[Any, int]] = []
+        # Settable at any time; None means the provider's default.
+        self.context_limit = context_limit
+        self.cache_min = cache_min
+        self.cache = PromptCache()
+        self._clock_offset = 0.0
+
+    def now(self) -> float:
+        """Return the fake's clock: monotonic time plus every advance_clock so far."""
+        return time.monotonic() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the fake's clock forward, so cache entries expire without waiting."""
+        self._clock_offset += seconds
 
     def clear(self) -> None:
-        """Forget recorded requests and fail_times counters."""
+        """Forget recorded requests, fail_times counters and cached prompts."""
         self.requests.clear()
         self._attempts.clear()
         self.cut_short.clear()
+        self.cache.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI request."""
@@ -191,6 +221,9 @@ class FakeApp:
             await self._control(method, send)
             return
         body = _parse_json(raw)
+        if path == "/_fake/clock":
+            await self._clock(method, body, send)
+            return
         recorded = None if body is _MALFORMED else body
         self.requests.append(RecordedRequest(method, path, headers, recorded, arrived))
         if self._max_recorded is not None and len(self.requests) > 2 * self._max_recorded:
@@ -212,9 +245,9 @@ class FakeApp:
             await _error(send, provider, 400, "The request body is not a valid JSON object.")
             return
         try:
-            await _ROUTES[route](self, body, send, provider)
+            await _ROUTES[route](self, body, send, provider, _api_key(headers))
         except WireError as err:
-            await _error(send, provider, 400, err.message, param=err.param)
+            await _error(send, provider, 400, err.message, param=err.param, code=err.code)
 
     async def _control(self, method: str, send: Send) -> None:
         if method == "GET":
@@ -226,6 +259,55 @@ class FakeApp:
         else:
             await _send_json(send, 405, {"error": "use GET or DELETE"})
 
+    async def _clock(self, method: str, body: Any, send: Send) -> None:
+        if method == "POST":
+            advance = body.get("advance") if isinstance(body, dict) else None
+            if not isinstance(advance, int | float) or isinstance(advance, bool) or advance < 0:
+                await _send_json(send, 400, {"error": 'send {"advance": <seconds >= 0>}'})
+                return
+            self.advance_clock(float(advance))
+        elif method != "GET":
+            await _send_json(send, 405, {"error": "use GET or POST"})
+            return
+        await _send_json(send, 200, {"offset": self._clock_offset})
+
+    def _measure(
+        self, provider: Provider, body: dict[str, Any], d: Directives
+    ) -> tuple[int, list[Segment] | None]:
+        """Count the prompt (cut into segments if it has breakpoints); enforce the context limit."""
+        segments = None
+        if provider == "anthropic" and has_breakpoints(body):
+            segments = anthropic_segments(body)
+            total = sum(segment.tokens for segment in segments)
+        else:
+            total = count_tokens(body)
+        limit = d.context_limit or self.context_limit or CONTEXT_LIMITS[provider]
+        if total > limit:
+            raise _too_long(provider, total, limit)
+        return total, segments
+
+    def _split(
+        self,
+        provider: Provider,
+        measured: tuple[int, list[Segment] | None],
+        body: dict[str, Any],
+        scope: str,
+        d: Directives,
+    ) -> CacheSplit:
+        """Split a served prompt's tokens by the prompt cache, reading and writing it."""
+        total, segments = measured
+        minimum = d.cache_min or self.cache_min
+        if segments is not None:
+            return self.cache.anthropic(
+                scope.encode(), segments, self.now(), minimum or ANTHROPIC_CACHE_MIN
+            )
+        if provider == "openai":
+            cached = self.cache.openai(
+                scope.encode(), body, total, self.now(), minimum or OPENAI_CACHE_MIN
+            )
+            return CacheSplit(total, cached)
+        return CacheSplit(total)
+
     def _failing(self, path: str, body: dict[str, Any], directives: Directives) -> bool:
         if not directives.has_fault:
             return False
@@ -236,7 +318,7 @@ class FakeApp:
         self._attempts[key] = attempt + 1
         return attempt < directives.fail_times
 
-    async def _complete(self, body: Any, send: Send, provider: Provider) -> None:
+    async def _complete(self, body: Any, send: Send, provider: Provider, key: str) -> None:
         if provider == "anthropic":
             model = anthropic_model(body)
             conv = anthropic_conversation(body)
@@ -250,6 +332,7 @@ class FakeApp:
             raise WireError(
                 "Unrecognized request argument supplied: stream_options", param="stream_options"
             )
+        measured = self._measure(provider, body, d)
         if not self._failing(path, body, d):
             d = d.without_faults()
         stream = body.get("stream") is True
@@ -263,7 +346,9 @@ class FakeApp:
             await _error(send, provider, 500, "Internal server error (fake stream_error_after).")
             return
 
-        reply = (anthropic_reply if provider == "anthropic" else openai_reply)(body, conv)
+        # Only a served request reads or writes the cache; failed ones are never cached upstream.
+        prompt = self._split(provider, measured, body, f"{provider}\0{key}\0{model}", d)
+        reply = (anthropic_reply if provider == "anthropic" else openai_reply)(body, conv, prompt)
         if stream:
             if provider == "anthropic":
                 plan = anthropic_stream(model, reply, unknown_event=d.unknown_event)
@@ -287,18 +372,20 @@ class FakeApp:
         else:
             await _send_json(send, 200, openai_completion(model, reply), _request_id(provider))
 
-    async def _count_tokens(self, body: Any, send: Send, provider: Provider) -> None:
+    async def _count_tokens(self, body: Any, send: Send, provider: Provider, key: str) -> None:
         conv = anthropic_conversation(body)
         usage_in = conv.directives.usage_in
-        tokens = usage_in if usage_in is not None else wire.estimate_input_tokens(body)
+        if has_breakpoints(body):
+            anthropic_segments(body)  # the same 400s as /v1/messages for bad cache_control
+        tokens = usage_in if usage_in is not None else count_tokens(body)
         await _send_json(send, 200, {"input_tokens": tokens}, _request_id(provider))
 
-    async def _models(self, body: Any, send: Send, provider: Provider) -> None:
+    async def _models(self, body: Any, send: Send, provider: Provider, key: str) -> None:
         models = anthropic_models() if provider == "anthropic" else openai_models()
         await _send_json(send, 200, models, _request_id(provider))
 
 
-Handler = Callable[[FakeApp, Any, Send, Provider], Awaitable[None]]
+Handler = Callable[[FakeApp, Any, Send, Provider, str], Awaitable[None]]
 _ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/messages"): FakeApp._complete,
     ("POST", "/v1/messages/count_tokens"): FakeApp._count_tokens,
@@ -308,10 +395,16 @@ _ROUTES: dict[tuple[str, str], Handler] = {
 
 
 def create_app(
-    recorder: list[RecordedRequest] | None = None, *, max_recorded: int | None = None
+    recorder: list[RecordedRequest] | None = None,
+    *,
+    max_recorded: int | None = None,
+    context_limit: int | None = None,
+    cache_min: int | None = None,
 ) -> FakeApp:
     """Build the fake's ASGI app, appending every request to recorder (or its own list)."""
-    return FakeApp(recorder, max_recorded=max_recorded)
+    return FakeApp(
+        recorder, max_recorded=max_recorded, context_limit=context_limit, cache_min=cache_min
+    )
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -360,6 +453,23 @@ def _auth_error(provider: Provider, headers: dict[str, str]) -> str | None:
     return f"Incorrect API key provided: {token}." if token == _BAD_KEY else None
 
 
+def _api_key(headers: dict[str, str]) -> str:
+    """Return the caller's key (x-api-key, else the bearer token, else empty): the cache's owner."""
+    _, _, token = headers.get("authorization", "").partition(" ")
+    return headers.get("x-api-key") or token.strip()
+
+
+def _too_long(provider: Provider, total: int, limit: int) -> WireError:
+    if provider == "anthropic":
+        return WireError(f"prompt is too long: {total} tokens > {limit} maximum")
+    return WireError(
+        f"This model's maximum context length is {limit} tokens. However, your messages "
+        f"resulted in {total} tokens. Please reduce the length of the messages.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
 def _request_id(provider: Provider) -> Headers:
     name = b"request-id" if provider == "anthropic" else b"x-request-id"
     return [(name, b"req_" + secrets.token_hex(12).encode())]
@@ -382,12 +492,13 @@ async def _error(
     *,
     quota: bool = False,
     param: str | None = None,
+    code: str | None = None,
     extra: Headers | None = None,
 ) -> None:
     if provider == "anthropic":
         payload = anthropic_error(status, message, quota=quota)
     else:
-        payload = openai_error(status, message, quota=quota, param=param)
+        payload = openai_error(status, message, quota=quota, param=param, code=code)
     await _send_json(send, status, payload, [*_request_id(provider), *(extra or [])])
 
 
@@ -480,11 +591,18 @@ def _uvicorn_config(app: FakeApp, **kwargs: Any) -> uvicorn.Config:
 class FakeUpstream:
     """In-process handle: runs the server in a background thread with its own event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        context_limit: int | None = None,
+        cache_min: int | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.requests: list[RecordedRequest] = []
-        self.app = create_app(self.requests)
+        self.app = create_app(self.requests, context_limit=context_limit, cache_min=cache_min)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -539,8 +657,12 @@ class FakeUpstream:
         """Return the streams whose client left before their end: (request body, deltas sent)."""
         return self.app.cut_short
 
+    def advance_clock(self, seconds: float) -> None:
+        """Move the fake's clock forward, so cache entries expire without waiting."""
+        self.app.advance_clock(seconds)
+
     def clear(self) -> None:
-        """Forget recorded requests and fail_times counters."""
+        """Forget recorded requests, fail_times counters and cached prompts."""
         self.app.clear()
 
     def __enter__(self) -> FakeUpstream:

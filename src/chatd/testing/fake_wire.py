@@ -17,6 +17,7 @@ from typing import Any, Literal, cast
 
 import orjson
 
+from chatd.testing.fake_cache import CacheSplit
 from chatd.testing.fake_directives import (
     Directives,
     StopReason,
@@ -24,6 +25,8 @@ from chatd.testing.fake_directives import (
     parse_directives,
     strip_directives,
 )
+from chatd.testing.fake_tokens import count_text as count_text
+from chatd.testing.fake_tokens import count_tokens as count_tokens
 
 Provider = Literal["anthropic", "openai"]
 
@@ -165,24 +168,9 @@ def reply_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(content)).hexdigest()[:8]
 
 
-def _string_chars(value: Any) -> int:
-    total, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return total
-
-
 def estimate_input_tokens(body: dict[str, Any]) -> int:
-    """Estimate input tokens: a quarter of every string's length plus 3 per message."""
-    chars = sum(_string_chars(body.get(key)) for key in ("system", "messages", "tools"))
-    messages = body.get("messages")
-    return math.ceil(chars / 4) + 3 * (len(messages) if isinstance(messages, list) else 0)
+    """Count a request's input tokens (the name older tests know `count_tokens` by)."""
+    return count_tokens(body)
 
 
 def word_count(text: str) -> int:
@@ -217,6 +205,7 @@ def plan_reply(
     body: dict[str, Any],
     conv: Conversation,
     *,
+    prompt: CacheSplit,
     limit: int | None,
     sequences: list[str],
     tool_prefix: str,
@@ -269,10 +258,10 @@ def plan_reply(
         stop=stop,
         stop_sequence=stop_sequence,
         tool=tool,
-        input_tokens=d.usage_in if d.usage_in is not None else estimate_input_tokens(body),
+        input_tokens=d.usage_in if d.usage_in is not None else prompt.input_tokens,
         output_tokens=d.usage_out if d.usage_out is not None else output,
-        cache_read=d.cache_read or 0,
-        cache_write=d.cache_write or 0,
+        cache_read=d.cache_read if d.cache_read is not None else prompt.cache_read,
+        cache_write=d.cache_write if d.cache_write is not None else prompt.cache_write,
     )
 
 
