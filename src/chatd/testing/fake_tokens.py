@@ -27,8 +27,8 @@ UNCOUNTED_KEYS = frozenset(("type", "role", "cache_control"))
 
 # Long texts recur in every turn of a conversation (system prompt, history); counting them once
 # keeps the per-request cost near that of a dict lookup. Short texts are cheaper to scan again.
-_MEMO_MIN_CHARS = 256
-_MEMO_MAX = 8192
+_MEMO_MIN_CHARS = 24
+_MEMO_MAX = 16_384
 _memo: dict[str, int] = {}
 
 

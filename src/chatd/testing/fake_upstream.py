@@ -9,12 +9,16 @@ fixture) or out of process with ``chatd fake-upstream --host H --port N``. ``fak
 
 Routes
     POST /v1/messages                Anthropic Messages (JSON or SSE with ``"stream": true``)
-    POST /v1/messages/count_tokens   ``{"input_tokens": N}``, the same estimate usage reports
+    POST /v1/messages/count_tokens   ``{"input_tokens": N}``: `count_tokens` of the body (all of
+                                     the prompt, cached or not; no context limit)
     POST /v1/chat/completions        OpenAI Chat Completions (JSON or SSE ending ``data: [DONE]``)
     GET  /v1/models                  OpenAI model list; Anthropic's shape if ``anthropic-version``
                                      or ``x-api-key`` is sent
-    GET / DELETE /_fake/requests     the recorded requests as JSON / forget them (not recorded;
-                                     ``run()`` keeps only the most recent 10,000 to 20,000)
+    GET / DELETE /_fake/requests     the recorded requests as JSON / forget them, the fail_times
+                                     counters and the prompt cache (not recorded; ``run()`` keeps
+                                     only the most recent 10,000 to 20,000)
+    GET / POST /_fake/clock          the clock's offset / ``{"advance": S}`` moves the clock S
+                                     seconds forward (not recorded), like ``fake.advance_clock(S)``
 
 ``fake.cut_short`` lists, in the order noticed, the streamed requests whose client went away
 before the stream's end (noticed between paced deltas, so only with ``delay_ms``), each as
@@ -40,11 +44,62 @@ reply says ``Tool said: "<result text>".`` instead and ends the turn.
 ``max_tokens`` (Anthropic) / ``max_completion_tokens`` or ``max_tokens`` (OpenAI) below the
 reply's word count truncates it to that many words with stop max_tokens / "length".
 ``stop_sequences`` / ``stop`` found in the reply cut it there with stop_sequence / "stop".
-Usage: input = ceil(chars of every string in system, messages and tools / 4) + 3 per message;
-output = words of the text (+ ceil(len(tool name + arguments JSON) / 4) for a tool call).
+Output tokens = words of the text (+ ceil(len(tool name + arguments JSON) / 4) for a tool call).
 Anthropic streams report input in message_start and output in message_delta. Stop mapping to
 OpenAI: end_turn/stop_sequence -> stop, max_tokens -> length, refusal -> content_filter,
 tool_use -> tool_calls.
+
+Input tokens come from a deterministic tokenizer, `chatd.testing.fake_wire.count_tokens(body)`
+(also in `chatd.testing.fake_tokens`, with `count_text` for one string), the same for both wire
+formats, so tests can predict every number exactly:
+
+- a token is a run of word characters (letters, digits, _) or one other non-space character:
+  ``"Hello, world!"`` is 4 tokens;
+- every string in ``tools``, ``system`` and ``messages`` is counted, at any depth (text, tool
+  inputs and results, tool names, ids, descriptions, OpenAI ``arguments`` JSON, ``name``), except
+  the values of the keys ``type``, ``role`` and ``cache_control``; keys, numbers, booleans and
+  null count nothing;
+- each message adds 3 (`fake_tokens.MESSAGE_OVERHEAD`), so an OpenAI system message costs 3 more
+  than the same text as Anthropic's ``system``.
+
+Context limit: a prompt of more than the limit's tokens is a 400 before any fault directive:
+Anthropic ``invalid_request_error`` "prompt is too long: N tokens > M maximum"; OpenAI
+``invalid_request_error``, param ``messages``, code ``context_length_exceeded``, "This model's
+maximum context length is M tokens. However, your messages resulted in N tokens. Please reduce
+the length of the messages." Only the prompt counts (not max_tokens). The limit is the
+``context_limit`` directive, else ``FakeUpstream(context_limit=M)`` / ``fake.app.context_limit``
+(settable at any time; None restores), else 200,000 for Anthropic and 128,000 for OpenAI
+(`CONTEXT_LIMITS`), whatever the model.
+
+Prompt caching, as the providers document it. The cache holds digests of prefixes, keyed by API
+key (x-api-key, else the bearer token, else none) + model + the exact prefix, each with an expiry
+on the fake's clock: monotonic time plus ``fake.advance_clock(seconds)`` (or ``POST
+/_fake/clock``), so tests expire entries without sleeping. ``fake.clear()`` empties it. Only a
+request that is served (no fault directive firing) reads or writes it. Directives ``usage_in``,
+``cache_read`` and ``cache_write`` still replace the numbers reported, each on its own.
+
+- Anthropic: only explicit breakpoints cache. ``cache_control: {"type": "ephemeral"}`` (optional
+  ``"ttl": "5m"`` or ``"1h"``) may sit on a tool, a ``system`` block (a list of blocks) or a
+  message content block; any other type or ttl is a 400, and more than 4 breakpoints in a request
+  is a 400 "A maximum of 4 blocks with cache_control may be provided. Found N." The prompt is cut
+  into blocks in the order tools, system, messages (a string ``system`` or message ``content``
+  is one block; a message's 3 overhead tokens belong to its first block); a breakpoint's prefix
+  is every block up to and including it. Reading: the longest live prefix among those ending at a
+  breakpoint or at any of the 20 blocks before one (Anthropic's lookback) is
+  ``cache_read_input_tokens``, and its entry's life restarts. Writing: each breakpoint prefix of
+  at least the minimum (1024 tokens, `fake_cache.ANTHROPIC_CACHE_MIN`; the ``cache_min``
+  directive or ``FakeUpstream(cache_min=N)`` for small tests) is stored or refreshed for its ttl
+  (5 minutes by default), and ``cache_creation_input_tokens`` = the longest such prefix minus what
+  was read (0 when that is all cached). ``input_tokens`` = the rest: the tokens after the last
+  cached or written breakpoint. Shorter prefixes are not cached and raise no error. A request
+  without any cache_control is never hashed and reports both cache numbers as 0.
+- OpenAI: automatic for prompts of at least 1024 tokens (`fake_cache.OPENAI_CACHE_MIN`, or the
+  same ``cache_min`` overrides). The prompt's tokens in order (tools, then each message as its 3
+  overhead tokens, which carry the role, and its strings) are cut at 1024, 1152, ... (every 128,
+  `OPENAI_CACHE_INCREMENT`, from the minimum); every such prefix is remembered for 5 minutes of
+  inactivity (`OPENAI_CACHE_TTL`), and ``usage.prompt_tokens_details.cached_tokens`` is the longest
+  one seen before (0, or the minimum plus a multiple of 128). ``prompt_tokens`` still counts them.
+  Prompts under the minimum are never hashed.
 
 Directives: ``[fake: key=value key=value]`` anywhere in the last user text (several blocks merge).
 Unknown keys are ignored; a malformed value is a 400 invalid_request_error.
@@ -92,6 +147,8 @@ Unknown keys are ignored; a malformed value is a 400 invalid_request_error.
                           stream_options" (param stream_options), as older OpenAI-compatible
                           servers answer, before any fault directive; a body without it is
                           served normally (so a stream has no usage chunk)
+    cache_min=N           this request's minimum cacheable prefix, both providers (default 1024)
+    context_limit=N       this request's context limit in tokens (see Context limit)
 """
 
 from __future__ import annotations
@@ -140,7 +197,7 @@ from chatd.testing.fake_openai import (
 from chatd.testing.fake_tokens import count_tokens
 from chatd.testing.fake_wire import Provider, StreamPlan
 
-__all__ = ["FakeApp", "FakeUpstream", "RecordedRequest", "create_app", "run"]
+__all__ = ["CONTEXT_LIMITS", "FakeApp", "FakeUpstream", "RecordedRequest", "create_app", "run"]
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
