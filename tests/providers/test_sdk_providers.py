@@ -389,3 +389,40 @@ async def test_servers_that_reject_stream_options_still_work(
     sent = [r.body for r in fake_upstream.requests]
     # Asked once, refused, then never again for this provider.
     assert ["stream_options" in b for b in sent] == [True, False, False]
+
+
+async def test_a_long_prompt_is_read_from_the_anthropic_cache_on_the_next_turn(
+    make_sdk_provider: ProviderFactory, fake_upstream: FakeUpstream
+) -> None:
+    provider = make_sdk_provider("anthropic", fake_upstream.url)
+    system = " ".join(f"rule{n}: answer politely and precisely." for n in range(400))
+    first = request("hello there")
+    first = ChatRequest(model="m", messages=first.messages, max_tokens=200, system=system)
+    events = await collect(provider, first)
+    reply = text_of(events)
+    written = next(e.usage for e in events if isinstance(e, UsageEvent))
+    assert written.cache_write_tokens > 1024  # the prompt went into the cache...
+    assert written.cache_read_tokens == 0
+    second = request("hello there", reply, "and again?")
+    second = ChatRequest(model="m", messages=second.messages, max_tokens=200, system=system)
+    usage = next(e.usage for e in await collect(provider, second) if isinstance(e, UsageEvent))
+    # ...and the next turn reads all of it back, paying full price only for what is new.
+    assert usage.cache_read_tokens == written.cache_write_tokens
+    assert usage.input_tokens < 100
+    body = fake_upstream.requests[-1].body
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+
+
+async def test_a_short_request_carries_no_cache_breakpoints(
+    make_sdk_provider: ProviderFactory, fake_upstream: FakeUpstream
+) -> None:
+    # Below the shortest cacheable prefix a breakpoint buys nothing: the body stays plain.
+    provider = make_sdk_provider("anthropic", fake_upstream.url)
+    short = request("hello")
+    await collect(
+        provider, ChatRequest(model="m", messages=short.messages, max_tokens=50, system="Be brief.")
+    )
+    body = fake_upstream.requests[-1].body
+    assert body["system"] == "Be brief."
+    assert body["messages"][-1]["content"] == "hello"

@@ -28,6 +28,7 @@ from chatd.providers.base import (
     token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
+from chatd.tokens import estimate_request_tokens
 from chatd.types import (
     ChatRequest,
     Message,
@@ -100,7 +101,34 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
             {"name": t.name, "description": t.description, "input_schema": dict(t.input_schema)}
             for t in request.tools
         ]
+    _mark_cache_breakpoints(body, request)
     return body
+
+
+# The shortest prefix Anthropic caches (some models need more); below it a breakpoint does
+# nothing, so short requests go out as they are.
+CACHE_MIN_TOKENS = 1024
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+def _mark_cache_breakpoints(body: dict[str, Any], request: ChatRequest) -> None:
+    """Put prompt-cache breakpoints after the system prompt and the two newest user messages."""
+    # The next turn resends this request's prefix and reads it from the cache at a tenth of
+    # the price: the system prompt (with the tools before it) on its own breakpoint, since it
+    # outlives any trimming of the history; the whole conversation on the newest message; and
+    # the previous user message keeps the breakpoint it had last turn, so its prefix, written
+    # then, is found byte for byte now.
+    if estimate_request_tokens(request) < CACHE_MIN_TOKENS:
+        return
+    if request.system:
+        body["system"] = [{"type": "text", "text": request.system, "cache_control": _EPHEMERAL}]
+    users = [m for m in body["messages"] if m["role"] == "user"]
+    for message in users[-2:]:
+        content = message["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+        if blocks:
+            blocks[-1] = {**blocks[-1], "cache_control": _EPHEMERAL}
+            message["content"] = blocks
 
 
 class AnthropicProvider:
