@@ -139,10 +139,19 @@ class UpstreamError(ChatdError):
     ) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
-        # Bounded here, where every provider's hint passes, so no consumer meets inf or nan.
-        self.retry_after = bounded_wait(retry_after)
+        self.retry_after = retry_after
         if retryable is not None:
             self.retryable = retryable
+
+    @property
+    def retry_after(self) -> float | None:
+        """Return the provider's retry hint in seconds, within 0..MAX_RETRY_AFTER_S."""
+        return self._retry_after
+
+    @retry_after.setter
+    def retry_after(self, seconds: float | None) -> None:
+        # Bounded here, where every provider's hint passes, so no consumer meets inf or nan.
+        self._retry_after = bounded_wait(seconds)
 
 
 class UpstreamAuthError(UpstreamError):

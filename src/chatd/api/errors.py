@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from chatd.api.table import family
-from chatd.errors import ChatdError, UpstreamBadRequest, UpstreamError, bounded_wait
+from chatd.errors import ChatdError, UpstreamBadRequest, UpstreamError
 from chatd.textcheck import jsonable
 
 log = logging.getLogger("chatd.api")
@@ -53,8 +53,7 @@ def retry_after(exc: BaseException) -> int | None:
     """Return the whole seconds a client should wait, for errors worth retrying later."""
     if not isinstance(exc, ChatdError) or exc.status not in (429, 503):
         return None
-    # Bounded again: an UpstreamError's hint may have been set after it was made.
-    hint = bounded_wait(exc.retry_after) if isinstance(exc, UpstreamError) else None
+    hint = exc.retry_after if isinstance(exc, UpstreamError) else None
     return max(1, math.ceil(hint)) if hint is not None else DEFAULT_RETRY_AFTER_S
 
 
