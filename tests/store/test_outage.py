@@ -96,6 +96,32 @@ async def seeded(url: str) -> tuple[SqlStore, TurnRecord]:
     return store, await begin(store, "busy", "in flight")
 
 
+async def fail_mid_write(
+    store: SqlStore, in_flight: TurnRecord, call: str, after_first_write: Callable[[str], None]
+) -> None:
+    """Run one write, calling after_first_write once its first INSERT/UPDATE ran; expect 503."""
+    done = False
+
+    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal done
+        if not done and statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            done = True
+            after_first_write(statement)
+
+    event.listen(store.db.sync_engine, "after_cursor_execute", hook)
+    try:
+        write = (
+            begin(store, "done", "half")
+            if call == "begin_turn"
+            else finish(store, in_flight, "half")
+        )
+        with pytest.raises(StoreUnavailable):
+            async with asyncio.timeout(PROMPT_S):
+                await write
+    finally:
+        event.remove(store.db.sync_engine, "after_cursor_execute", hook)
+
+
 async def test_postgres_down_gives_store_unavailable_fast_then_the_store_recovers(
     server: PostgresServer, db: str
 ) -> None:
@@ -146,27 +172,10 @@ async def test_postgres_dying_mid_transaction_writes_nothing(
     store, in_flight = await seeded(server.url(db))
     try:
         before_rows, before = snapshot(server, db), await history(store)
-        statements: list[str] = []
-
         # Stop the server between the write's statements: after its first INSERT/UPDATE ran.
         # (Fast, not immediate: with synchronous_commit off a crash may lose recent commits.)
-        def stop_after_first_write(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            statements.append(statement)
-            is_write = statement.lstrip().upper().startswith(("INSERT", "UPDATE"))
-            if is_write and server.running:
-                server.stop(keep=True)
-
-        event.listen(store.db.sync_engine, "after_cursor_execute", stop_after_first_write)
-        write = (
-            begin(store, "done", "half")
-            if call == "begin_turn"
-            else finish(store, in_flight, "half")
-        )
-        with pytest.raises(StoreUnavailable):
-            async with asyncio.timeout(PROMPT_S):
-                await write
-        event.remove(store.db.sync_engine, "after_cursor_execute", stop_after_first_write)
-        assert not server.running, statements
+        await fail_mid_write(store, in_flight, call, lambda _: server.stop(keep=True))
+        assert not server.running
 
         server.start()
         assert snapshot(server, db) == before_rows
@@ -186,28 +195,18 @@ async def test_a_connection_the_server_terminates_mid_transaction_is_store_unava
     try:
         before_rows = snapshot(server, db)
         terminated: list[str] = []
-
-        def terminate_after_first_write(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            is_write = statement.lstrip().upper().startswith(("INSERT", "UPDATE"))
-            if is_write and not terminated:
-                terminated.append(
-                    server.sql(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        f"WHERE datname = '{db}' AND pid <> pg_backend_pid()",
-                        "postgres",
-                    )
+        await fail_mid_write(
+            store,
+            in_flight,
+            call,
+            lambda _: terminated.append(
+                server.sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    f"WHERE datname = '{db}' AND pid <> pg_backend_pid()",
+                    "postgres",
                 )
-
-        event.listen(store.db.sync_engine, "after_cursor_execute", terminate_after_first_write)
-        write = (
-            begin(store, "done", "half")
-            if call == "begin_turn"
-            else finish(store, in_flight, "half")
+            ),
         )
-        with pytest.raises(StoreUnavailable):
-            async with asyncio.timeout(PROMPT_S):
-                await write
-        event.remove(store.db.sync_engine, "after_cursor_execute", terminate_after_first_write)
         assert terminated
         assert terminated[0].strip() != "0"
         assert snapshot(server, db) == before_rows

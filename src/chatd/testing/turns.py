@@ -42,9 +42,7 @@ async def begin_turn(
         return TurnStart(opened)
     try:
         chosen = plan(opened.settings) if callable(plan) else plan
-        history = await opened.history(
-            chosen.history_until, same_as_hint=history_until is not None and same_as_hint
-        )
+        history = await opened.history(chosen.history_until, same_as_hint=same_as_hint)
         record = await opened.commit(chosen, lease_s)
     except BaseException:
         opened.abandon()
