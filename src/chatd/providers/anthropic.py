@@ -28,7 +28,7 @@ from chatd.providers.base import (
     token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
-from chatd.tokens import estimate_request_tokens
+from chatd.tokens import estimate_message_tokens, estimate_text_tokens
 from chatd.types import (
     ChatRequest,
     Message,
@@ -118,7 +118,7 @@ def _mark_cache_breakpoints(body: dict[str, Any], request: ChatRequest) -> None:
     # outlives any trimming of the history; the whole conversation on the newest message; and
     # the previous user message keeps the breakpoint it had last turn, so its prefix, written
     # then, is found byte for byte now.
-    if estimate_request_tokens(request) < CACHE_MIN_TOKENS:
+    if not _cacheable(request):
         return
     if request.system:
         body["system"] = [{"type": "text", "text": request.system, "cache_control": _EPHEMERAL}]
@@ -310,3 +310,13 @@ def _usage(reported: dict[str, Any], so_far: Usage) -> Usage:
         cache_write_tokens=token_count(reported.get("cache_creation_input_tokens"))
         or so_far.cache_write_tokens,
     )
+
+
+def _cacheable(request: ChatRequest) -> bool:
+    """Tell whether a request reaches the shortest cacheable prefix, estimating no further."""
+    total = estimate_text_tokens(request.system) if request.system else 0
+    for message in request.messages:
+        if total >= CACHE_MIN_TOKENS:
+            break
+        total += estimate_message_tokens(message)
+    return total >= CACHE_MIN_TOKENS
