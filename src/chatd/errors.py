@@ -162,6 +162,23 @@ class UpstreamBadRequest(UpstreamError):
     """The provider rejected the request as malformed or too large."""
 
 
+class ContextOverflow(UpstreamBadRequest):
+    """The provider said the prompt is longer than the model's context window."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        limit: int | None = None,
+        prompt_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message, upstream_status=upstream_status)
+        # What the provider's message said, when it said: the window, and the prompt's size.
+        self.limit = limit
+        self.prompt_tokens = prompt_tokens
+
+
 class UpstreamRateLimited(UpstreamError):
     """The provider rate limited us."""
 

@@ -151,6 +151,11 @@ class ToolSpec:
     input_schema: Mapping[str, Any]
 
 
+# How a session's history is fitted to the model: the newest messages (`window`), the newest
+# that fit a token budget (`tokens`), or the newest with a summary of the rest (`summary`).
+ContextPolicyName = Literal["window", "tokens", "summary"]
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
     """Per-session or per-request knobs; None means use the next default down."""
@@ -160,7 +165,7 @@ class GenerationParams:
     temperature: float | None = None
     stop: tuple[str, ...] | None = None
     tools: tuple[str, ...] | None = None
-    context_policy: Literal["window", "tokens"] | None = None
+    context_policy: ContextPolicyName | None = None
     context_limit: int | None = None
 
     def over(self, base: GenerationParams) -> GenerationParams:
@@ -182,6 +187,10 @@ class ChatRequest:
     temperature: float | None = None
     stop: tuple[str, ...] = ()
     tools: tuple[ToolSpec, ...] = ()
+    # What the model is told of the turns folded out of `messages`: sent right after `system`,
+    # as a block (Anthropic) or a message (OpenAI) of its own, so the system prompt's cached
+    # prefix outlives a new summary.
+    summary: str | None = None
 
 
 # Provider stream events, normalized across providers.
@@ -259,7 +268,24 @@ class TurnEnded:
         return self.state is TurnState.TRUNCATED
 
 
-TurnEvent = TurnStarted | TextDelta | ToolCallEvent | ToolResultEvent | UsageEvent | TurnEnded
+@dataclass(frozen=True, slots=True)
+class ContextChanged:
+    """What the model sees changed before this call: older turns were dropped or summarised."""
+
+    # Why: the policy's limit was reached, or the provider said the prompt was too long.
+    reason: Literal["limit", "overflow"]
+    # Messages the model no longer sees verbatim (dropped, or folded into the summary).
+    dropped_messages: int
+    # Messages it still sees verbatim, this turn's included.
+    kept_messages: int
+    # Whether a new summary of everything dropped so far now stands in for it.
+    summarized: bool
+    # The turn seq the view now starts at: earlier turns are out of view (or summarised).
+    first_turn: int
+    kind: Literal["context"] = "context"
+
+
+TurnEvent = TurnStarted | ContextChanged | TextDelta | ToolCallEvent | ToolResultEvent | UsageEvent | TurnEnded
 
 
 # Stored records, as the store hands them out.
