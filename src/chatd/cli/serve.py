@@ -58,8 +58,22 @@ def serve(
 def fake_upstream(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8900,
+    context_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Prompt tokens over which a request gets the provider's context-length 400 "
+            "(default: 200,000 Anthropic, 128,000 OpenAI).",
+        ),
+    ] = None,
+    cache_min: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Smallest prompt prefix, in tokens, that is cached (default: 1024)."
+        ),
+    ] = None,
 ) -> None:
     """Run the fake LLM upstream (Anthropic and OpenAI wire formats) for tests and load."""
     from chatd.testing.fake_upstream import run
 
-    run(host, port)
+    run(host, port, context_limit=context_limit, cache_min=cache_min)

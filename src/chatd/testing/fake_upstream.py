@@ -3,9 +3,10 @@
 Tests point the official SDKs at it over real sockets; benchmarks use it as a zero-latency model.
 
 Start it in-process with ``with FakeUpstream() as fake:`` (or the ``fake_upstream`` pytest
-fixture) or out of process with ``chatd fake-upstream --host H --port N``. ``fake.url`` has no
-``/v1``: give it as-is to ``anthropic.Anthropic(base_url=...)`` and as ``fake.url + "/v1"`` to
-``openai.OpenAI(base_url=...)``.
+fixture) or out of process with ``chatd fake-upstream --host H --port N`` (``--context-limit
+M`` and ``--cache-min N`` set the defaults of ``context_limit`` and ``cache_min`` below).
+``fake.url`` has no ``/v1``: give it as-is to ``anthropic.Anthropic(base_url=...)`` and as
+``fake.url + "/v1"`` to ``openai.OpenAI(base_url=...)``.
 
 Routes
     POST /v1/messages                Anthropic Messages (JSON or SSE with ``"stream": true``)
@@ -734,7 +735,11 @@ class FakeUpstream:
         self.stop()
 
 
-def run(host: str, port: int) -> None:
+def run(
+    host: str, port: int, *, context_limit: int | None = None, cache_min: int | None = None
+) -> None:
     """Serve the fake upstream on host:port until interrupted."""
-    app = create_app(max_recorded=_RUN_MAX_RECORDED)
+    app = create_app(
+        max_recorded=_RUN_MAX_RECORDED, context_limit=context_limit, cache_min=cache_min
+    )
     uvicorn.Server(_uvicorn_config(app, host=host, port=port)).run()
