@@ -160,7 +160,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -220,13 +220,21 @@ CONTEXT_LIMITS: dict[Provider, int] = {"anthropic": 200_000, "openai": 128_000}
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    """One request the fake received."""
+    """One request the fake received.
+
+    ``usage`` stays empty until a model call is served, and is filled before the response's
+    first byte leaves, so a client that has its answer reads it here: the numbers the reply
+    reported, as ``input_tokens`` (as the wire reports it: Anthropic's excludes cache reads and
+    writes, OpenAI's ``prompt_tokens`` includes cache reads), ``output_tokens``, ``cache_read``
+    and ``cache_write`` (never reported on the OpenAI wire).
+    """
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
     time: float
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 class FakeApp:
@@ -283,7 +291,8 @@ class FakeApp:
             await self._clock(method, body, send)
             return
         recorded = None if body is _MALFORMED else body
-        self.requests.append(RecordedRequest(method, path, headers, recorded, arrived))
+        record = RecordedRequest(method, path, headers, recorded, arrived)
+        self.requests.append(record)
         if self._max_recorded is not None and len(self.requests) > 2 * self._max_recorded:
             # Trimming in halves keeps a long benchmark's memory bounded at amortised O(1).
             del self.requests[: -self._max_recorded]
@@ -303,7 +312,7 @@ class FakeApp:
             await _error(send, provider, 400, "The request body is not a valid JSON object.")
             return
         try:
-            await _ROUTES[route](self, body, send, provider, _api_key(headers))
+            await _ROUTES[route](self, body, send, provider, _api_key(headers), record)
         except WireError as err:
             await _error(send, provider, 400, err.message, param=err.param, code=err.code)
 
@@ -376,7 +385,9 @@ class FakeApp:
         self._attempts[key] = attempt + 1
         return attempt < directives.fail_times
 
-    async def _complete(self, body: Any, send: Send, provider: Provider, key: str) -> None:
+    async def _complete(
+        self, body: Any, send: Send, provider: Provider, key: str, record: RecordedRequest
+    ) -> None:
         if provider == "anthropic":
             model = anthropic_model(body)
             conv = anthropic_conversation(body)
@@ -407,6 +418,12 @@ class FakeApp:
         # Only a served request reads or writes the cache; failed ones are never cached upstream.
         prompt = self._split(provider, measured, body, f"{provider}\0{key}\0{model}", d)
         reply = (anthropic_reply if provider == "anthropic" else openai_reply)(body, conv, prompt)
+        record.usage.update(
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            cache_read=reply.cache_read,
+            cache_write=reply.cache_write if provider == "anthropic" else 0,
+        )
         if stream:
             if provider == "anthropic":
                 plan = anthropic_stream(model, reply, unknown_event=d.unknown_event)
@@ -430,7 +447,9 @@ class FakeApp:
         else:
             await _send_json(send, 200, openai_completion(model, reply), _request_id(provider))
 
-    async def _count_tokens(self, body: Any, send: Send, provider: Provider, key: str) -> None:
+    async def _count_tokens(
+        self, body: Any, send: Send, provider: Provider, key: str, record: RecordedRequest
+    ) -> None:
         conv = anthropic_conversation(body)
         usage_in = conv.directives.usage_in
         if has_breakpoints(body):
@@ -438,12 +457,14 @@ class FakeApp:
         tokens = usage_in if usage_in is not None else count_tokens(body)
         await _send_json(send, 200, {"input_tokens": tokens}, _request_id(provider))
 
-    async def _models(self, body: Any, send: Send, provider: Provider, key: str) -> None:
+    async def _models(
+        self, body: Any, send: Send, provider: Provider, key: str, record: RecordedRequest
+    ) -> None:
         models = anthropic_models() if provider == "anthropic" else openai_models()
         await _send_json(send, 200, models, _request_id(provider))
 
 
-Handler = Callable[[FakeApp, Any, Send, Provider, str], Awaitable[None]]
+Handler = Callable[[FakeApp, Any, Send, Provider, str, RecordedRequest], Awaitable[None]]
 _ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/messages"): FakeApp._complete,
     ("POST", "/v1/messages/count_tokens"): FakeApp._count_tokens,
