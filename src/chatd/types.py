@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -285,7 +285,15 @@ class ContextChanged:
     kind: Literal["context"] = "context"
 
 
-TurnEvent = TurnStarted | ContextChanged | TextDelta | ToolCallEvent | ToolResultEvent | UsageEvent | TurnEnded
+TurnEvent = (
+    TurnStarted
+    | ContextChanged
+    | TextDelta
+    | ToolCallEvent
+    | ToolResultEvent
+    | UsageEvent
+    | TurnEnded
+)
 
 
 # Stored records, as the store hands them out.
@@ -312,6 +320,8 @@ class SessionInfo:
     created_at: datetime
     updated_at: datetime
     turn_count: int = 0
+    # Where the model's view of the conversation starts, and the summary before it.
+    fold: ContextFold = field(default_factory=lambda: ContextFold())
 
     @property
     def settings(self) -> SessionSettings:
@@ -336,6 +346,9 @@ class TurnRecord:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None
+    # The tokens each message adds to a prompt, as its provider counted (None: not known);
+    # empty when not read (so not part of a turn's equality).
+    tokens: tuple[int | None, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +357,53 @@ class TurnStart:
 
     record: TurnRecord
     history: tuple[Message, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextFold:
+    """Where a session's context view starts, and what stands in for the turns before it."""
+
+    # Turns with a lower seq are out of the model's view.
+    first_turn: int = 0
+    # A summary of them written by a model, or None: they are dropped.
+    summary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FoldRecord:
+    """A change of a session's context view, stored with the turn it was made for."""
+
+    fold: ContextFold
+    reason: Literal["limit", "overflow"]
+    dropped_messages: int
+    # The model that wrote the summary, when a new one was written.
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A session's history in the model's view, oldest first, with what is known of its size."""
+
+    messages: tuple[Message, ...] = ()
+    # The seq of each message's turn.
+    turns: tuple[int, ...] = ()
+    # The tokens each message adds to a prompt, as its provider counted (None: not known).
+    tokens: tuple[int | None, ...] = ()
+    # The context's size after the newest turn, as its provider counted (None: not known).
+    context_tokens: int | None = None
+    fold: ContextFold = ContextFold()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnTokens:
+    """What a turn learned of its messages' sizes, from its calls' reported usage."""
+
+    # The turn's user message.
+    user: int | None = None
+    # Each reply message, in order (None: not known).
+    reply: tuple[int | None, ...] = ()
+    # The context's size after the turn: its last call's prompt and output.
+    context: int | None = None
 
 
 # The user every session belongs to when auth is off.

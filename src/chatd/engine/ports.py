@@ -14,7 +14,9 @@ from typing import Protocol
 
 from chatd.keys import ApiKey, KeyLimits
 from chatd.types import (
+    FoldRecord,
     GenerationParams,
+    History,
     HistoryCut,
     Message,
     SessionInfo,
@@ -23,6 +25,7 @@ from chatd.types import (
     TurnPlan,
     TurnRecord,
     TurnState,
+    TurnTokens,
     Usage,
 )
 
@@ -52,6 +55,13 @@ class PendingTurn(Protocol):
         Only as far back as `until` needs (all of it when None): fed the messages newest first,
         it says when no older one could reach the model. `same_as_hint` says `until` cuts
         where open_turn's `history_until` did, so what the open read is the answer as it is.
+        """
+        ...
+
+    async def context(self, until: HistoryCut | None, *, same_as_hint: bool = False) -> History:
+        """Return the history in the session's context view, as `history` does, and its sizes.
+
+        Only turns from the view's first turn on; the view (its fold) comes with it.
         """
         ...
 
@@ -113,8 +123,15 @@ class TurnStore(Protocol):
         latency_ms: float | None,
         ttft_ms: float | None,
         error: str | None = None,
+        tokens: TurnTokens | None = None,
+        fold: FoldRecord | None = None,
     ) -> TurnRecord:
-        """Append the reply's messages and set the final state, in one transaction."""
+        """Append the reply's messages and set the final state, in one transaction.
+
+        With `tokens`, the sizes the turn's calls showed are kept with its messages; with
+        `fold`, the session's context view changes (and the change is recorded) in the same
+        transaction.
+        """
         ...
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
 
 from chatd.store.rows import LEASE_EXPIRED
 from chatd.store.sqlite_fast import Direct
-from chatd.store.tables import messages, sessions, turns
+from chatd.store.tables import context_folds, messages, sessions, turns
 from chatd.types import TurnState
 
 IN_CONTEXT_STATES = tuple(s.value for s in TurnState if s.in_context)
@@ -73,13 +73,25 @@ DELETE_SESSION = delete(sessions).where(THIS_SESSION)
 
 # The messages of complete and truncated turns, newest first, of one session by pk: ordered by
 # turn, then message, so a turn's messages stay together whatever the timing.
+# Parameters: pk, and first_turn: the context view's first turn (0 for the whole history).
+# Each row: role, parts, the message's tokens, its turn's seq and context_tokens.
 CONTEXT_MESSAGES_NEWEST = Direct(
-    select(messages.c.role, messages.c.parts)
+    select(
+        messages.c.role,
+        messages.c.parts,
+        messages.c.tokens,
+        turns.c.seq,
+        turns.c.context_tokens,
+    )
     # Driven from the session's turns, then each turn's messages by index: on a freshly
     # filled table PostgreSQL misjudged the other way round (messages first) as 10x slower.
     .select_from(turns)
     .join(messages, messages.c.turn_id == turns.c.id)
-    .where(turns.c.session_pk == bindparam("pk"), IN_CONTEXT)
+    .where(
+        turns.c.session_pk == bindparam("pk"),
+        IN_CONTEXT,
+        turns.c.seq >= bindparam("first_turn"),
+    )
     .order_by(turns.c.seq.desc(), messages.c.seq.desc())
 )
 LIST_TURNS = (
@@ -89,7 +101,7 @@ LIST_TURNS = (
     .order_by(turns.c.seq)
 )
 SESSION_MESSAGES = (
-    select(messages.c.turn_id, messages.c.role, messages.c.parts)
+    select(messages.c.turn_id, messages.c.role, messages.c.parts, messages.c.tokens)
     .join(sessions, sessions.c.id == messages.c.session_pk)
     .where(THIS_SESSION)
     .order_by(messages.c.seq)
@@ -151,6 +163,28 @@ FINISH_HEAD = (
 )
 # Parameters: turn_id and the final column values; only a turn still streaming is finished.
 FINISH_TURN = Direct(update(turns).where(turns.c.id == bindparam("turn_id"), IS_STREAMING))
+
+# A turn's user message learns its size once the turn's first call reported it.
+# Parameters: pk, seq (the user message's), tokens.
+SET_MESSAGE_TOKENS = Direct(
+    update(messages)
+    .where(messages.c.session_pk == bindparam("pk"), messages.c.seq == bindparam("seq"))
+    .values(tokens=bindparam("tokens"))
+)
+# A change of the context view. Parameters: pk, first_turn, summary.
+SET_FOLD = Direct(
+    update(sessions)
+    .where(sessions.c.id == bindparam("pk"))
+    .values(context_from=bindparam("first_turn"), context_summary=bindparam("summary"))
+)
+INSERT_FOLD = Direct(insert(context_folds))
+# Parameter: pk.
+CLEAR_FOLD = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("pk"))
+    .values(context_from=None, context_summary=None)
+)
+DELETE_SESSION_FOLDS = delete(context_folds).where(context_folds.c.session_pk == bindparam("pk"))
 
 # Parameter: pk.
 DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))
@@ -220,7 +254,7 @@ PAGE_SESSIONS_AFTER = PAGE_SESSIONS.where(
 PAGE_TURNS = LIST_TURNS.where(turns.c.seq > bindparam("after_seq")).limit(bindparam("limit"))
 # Parameter: turn_ids (a list).
 MESSAGES_OF_TURNS = (
-    select(messages.c.turn_id, messages.c.role, messages.c.parts)
+    select(messages.c.turn_id, messages.c.role, messages.c.parts, messages.c.tokens)
     .where(messages.c.turn_id.in_(bindparam("turn_ids", expanding=True)))
     .order_by(messages.c.seq)
 )

@@ -10,6 +10,7 @@ from uuid import uuid4
 from chatd.errors import SessionBusy
 from chatd.store.codec import parts_from_list, parts_to_list
 from chatd.types import (
+    ContextFold,
     GenerationParams,
     Message,
     Role,
@@ -73,7 +74,12 @@ def settings_values(settings: SessionSettings) -> dict[str, Any]:
 
 
 def message_values(
-    turn_id: str, session_pk: int, seq: int, message: Message, now: datetime
+    turn_id: str,
+    session_pk: int,
+    seq: int,
+    message: Message,
+    now: datetime,
+    tokens: int | None = None,
 ) -> dict[str, Any]:
     """Return the messages row for one message."""
     return {
@@ -82,6 +88,7 @@ def message_values(
         "seq": seq,
         "role": message.role.value,
         "parts": parts_to_list(message.parts),
+        "tokens": tokens,
         "created_at": now,
     }
 
@@ -150,6 +157,11 @@ def session_settings(row: Mapping[Any, Any]) -> SessionSettings:
     )
 
 
+def session_fold(row: Mapping[Any, Any]) -> ContextFold:
+    """Return the context view a sessions row holds."""
+    return ContextFold(row["context_from"] or 0, row["context_summary"])
+
+
 def session_info(row: Mapping[Any, Any]) -> SessionInfo:
     """Build a SessionInfo from a sessions row plus its turn_count."""
     settings = session_settings(row)
@@ -162,11 +174,15 @@ def session_info(row: Mapping[Any, Any]) -> SessionInfo:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         turn_count=row["turn_count"],
+        fold=session_fold(row),
     )
 
 
 def turn_record(
-    row: Mapping[Any, Any], session_id: str, messages: tuple[Message, ...]
+    row: Mapping[Any, Any],
+    session_id: str,
+    messages: tuple[Message, ...],
+    tokens: tuple[int | None, ...] = (),
 ) -> TurnRecord:
     """Build a TurnRecord from a turns row and the turn's messages."""
     stop = row["stop_reason"]
@@ -190,6 +206,7 @@ def turn_record(
         latency_ms=row["latency_ms"],
         ttft_ms=row["ttft_ms"],
         error=row["error"],
+        tokens=tokens,
     )
 
 

@@ -28,6 +28,7 @@ from chatd.store.rows import (
     message_values,
     param_values,
     read_back,
+    session_fold,
     session_info,
     session_settings,
     settings_values,
@@ -36,7 +37,10 @@ from chatd.store.rows import (
 )
 from chatd.store.tables import sessions
 from chatd.types import (
+    ContextFold,
+    FoldRecord,
     GenerationParams,
+    History,
     HistoryCut,
     Message,
     SessionInfo,
@@ -45,8 +49,12 @@ from chatd.types import (
     TurnPlan,
     TurnRecord,
     TurnState,
+    TurnTokens,
     Usage,
 )
+
+# A history message decoded, with its row (role, parts, tokens, turn seq, turn context_tokens).
+_Decoded = tuple[Message, Sequence[Any]]
 
 # History rows fetched at a time: about what a short conversation holds.
 HISTORY_BATCH = 50
@@ -74,10 +82,13 @@ class _Draft:
     streaming: bool  # a turn whose lease ran out is still marked streaming
     release: str | None  # the failed turn whose idempotency key this turn takes over
     settings: SessionSettings
-    # The history's newest messages, decoded as far back as open_turn's hint asked...
-    decoded: list[Message]
-    # ...then its next rows (role, parts), not yet decoded: without a hint, all of them
-    # unless there are more than HISTORY_BATCH, then HISTORY_BATCH + 1.
+    fold: ContextFold
+    # The history's newest messages in the view, decoded as far back as open_turn's hint
+    # asked, each with its row...
+    decoded: list[_Decoded]
+    # ...then its next rows (role, parts, tokens, turn seq, turn context_tokens), not yet
+    # decoded: without a hint, all of them unless there are more than HISTORY_BATCH, then
+    # HISTORY_BATCH + 1.
     rows: list[Sequence[Any]]
     # Whether decoded and rows hold the whole history.
     whole: bool
@@ -118,28 +129,33 @@ class _Pending:
         self, until: HistoryCut | None, *, same_as_hint: bool = False
     ) -> tuple[Message, ...]:
         """Return the history before the turn, oldest first, decoded only as far as needed."""
+        return (await self.context(until, same_as_hint=same_as_hint)).messages
+
+    async def context(self, until: HistoryCut | None, *, same_as_hint: bool = False) -> History:
+        """Return the history in the view before the turn, with its sizes, as far as needed."""
         draft = self._draft
         if same_as_hint and self._hinted:
             # The open applied this very cut while it read: its messages are the answer.
-            return tuple(reversed(draft.decoded))
-        taken: list[Message] = []
-        for m in draft.decoded:
-            taken.append(m)
-            if until is not None and until(m):
-                return tuple(reversed(taken))
+            return _history_of(draft.decoded, draft.fold)
+        taken: list[_Decoded] = []
+        for d in draft.decoded:
+            taken.append(d)
+            if until is not None and until(d[0]):
+                return _history_of(taken, draft.fold)
         if _take(draft.rows, taken, until) or draft.whole:
-            return tuple(reversed(taken))
+            return _history_of(taken, draft.fold)
         # Longer than the open's read: the rest, in a read of its own (a stale one is refused
         # by the commit's claim).
         seen, pk = len(draft.decoded) + len(draft.rows), draft.pk
         assert pk is not None
+        values = {"pk": pk, "first_turn": draft.fold.first_turn}
 
         def rest(conn: Connection) -> None:
-            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
+            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
             _take(islice(rows, seen, None), taken, until)
 
         await self._store.db.read(rest)
-        return tuple(reversed(taken))
+        return _history_of(taken, draft.fold)
 
     async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         """Write the turn and its user message in one transaction; SessionBusy if stale."""
@@ -304,10 +320,10 @@ class SqlStore:
                 if conn.scalar(q.SESSION_PK, key) is None:
                     raise NotFound(f"no session {session_id!r}")
                 return []
-            by_turn: dict[str, list[Message]] = {t.id: [] for t in turns}
+            by_turn: dict[str, list[Any]] = {t.id: [] for t in turns}
             for m in conn.execute(q.SESSION_MESSAGES, key):
-                by_turn[m.turn_id].append(message(m.role, m.parts))
-            return [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in turns]
+                by_turn[m.turn_id].append(m)
+            return [_turn_with(t._mapping, session_id, by_turn[t.id]) for t in turns]
 
         return await self.db.read(work)
 
@@ -338,7 +354,7 @@ class SqlStore:
             if head is None:
                 if create is None:
                     raise NotFound(f"no session {session_id!r}")
-                return _Draft(None, 0, 0, False, None, create, [], [], True)
+                return _Draft(None, 0, 0, False, None, create, ContextFold(), [], [], True)
             settings = session_settings(head)
             if system_prompt is not None:
                 settings = replace(settings, system_prompt=system_prompt)
@@ -351,8 +367,10 @@ class SqlStore:
                 if isinstance(prior, TurnRecord):
                     return prior
                 release = prior
-            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
-            decoded: list[Message] = []
+            fold = session_fold(head)
+            values = {"pk": pk, "first_turn": fold.first_turn}
+            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
+            decoded: list[_Decoded] = []
             if history_until is not None:
                 # As far back as the hint says, whatever the history's length, in this read.
                 whole = not _take(rows, decoded, history_until)
@@ -365,7 +383,16 @@ class SqlStore:
             last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
             streaming = until is not None
             return _Draft(
-                pk, last_turn, last_message, streaming, release, settings, decoded, newest, whole
+                pk,
+                last_turn,
+                last_message,
+                streaming,
+                release,
+                settings,
+                fold,
+                decoded,
+                newest,
+                whole,
             )
 
         self._beginning.add(beginning)
@@ -429,12 +456,17 @@ class SqlStore:
         latency_ms: float | None,
         ttft_ms: float | None,
         error: str | None = None,
+        tokens: TurnTokens | None = None,
+        fold: FoldRecord | None = None,
     ) -> TurnRecord:
         """Append the reply's messages and set the final state, in one transaction."""
         if state is TurnState.STREAMING:
             raise ValueError("finish_turn needs a final state")
         now = utc_now()
         final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
+        sizes = tokens or TurnTokens()
+        final["context_tokens"] = sizes.context
+        reply_tokens = (*sizes.reply, *([None] * (len(messages) - len(sizes.reply))))
 
         begun = self._begun.pop(turn_id, None)
 
@@ -444,15 +476,22 @@ class SqlStore:
             # sweep that took an expired lease); the messages go in only after it.
             if q.FINISH_TURN.execute(conn, {"turn_id": turn_id, **final}) != 1:
                 raise NotFound(f"no turn {turn_id!r} in flight")
+            pk = head.session_pk
             if messages:
                 q.INSERT_MESSAGES.execute(
                     conn,
                     [
-                        message_values(turn_id, head.session_pk, head.next_message + i, m, now)
-                        for i, m in enumerate(messages)
+                        message_values(turn_id, pk, head.next_message + i, m, now, n)
+                        for i, (m, n) in enumerate(zip(messages, reply_tokens, strict=False))
                     ],
                 )
-            q.TOUCH_SESSION.execute(conn, {"pk": head.session_pk, "now": now})
+            if sizes.user is not None:
+                # The user message is the turn's first, stored by its commit.
+                values = {"pk": pk, "seq": head.next_message - 1, "tokens": sizes.user}
+                q.SET_MESSAGE_TOKENS.execute(conn, values)
+            if fold is not None:
+                _store_fold(conn, pk, turn_id, fold, now)
+            q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": now})
             earlier = head.record.messages
             return turn_record({**head.row, **final}, head.record.session_id, (*earlier, *messages))
 
@@ -467,6 +506,8 @@ class SqlStore:
                 return None
             conn.execute(q.DELETE_SESSION_MESSAGES, {"pk": pk})
             removed = conn.execute(q.DELETE_SESSION_TURNS, {"pk": pk}).rowcount
+            conn.execute(q.DELETE_SESSION_FOLDS, {"pk": pk})
+            conn.execute(q.CLEAR_FOLD, {"pk": pk})
             q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": utc_now()})
             return removed
 
@@ -539,12 +580,12 @@ class SqlStore:
             if not rows and conn.scalar(q.SESSION_PK, key) is None:
                 raise NotFound(f"no session {session_id!r}")
             page = rows[:limit]
-            by_turn: dict[str, list[Message]] = {t.id: [] for t in page}
+            by_turn: dict[str, list[Any]] = {t.id: [] for t in page}
             if page:
                 ids = {"turn_ids": list(by_turn)}
                 for m in conn.execute(q.MESSAGES_OF_TURNS, ids):
-                    by_turn[m.turn_id].append(message(m.role, m.parts))
-            turns = [turn_record(t._mapping, session_id, tuple(by_turn[t.id])) for t in page]
+                    by_turn[m.turn_id].append(m)
+            turns = [_turn_with(t._mapping, session_id, by_turn[t.id]) for t in page]
             return turns, turns[-1].seq if len(rows) > limit else None
 
         return await self.db.read(work)
@@ -597,8 +638,8 @@ def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | N
 def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Message, ...]:
     """Read the in-context history newest first, decoding only as far as `until` needs."""
     # Fetched a batch at a time (a row at a time costs more), decoded one at a time.
-    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk}, HISTORY_BATCH)
-    return read_back((message(role, parts) for role, parts in rows), until)
+    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk, "first_turn": 0}, HISTORY_BATCH)
+    return read_back((message(r[0], r[1]) for r in rows), until)
 
 
 def _finish_head(conn: Connection, turn_id: str) -> _Begun:
@@ -637,11 +678,50 @@ def _replay(
     return turn_record(prior._mapping, session_id, messages)
 
 
-def _take(rows: Iterable[Sequence[Any]], taken: list[Message], until: HistoryCut | None) -> bool:
+def _take(rows: Iterable[Sequence[Any]], taken: list[_Decoded], until: HistoryCut | None) -> bool:
     """Decode history rows newest first into taken until `until` says enough; tell if it did."""
-    for role, parts in rows:
-        m = message(role, parts)
-        taken.append(m)
+    for row in rows:
+        m = message(row[0], row[1])
+        taken.append((m, row))
         if until is not None and until(m):
             return True
     return False
+
+
+def _turn_with(row: Mapping[Any, Any], session_id: str, rows: Sequence[Any]) -> TurnRecord:
+    """Build a turn from its row and its messages' rows (role, parts, tokens)."""
+    messages = tuple([message(m.role, m.parts) for m in rows])
+    return turn_record(row, session_id, messages, tuple([m.tokens for m in rows]))
+
+
+def _history_of(newest_first: Sequence[_Decoded], fold: ContextFold) -> History:
+    """Return decoded history rows, newest first, as the History the engine plans from."""
+    if not newest_first:
+        return History(fold=fold)
+    oldest_first = newest_first[::-1]
+    return History(
+        messages=tuple([d[0] for d in oldest_first]),
+        turns=tuple([d[1][3] for d in oldest_first]),
+        tokens=tuple([d[1][2] for d in oldest_first]),
+        context_tokens=newest_first[0][1][4],
+        fold=fold,
+    )
+
+
+def _store_fold(conn: Connection, pk: int, turn_id: str, record: FoldRecord, now: datetime) -> None:
+    """Move the session's context view and record the change."""
+    fold = record.fold
+    q.SET_FOLD.execute(conn, {"pk": pk, "first_turn": fold.first_turn, "summary": fold.summary})
+    q.INSERT_FOLD.execute(
+        conn,
+        {
+            "session_pk": pk,
+            "turn_id": turn_id,
+            "first_turn": fold.first_turn,
+            "summary": fold.summary,
+            "reason": record.reason,
+            "dropped_messages": record.dropped_messages,
+            "model": record.model,
+            "created_at": now,
+        },
+    )

@@ -92,6 +92,10 @@ sessions = Table(
     Column("tools", JSON),
     _str("context_policy", 16),
     Column("context_limit", Integer),
+    # The context view: the seq of the oldest turn the model sees, and what stands in for the
+    # turns before it (None: they are dropped). Changed only with a context_folds row.
+    Column("context_from", Integer),
+    Column("context_summary", Text),
     _utc("created_at"),
     _utc("updated_at"),
     UniqueConstraint("user_id", "session_id"),
@@ -115,6 +119,9 @@ turns = Table(
     Column("cache_write_tokens", Integer, nullable=False, default=0),
     # The token counts are chatd's estimate: a call's usage never came from its provider.
     Column("usage_estimated", Boolean, nullable=False, default=False, server_default=false()),
+    # The context's size after this turn (its last call's prompt and output), as its provider
+    # counted: what the next turn's prompt is, but for its new message.
+    Column("context_tokens", Integer),
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),
@@ -157,8 +164,30 @@ messages = Table(
     Column("seq", Integer, nullable=False),
     _str("role", 16, nullable=False),
     Column("parts", JSON, nullable=False),
+    # The tokens this message adds to a prompt, as its provider counted (None: not known).
+    Column("tokens", Integer),
     _utc("created_at"),
     Index("ix_messages_session_pk_seq", "session_pk", "seq"),
+)
+
+# Each change of a session's context view: from which turn the model sees the conversation,
+# and the summary that then stands in for the turns before it. The full history stays.
+context_folds = Table(
+    "context_folds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("session_pk", Integer, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    # The turn whose call the change was made for.
+    Column("turn_id", String(32)),
+    Column("first_turn", Integer, nullable=False),
+    Column("summary", Text),
+    # "limit" (the session's policy) or "overflow" (the provider said the prompt was too long).
+    _str("reason", 16, nullable=False),
+    Column("dropped_messages", Integer, nullable=False),
+    # The model that wrote the summary.
+    _str("model", 255),
+    _utc("created_at"),
+    Index("ix_context_folds_session_pk_first_turn", "session_pk", "first_turn"),
 )
 
 # An API key: the SHA-256 of the key (never the key), its owner, limits and lifetime.

@@ -10,9 +10,12 @@ from uuid import uuid4
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
-from chatd.store.rows import LEASE_EXPIRED, busy, read_back
+from chatd.store.rows import LEASE_EXPIRED, busy
 from chatd.types import (
+    ContextFold,
+    FoldRecord,
     GenerationParams,
+    History,
     HistoryCut,
     Message,
     SessionInfo,
@@ -21,6 +24,7 @@ from chatd.types import (
     TurnPlan,
     TurnRecord,
     TurnState,
+    TurnTokens,
     Usage,
 )
 
@@ -30,6 +34,9 @@ class _Session:
     info: SessionInfo
     turns: list[TurnRecord] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
+    # Each finished turn's context_tokens, by turn id.
+    context_tokens: dict[str, int] = field(default_factory=dict)
+    folds: list[FoldRecord] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -187,6 +194,8 @@ class MemoryStore:
         latency_ms: float | None,
         ttft_ms: float | None,
         error: str | None = None,
+        tokens: TurnTokens | None = None,
+        fold: FoldRecord | None = None,
     ) -> TurnRecord:
         """Append the reply's messages and set the final state, in one transaction."""
         if state is TurnState.STREAMING:
@@ -194,6 +203,13 @@ class MemoryStore:
         session, index = self._in_flight(turn_id)
         self._leases.pop(turn_id, None)
         turn = session.turns[index]
+        sizes = tokens or TurnTokens()
+        reply = (*sizes.reply, *([None] * (len(messages) - len(sizes.reply))))[: len(messages)]
+        if sizes.context is not None:
+            session.context_tokens[turn_id] = sizes.context
+        if fold is not None:
+            session.folds.append(fold)
+            session.info = replace(session.info, fold=fold.fold)
         finished = replace(
             turn,
             state=state,
@@ -203,6 +219,7 @@ class MemoryStore:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
             error=error,
+            tokens=(sizes.user, *reply),
         )
         session.turns[index] = finished
         session.info = replace(session.info, updated_at=_now())
@@ -219,7 +236,9 @@ class MemoryStore:
             self._leases.pop(turn.id, None)
         session.turns.clear()
         session.keys.clear()
-        session.info = replace(session.info, updated_at=_now())
+        session.context_tokens.clear()
+        session.folds.clear()
+        session.info = replace(session.info, updated_at=_now(), fold=ContextFold())
         return removed
 
     async def delete_session(self, user_id: str, session_id: str) -> bool:
@@ -360,10 +379,33 @@ class _Pending:
         self, until: HistoryCut | None, *, same_as_hint: bool = False
     ) -> tuple[Message, ...]:
         """Return the in-context history as read, oldest first, only as far back as needed."""
+        return (await self.context(until, same_as_hint=same_as_hint)).messages
+
+    async def context(self, until: HistoryCut | None, *, same_as_hint: bool = False) -> History:
+        """Return the history in the session's view, as SqlStore's does."""
         if self._found is None:
-            return ()
-        newest_first = (_copy(m) for m in reversed(_in_context(self._found)))
-        return read_back(newest_first, until)
+            return History()
+        session = self._found
+        fold = session.info.fold
+        rows = [
+            (_copy(m), t.seq, t.tokens[i] if i < len(t.tokens) else None, t.id)
+            for t in session.turns
+            if t.state.in_context and t.seq >= fold.first_turn
+            for i, m in enumerate(t.messages)
+        ]
+        taken: list[tuple[Message, int, int | None, str]] = []
+        for row in reversed(rows):
+            taken.append(row)
+            if until is not None and until(row[0]):
+                break
+        taken.reverse()
+        return History(
+            messages=tuple(r[0] for r in taken),
+            turns=tuple(r[1] for r in taken),
+            tokens=tuple(r[2] for r in taken),
+            context_tokens=session.context_tokens.get(taken[-1][3]) if taken else None,
+            fold=fold,
+        )
 
     async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         """Store the turn, as SqlStore's commit does; SessionBusy if the session changed."""
