@@ -25,6 +25,7 @@ from chatd.providers.base import (
     redact,
     response_bytes,
     stream_json,
+    summary_text,
     token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
@@ -90,7 +91,12 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         "max_tokens": request.max_tokens,
         "messages": [{"role": m.role.value, "content": _content(m)} for m in request.messages],
     }
-    if request.system:
+    if request.summary:
+        # A block of its own after the system prompt's, so each can carry a cache breakpoint.
+        blocks = [{"type": "text", "text": request.system}] if request.system else []
+        blocks.append({"type": "text", "text": summary_text(request.summary)})
+        body["system"] = blocks
+    elif request.system:
         body["system"] = request.system
     if request.temperature is not None:
         body["temperature"] = request.temperature
@@ -108,27 +114,38 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
 # The shortest prefix Anthropic caches (some models need more); below it a breakpoint does
 # nothing, so short requests go out as they are.
 CACHE_MIN_TOKENS = 1024
+# The most cache_control blocks Anthropic accepts in one request (more is a 400).
+MAX_CACHE_BREAKPOINTS = 4
 _EPHEMERAL = {"type": "ephemeral"}
 
 
 def _mark_cache_breakpoints(body: dict[str, Any], request: ChatRequest) -> None:
-    """Put prompt-cache breakpoints after the system prompt and the two newest user messages."""
+    """Put prompt-cache breakpoints after the system prompt, the summary and the newest users."""
     # The next turn resends this request's prefix and reads it from the cache at a tenth of
-    # the price: the system prompt (with the tools before it) on its own breakpoint, since it
-    # outlives any trimming of the history; the whole conversation on the newest message; and
-    # the previous user message keeps the breakpoint it had last turn, so its prefix, written
-    # then, is found byte for byte now.
+    # the price. Most valuable first: the newest user message, whose prefix is the whole
+    # conversation; the system prompt (with the tools before it), since it outlives any trimming
+    # and any new summary; the summary, which holds until the next one; and the previous user
+    # message, which keeps last turn's breakpoint. That last one goes first if the cap bites: the
+    # newest breakpoint already finds last turn's entry by Anthropic's 20-block lookback, unless
+    # one turn added more than 20 blocks (a long tool loop).
     if not _cacheable(request):
         return
-    if request.system:
-        body["system"] = [{"type": "text", "text": request.system, "cache_control": _EPHEMERAL}]
+    if isinstance(body.get("system"), str):
+        body["system"] = [{"type": "text", "text": body["system"]}]
+    system: list[dict[str, Any]] = body.get("system") or []
     users = [m for m in body["messages"] if m["role"] == "user"]
-    for message in users[-2:]:
-        content = message["content"]
-        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+    for message in users:
+        # Blocks, marked or not: a message's breakpoint moves on two turns later, and the same
+        # text sent as a string then would no longer match the prefix cached with it as a block.
+        if isinstance(message["content"], str):
+            message["content"] = [{"type": "text", "text": message["content"]}]
+    # (blocks, index of the block to mark), most valuable first.
+    places: list[tuple[list[dict[str, Any]], int]] = [(m["content"], -1) for m in users[-1:]]
+    places += [(system, index) for index in range(len(system))]
+    places += [(m["content"], -1) for m in users[-2:-1]]
+    for blocks, index in places[:MAX_CACHE_BREAKPOINTS]:
         if blocks:
-            blocks[-1] = {**blocks[-1], "cache_control": _EPHEMERAL}
-            message["content"] = blocks
+            blocks[index] = {**blocks[index], "cache_control": _EPHEMERAL}
 
 
 class AnthropicProvider:
@@ -315,6 +332,7 @@ def _usage(reported: dict[str, Any], so_far: Usage) -> Usage:
 def _cacheable(request: ChatRequest) -> bool:
     """Tell whether a request reaches the shortest cacheable prefix, estimating no further."""
     total = estimate_text_tokens(request.system) if request.system else 0
+    total += estimate_text_tokens(request.summary) if request.summary else 0
     for message in request.messages:
         if total >= CACHE_MIN_TOKENS:
             break

@@ -47,6 +47,14 @@ class Provider(Protocol):
         ...
 
 
+SUMMARY_HEADING = "Summary of the earlier conversation:\n\n"
+
+
+def summary_text(summary: str) -> str:
+    """Return what the model is told in place of the turns folded into a summary."""
+    return SUMMARY_HEADING + summary
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderOptions:
     """What a provider is built from: resolved from settings and the environment."""

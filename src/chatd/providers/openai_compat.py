@@ -30,6 +30,7 @@ from chatd.providers.base import (
     redact,
     response_bytes,
     stream_json,
+    summary_text,
     token_count,
 )
 from chatd.providers.sse import SSE, SSEDecoder
@@ -91,10 +92,14 @@ FINISH_REASONS = {
 
 
 def messages_body(request: ChatRequest) -> list[dict[str, Any]]:
-    """Translate chatd messages to Chat Completions messages, system prompt first."""
+    """Translate chatd messages to Chat Completions messages, system prompt and summary first."""
     out: list[dict[str, Any]] = []
     if request.system:
         out.append({"role": "system", "content": request.system})
+    if request.summary:
+        # A message of its own after the system prompt's, so a new summary leaves the system
+        # prompt's cached prefix intact.
+        out.append({"role": "system", "content": summary_text(request.summary)})
     for message in request.messages:
         out.extend(_translate(message))
     return out
