@@ -17,6 +17,7 @@ ChatdError                      500  anything we did not foresee
 └── UpstreamError               502  the model provider misbehaved
     ├── UpstreamAuthError       502  the provider refused our key
     ├── UpstreamBadRequest      502  the provider rejected the request
+    │   └── ContextOverflow     502  the prompt is longer than the model's context window
     ├── UpstreamRateLimited     429  rate limited, retries exhausted or quota spent
     ├── UpstreamUnavailable     503  5xx/529/connection trouble, retries exhausted
     ├── UpstreamStreamError     502  the reply broke off mid-stream

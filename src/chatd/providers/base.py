@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import socket
 import ssl
 import time
@@ -17,6 +18,7 @@ import orjson
 
 from chatd.bounds import MAX_TURN_TOKENS
 from chatd.errors import (
+    ContextOverflow,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamError,
@@ -129,8 +131,12 @@ def error_for_status(
     headers: Mapping[str, str],
     *,
     quota_spent: bool = False,
+    context_exceeded: bool = False,
 ) -> UpstreamError:
-    """Turn an upstream HTTP error into chatd's typed error, deciding whether it is retryable."""
+    """Turn an upstream HTTP error into chatd's typed error, deciding whether it is retryable.
+
+    `context_exceeded` says the error's code already names a prompt too long for the model.
+    """
     retry_after = parse_retry_after(headers)
     where = f"{provider} answered HTTP {status}"
     if status in (401, 403):
@@ -153,7 +159,67 @@ def error_for_status(
         return UpstreamUnavailable(
             f"{where}: unavailable ({detail})", upstream_status=status, retry_after=retry_after
         )
+    overflow = context_overflow(where, status, detail, known=context_exceeded)
+    if overflow is not None:
+        return overflow
     return UpstreamBadRequest(f"{where}: request rejected ({detail})", upstream_status=status)
+
+
+# How providers word "the prompt does not fit", with the numbers they give: Anthropic, Anthropic
+# counting max_tokens in, llama.cpp's server, and OpenAI's wording (vLLM, Groq and others copy
+# it); the prompt's own size is then in one of _PROMPT_SIZE's phrasings, when it is given.
+_OVERFLOW = (
+    re.compile(r"prompt is too long: (?P<prompt>\d{1,15}) tokens > (?P<limit>\d{1,15}) maximum"),
+    re.compile(
+        r"input length and `max_tokens` exceed context limit: (?P<prompt>\d{1,15}) \+ \d+ > "
+        r"(?P<limit>\d{1,15})"
+    ),
+    re.compile(
+        r"request \((?P<prompt>\d{1,15}) tokens\) exceeds the available context size "
+        r"\((?P<limit>\d{1,15}) tokens\)"
+    ),
+    re.compile(r"maximum context length is (?P<limit>\d{1,15}) tokens"),
+)
+_PROMPT_SIZE = (
+    # vLLM: "you requested N tokens (X in the messages, Y in the completion)"; N is not the prompt.
+    re.compile(r"\((?P<prompt>\d{1,15}) in the messages"),
+    re.compile(r"your messages resulted in (?P<prompt>\d{1,15}) tokens"),
+    re.compile(r"your request has (?P<prompt>\d{1,15}) input tokens"),
+)
+
+
+def context_overflow(
+    where: str, status: int, detail: str, *, known: bool = False
+) -> ContextOverflow | None:
+    """Return a ContextOverflow if detail says the prompt exceeds the context window, else None."""
+    match = next((m for pattern in _OVERFLOW if (m := pattern.search(detail))), None)
+    if match is None and not known:
+        return None
+    found = match.groupdict() if match is not None else {}
+    limit = _tokens(found.get("limit"))
+    prompt = _tokens(found.get("prompt"))
+    if prompt is None:
+        size = next((m for pattern in _PROMPT_SIZE if (m := pattern.search(detail))), None)
+        prompt = _tokens(size["prompt"]) if size is not None else None
+    if prompt is not None and limit is not None and prompt > limit:
+        said = f"the prompt is {prompt:,} tokens, more than the model's context window of {limit:,}"
+    elif prompt is not None and limit is not None:
+        # The prompt fits, but not with room for the reply's max_tokens.
+        said = (
+            f"the prompt ({prompt:,} tokens) and the reply's max_tokens do not fit the "
+            f"model's context window of {limit:,}"
+        )
+    elif limit is not None:
+        said = f"the prompt is longer than the model's context window of {limit:,} tokens"
+    else:
+        said = f"the prompt is longer than the model's context window ({detail})"
+    return ContextOverflow(
+        f"{where}: {said}", upstream_status=status, limit=limit, prompt_tokens=prompt
+    )
+
+
+def _tokens(digits: str | None) -> int | None:
+    return None if digits is None else token_count(int(digits))
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -247,8 +247,17 @@ class OpenAICompatProvider:
         detail = redact(exc.message, self._api_key)
         body = exc.body if isinstance(exc.body, dict) else {}
         quota = exc.code == "insufficient_quota" or body.get("type") == "insufficient_quota"
+        # OpenAI's code, and llama.cpp's server's type; the message has the numbers, if any.
+        overflow = exc.code == "context_length_exceeded" or body.get("type") == (
+            "exceed_context_size_error"
+        )
         return error_for_status(
-            self.name, exc.status_code, detail, exc.response.headers, quota_spent=quota
+            self.name,
+            exc.status_code,
+            detail,
+            exc.response.headers,
+            quota_spent=quota,
+            context_exceeded=overflow,
         )
 
 
