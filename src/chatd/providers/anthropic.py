@@ -213,6 +213,30 @@ class AnthropicProvider:
                 raise
             raise after_output(self._unreachable(exc), events.emitted) from None
 
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """Return the request's input tokens as Anthropic counts them: what `stream` is charged."""
+        import anthropic
+
+        # The very system, messages and tools `stream` sends (summary and breakpoints included):
+        # the count endpoint takes no max_tokens, temperature or stop sequences.
+        body = request_body(request)
+        try:
+            counted = await self._client.messages.count_tokens(
+                model=body["model"],
+                messages=body["messages"],
+                system=body.get("system", anthropic.omit),
+                tools=body.get("tools", anthropic.omit),
+            )
+        except anthropic.APIStatusError as exc:
+            raise self._status_error(exc, False) from None
+        except (anthropic.APIConnectionError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        except Exception as exc:
+            if not is_transport_error(exc):
+                raise
+            raise self._unreachable(exc) from None
+        return token_count(counted.input_tokens)
+
     def _unreachable(self, exc: BaseException) -> UpstreamUnavailable:
         return connection_error(self.name, exc, self._endpoint)
 

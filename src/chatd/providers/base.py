@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -47,6 +47,23 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Close the provider's HTTP client."""
         ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that can count a request's input tokens exactly, as its model will be charged."""
+
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """Return the request's input tokens, or None when they cannot be counted."""
+        ...
+
+
+async def count_request_tokens(provider: object, request: ChatRequest) -> int | None:
+    """Return the request's exact input tokens from its provider, or None if it cannot count."""
+    # Optional, so providers written before it (and outside plugins) stay Providers.
+    if not isinstance(provider, TokenCounter):
+        return None
+    return await provider.count_tokens(request)
 
 
 SUMMARY_HEADING = "Summary of the earlier conversation:\n\n"

@@ -70,6 +70,10 @@ class DemoProvider:
     async def aclose(self) -> None:
         """Release nothing: the demo holds no connections."""
 
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """Return None: the demo has no tokenizer, only the estimate its usage reports."""
+        return None
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Yield the reply a few words at a time, then usage and the stop reason."""
         text = demo_reply(request)

@@ -163,6 +163,10 @@ class OpenAICompatProvider:
         """Close the SDK client."""
         await self._client.close()
 
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """Return None: Chat Completions has no counting endpoint (and tiktoken downloads)."""
+        return None
+
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
