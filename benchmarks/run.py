@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         help=f"comma-separated tests of {', '.join(tests.ALL_TESTS)}; or `instructions` alone "
-        "(benchmarks.instructions: instructions per request under callgrind)",
+        "(benchmarks.instructions: instructions per request under callgrind); or `cost` alone "
+        "(benchmarks.cost: what a long conversation is billed)",
     )
     parser.add_argument("--runs", type=int, help="interleaved runs (default 3; 1 with --quick)")
     parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results/)")
@@ -110,11 +111,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.arms.insert(at, A.BASELINE)
     if args.only:
         args.only = [t.strip() for t in args.only.split(",")]
-        bad = [t for t in args.only if t not in (*tests.ALL_TESTS, "instructions")]
+        bad = [t for t in args.only if t not in (*tests.ALL_TESTS, "instructions", "cost")]
         if bad:
             parser.error(f"unknown tests: {', '.join(bad)}")
         if "instructions" in args.only and len(args.only) > 1:
             parser.error("--only instructions runs alone: its servers run under callgrind")
+        if "cost" in args.only and len(args.only) > 1:
+            parser.error("--only cost runs alone: it runs chatd in-process, not the arms")
     return args
 
 
@@ -125,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import instructions
 
         return instructions.main(instructions.run_argv(args))
+    if args.only == ["cost"]:
+        from benchmarks import cost
+
+        argv = ["--out", str(args.out)] if args.out else []
+        return cost.main(argv + (["--turns", "12"] if args.quick else []))
     plan = Plan.quick() if args.quick else Plan()
     if args.runs:
         plan.runs = args.runs
