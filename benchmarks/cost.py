@@ -384,6 +384,8 @@ class ChatdTurn:
     summary: bool
     summary_tokens: int
     prompt_tokens: int
+    # Anthropic's count_tokens calls: not billed (the API does not charge for them).
+    token_counts: int = 0
     calls: list[dict[str, Any]] = field(default_factory=list)
     context_events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -427,6 +429,7 @@ def view_of(fmt: Format, body: dict[str, Any], system: str) -> tuple[int, list[s
 
 SYSTEM_ROLES = ("system", "developer")
 COMPLETION_PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
+COUNT_PATH = "/v1/messages/count_tokens"
 
 
 @contextmanager
@@ -488,6 +491,7 @@ def _classify(fmt: Format, turn: int, calls: Sequence[RecordedRequest], system: 
         summary=bool(summaries),
         summary_tokens=sum(count_text(s) for s in summaries),
         prompt_tokens=count_tokens(reply.body),
+        token_counts=sum(c.path == COUNT_PATH for c in calls),
         calls=rows,
     )
 
@@ -561,6 +565,7 @@ def checkpoint(
         "cost_met": None if target is None else c.billed / a.billed <= target,
         "min_verbatim_after_turn_10": least,
         "turns_judged": len(judged),
+        "token_count_calls": sum(t.token_counts for t in chatd[:n]),
         "turns_with_history_dropped": len(dropped),
         "turns_with_summary": sum(t.summary for t in judged),
         "dropped_without_summary": sum(not t.summary for t in dropped),
