@@ -41,9 +41,20 @@ class Settings(BaseSettings):
     retry_base_delay_s: float = Field(default=0.5, ge=0)
     retry_max_delay_s: float = Field(default=8.0, ge=0)
 
-    context_policy: Literal["window", "tokens"] = "tokens"
-    context_max_messages: int = Field(default=50, ge=1)
-    context_max_tokens: int = Field(default=16000, ge=1)
+    # How a session's history is fitted to the model when the session sets no policy: the
+    # last keep_messages messages and a summary of the rest (`summary`), at most max_messages
+    # (`window`) or max_tokens of history (`tokens`).
+    context_policy: Literal["window", "tokens", "summary"] = "summary"
+    context_max_messages: int = Field(default=50, ge=1, le=100_000)
+    context_max_tokens: int = Field(default=16000, ge=1, le=100_000_000)
+    context_keep_messages: int = Field(default=20, ge=1, le=100_000)
+    # Every model's context window in tokens, for models chatd does not know (None: known
+    # families, and what providers' context-length errors say).
+    context_window: int | None = Field(default=None, ge=256, le=100_000_000)
+    # Summaries are written by this model of the session's provider (None: the session's).
+    summary_model: str | None = None
+    summary_max_tokens: int = Field(default=1024, ge=16, le=100_000)
+    summary_prompt: str | None = None
 
     max_message_chars: int = Field(default=32000, ge=1)
     # Requests asking for more output than this are refused (422), not clamped; None: no cap.

@@ -328,6 +328,7 @@ async def test_a_sessions_own_window_sees_exactly_its_history_whatever_the_serve
     for n in range(25):
         ended(await run(service, "own", f"question {n}"))
     sent = [m["content"] for m in fake_upstream.requests[-1].body["messages"]]
-    assert len(sent) == min(session_limit - 1 if session_limit % 2 == 0 else session_limit, 49)
+    # The window moves in steps: past its limit, down to half of it.
+    assert max(1, session_limit // 2 - 1) <= len(sent) <= session_limit
     assert sent[-1] == "question 24"
     assert sent[0] == f"question {24 - (len(sent) - 1) // 2}"

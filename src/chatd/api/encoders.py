@@ -17,6 +17,7 @@ from chatd.api.errors import error_type, retry_after
 from chatd.api.views import tool_call_out, usage_out
 from chatd.errors import ChatdError
 from chatd.types import (
+    ContextChanged,
     TextDelta,
     ToolCallEvent,
     ToolResultEvent,
@@ -137,6 +138,8 @@ def sse_chunk(event: TurnEvent) -> bytes | None:
         return sse("tool_result", body)
     if isinstance(event, UsageEvent):
         return sse("usage", usage_out(event.usage).model_dump())
+    if isinstance(event, ContextChanged):
+        return sse("context", context_out(event))
     return sse(
         "message_end",
         {
@@ -147,6 +150,17 @@ def sse_chunk(event: TurnEvent) -> bytes | None:
             "truncated": event.truncated,
         },
     )
+
+
+def context_out(event: ContextChanged) -> dict[str, object]:
+    """Describe a change of the model's view, as the `context` event carries it."""
+    return {
+        "reason": event.reason,
+        "dropped_messages": event.dropped_messages,
+        "kept_messages": event.kept_messages,
+        "summarized": event.summarized,
+        "first_turn": event.first_turn,
+    }
 
 
 def sse_failure(exc: BaseException) -> bytes:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_TOKENS
-from chatd.types import StopReason, TurnState
+from chatd.types import ContextPolicyName, StopReason, TurnState
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # Printable ASCII without spaces, at most IDEMPOTENCY_KEY_MAX long.
@@ -158,8 +158,11 @@ ToolNames = Annotated[
 class ContextSettings(Strict):
     """Which part of the history the model sees."""
 
-    policy: Literal["window", "tokens"] = Field(
-        description="window: the newest N messages; tokens: the newest turns within N tokens"
+    policy: ContextPolicyName = Field(
+        description="window: at most the newest N messages; tokens: at most N tokens of "
+        "history; summary: the newest N messages or more, and a summary of the rest. Past "
+        "its limit the view moves forward in one large step (to half of N for window and "
+        "tokens), so the provider's prompt cache keeps hitting."
     )
     limit: int | None = Field(
         default=None, ge=1, le=MAX_CONTEXT_LIMIT, description="N; the server's default when omitted"

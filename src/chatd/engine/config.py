@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from chatd.config import Settings
-from chatd.engine.context import ContextPolicy, SlidingWindow, TokenBudget
+from chatd.engine.context import ContextPolicy, Summarize, policy_for
+from chatd.engine.summarize import SummaryConfig
 from chatd.providers.retry import RetryPolicy
 from chatd.types import GenerationParams
 
@@ -20,7 +21,10 @@ class EngineConfig:
     defaults: GenerationParams = field(
         default_factory=lambda: GenerationParams(max_tokens=1024, stop=())
     )
-    policy: ContextPolicy = field(default_factory=lambda: TokenBudget(16000))
+    policy: ContextPolicy = field(default_factory=lambda: Summarize(20))
+    summaries: SummaryConfig = field(default_factory=SummaryConfig)
+    # CHATD_CONTEXT_WINDOW: every model's context window, where the operator knows it.
+    context_window: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_tool_rounds: int = 8
     tool_timeout_s: float = 30.0
@@ -34,11 +38,12 @@ class EngineConfig:
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
         """Read the engine's knobs from settings."""
-        policy: ContextPolicy = (
-            SlidingWindow(s.context_max_messages)
-            if s.context_policy == "window"
-            else TokenBudget(s.context_max_tokens)
-        )
+        limits = {
+            "window": s.context_max_messages,
+            "tokens": s.context_max_tokens,
+            "summary": s.context_keep_messages,
+        }
+        policy = policy_for(s.context_policy, limits[s.context_policy], Summarize(20))
         return cls(
             defaults=GenerationParams(
                 model=s.model,
@@ -48,6 +53,12 @@ class EngineConfig:
                 tools=tuple(s.tools),
             ),
             policy=policy,
+            summaries=SummaryConfig(
+                model=s.summary_model,
+                max_tokens=s.summary_max_tokens,
+                prompt=s.summary_prompt or SummaryConfig().prompt,
+            ),
+            context_window=s.context_window,
             retry=RetryPolicy(
                 s.retry_max_attempts, s.retry_base_delay_s, s.retry_max_delay_s, s.retry_max_total_s
             ),

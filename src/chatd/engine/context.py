@@ -1,93 +1,111 @@
-"""Context policies: which suffix of a session's history the model sees."""
+"""Context policies: where the model's view of a session starts, moved in large steps.
+
+A session's view is its turns from a first turn on (the fold), plus the summary of the turns
+before it when the `summary` policy wrote one. The view stays put while it is within the
+policy's limit, so the prompt's prefix is byte-stable and the provider's prompt cache keeps
+hitting; once past the limit it moves forward in one large step (to half the limit, or to the
+last `keep` messages), never by one message a turn. A view always starts at a turn's user
+message, so it never opens on an assistant message or splits a tool call from its result.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from chatd.tokens import estimate_message_tokens, estimate_text_tokens
-from chatd.types import Message, Role
+from chatd.tokens import estimate_message_tokens
+from chatd.types import HistoryCut, Message, Role
 
 
 def is_turn_start(message: Message) -> bool:
-    """Tell whether a window may start at this message: a user message carrying no tool result."""
+    """Tell whether a view may start at this message: a user message carrying no tool result."""
     return message.role is Role.USER and not message.tool_results
 
 
 class ContextPolicy(Protocol):
-    """Chooses the suffix of the history sent to the model."""
+    """Decides when a session's view moves, and where to."""
 
-    def select(self, system: str | None, messages: Sequence[Message]) -> Sequence[Message]:
-        """Return the messages to send; the last user message is always kept."""
+    # Whether the turns a move leaves out are folded into a summary.
+    @property
+    def summarizes(self) -> bool:
+        """Tell whether the turns left out are summarised rather than dropped."""
         ...
 
-    def history_cut(self) -> Callable[[Message], bool]:
-        """Return a check fed the history newest first: True once no older message can be kept.
+    def over(self, messages: int, tokens: int) -> bool:
+        """Tell whether a view of this many messages (and their tokens) is past the limit."""
+        ...
 
-        `select` over the history read up to that point (and newer messages after it) gives
-        the same result as over the whole history, so older messages need not be loaded.
+    def step(self, sizes: Sequence[int], starts: Sequence[int]) -> int:
+        """Return where a view past the limit moves to: one of `starts` (turn starts).
+
+        `sizes` are the tokens of each message of the view, this turn's message last.
+        """
+        ...
+
+    def history_cut(self) -> HistoryCut:
+        """Return a check fed the history newest first: True once enough is read.
+
+        Enough to tell a view past the limit, so a session whose older turns were never
+        folded (imported ones) is not read whole.
         """
         ...
 
 
-def _cut_points(messages: Sequence[Message]) -> list[int]:
-    return [i for i, m in enumerate(messages) if is_turn_start(m)]
+def _count_cut(limit: int) -> HistoryCut:
+    count = 0
 
+    def enough(_: Message) -> bool:
+        nonlocal count
+        count += 1
+        return count > limit
 
-def _fallback(messages: Sequence[Message], cuts: list[int]) -> Sequence[Message]:
-    return messages[cuts[-1] :] if cuts else messages
+    return enough
 
 
 @dataclass(frozen=True, slots=True)
 class SlidingWindow:
-    """Keep at most the last `max_messages` messages, cut at a turn boundary."""
+    """At most `max_messages` messages; past that, drop old turns down to half of it."""
 
     max_messages: int
+    summarizes: bool = False
 
-    def select(self, system: str | None, messages: Sequence[Message]) -> Sequence[Message]:
-        """Return the newest whole turns that fit in the window."""
-        cuts = _cut_points(messages)
-        for i in cuts:
-            if len(messages) - i <= self.max_messages:
-                return messages[i:]
-        return _fallback(messages, cuts)
+    def over(self, messages: int, tokens: int) -> bool:
+        """Past the limit: more messages than the window holds."""
+        return messages > self.max_messages
 
-    def history_cut(self) -> Callable[[Message], bool]:
-        """Stop once a window's worth of messages is read."""
-        count = 0
+    def step(self, sizes: Sequence[int], starts: Sequence[int]) -> int:
+        """Move to the oldest turn start leaving at most half the window."""
+        keep = max(1, self.max_messages // 2)
+        return next((i for i in starts if len(sizes) - i <= keep), starts[-1])
 
-        def enough(_: Message) -> bool:
-            nonlocal count
-            count += 1
-            return count >= self.max_messages
-
-        return enough
+    def history_cut(self) -> HistoryCut:
+        """Stop once a window's worth (and one more) is read."""
+        return _count_cut(self.max_messages)
 
 
 @dataclass(frozen=True, slots=True)
 class TokenBudget:
-    """Keep the newest whole turns whose estimated tokens, with the system prompt, fit."""
+    """At most `max_tokens` tokens of history; past that, drop old turns down to half of it."""
 
     max_tokens: int
+    summarizes: bool = False
 
-    def select(self, system: str | None, messages: Sequence[Message]) -> Sequence[Message]:
-        """Return the newest whole turns that fit in the budget."""
-        budget = self.max_tokens - (estimate_text_tokens(system) if system else 0)
-        cuts = set(_cut_points(messages))
-        best: int | None = None
+    def over(self, messages: int, tokens: int) -> bool:
+        """Past the limit: more tokens than the budget."""
+        return tokens > self.max_tokens
+
+    def step(self, sizes: Sequence[int], starts: Sequence[int]) -> int:
+        """Move to the oldest turn start leaving at most half the budget."""
+        half, total = self.max_tokens // 2, sum(sizes)
         used = 0
-        for i in range(len(messages) - 1, -1, -1):
-            used += estimate_message_tokens(messages[i])
-            if used > budget:
-                break
-            if i in cuts:
-                best = i
-        if best is None:
-            return _fallback(messages, sorted(cuts))
-        return messages[best:]
+        for i in range(len(sizes)):
+            if i in starts and total - used <= half:
+                return i
+            used += sizes[i]
+        return starts[-1]
 
-    def history_cut(self) -> Callable[[Message], bool]:
+    def history_cut(self) -> HistoryCut:
         """Stop once the messages read are over the budget on their own."""
         used = 0
 
@@ -99,8 +117,34 @@ class TokenBudget:
         return enough
 
 
+@dataclass(frozen=True, slots=True)
+class Summarize:
+    """The last `keep` messages verbatim and a summary of the rest, refreshed in large steps.
+
+    The view grows to twice `keep` messages; then everything but the newest whole turns
+    holding at least `keep` messages is folded into the summary.
+    """
+
+    keep: int
+    summarizes: bool = True
+
+    def over(self, messages: int, tokens: int) -> bool:
+        """Past the limit: twice the messages kept."""
+        return messages > 2 * self.keep
+
+    def step(self, sizes: Sequence[int], starts: Sequence[int]) -> int:
+        """Move to the newest turn start that still leaves `keep` messages."""
+        fits = [i for i in starts if len(sizes) - i >= self.keep]
+        return fits[-1] if fits else starts[0]
+
+    def history_cut(self) -> HistoryCut:
+        """Stop once more than twice `keep` messages are read."""
+        return _count_cut(2 * self.keep)
+
+
 DEFAULT_WINDOW_MESSAGES = 50
 DEFAULT_BUDGET_TOKENS = 16000
+DEFAULT_KEEP_MESSAGES = 20
 
 
 def policy_for(kind: str | None, limit: int | None, fallback: ContextPolicy) -> ContextPolicy:
@@ -109,4 +153,52 @@ def policy_for(kind: str | None, limit: int | None, fallback: ContextPolicy) -> 
         return SlidingWindow(limit or DEFAULT_WINDOW_MESSAGES)
     if kind == "tokens":
         return TokenBudget(limit or DEFAULT_BUDGET_TOKENS)
+    if kind == "summary":
+        return Summarize(limit or DEFAULT_KEEP_MESSAGES)
     return fallback
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPlan:
+    """Where this turn's view starts in the history read (this turn's message last)."""
+
+    # Index of the view's first message; 0 when the view stays where it was.
+    start: int
+    # Whether the messages before `start` (and the old summary) are folded into a new summary.
+    summarize: bool = False
+
+    @property
+    def moved(self) -> bool:
+        """Tell whether the view changed."""
+        return self.start > 0
+
+
+def plan_view(
+    policy: ContextPolicy,
+    messages: Sequence[Message],
+    sizes: Sequence[int],
+    fixed: int,
+    budget: int | None,
+) -> ViewPlan:
+    """Decide this turn's view: stay, or move in one step (then past the budget, further).
+
+    `messages` are the view's so far and this turn's (last), `sizes` their tokens, `fixed` the
+    tokens of everything else in the prompt (system, tools, summary), `budget` the most the
+    prompt may hold for the model's window (None: not known).
+    """
+    starts = [i for i, m in enumerate(messages) if is_turn_start(m)]
+    if not starts:
+        return ViewPlan(0)
+    # suffix[i]: the tokens of the messages from i on.
+    suffix = [0] * (len(sizes) + 1)
+    for i in range(len(sizes) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + sizes[i]
+    # A view read from mid-turn (an unfolded history cut short) must start at a turn.
+    start = starts[0]
+    past_budget = budget is not None and fixed + suffix[start] > budget
+    if past_budget or policy.over(len(messages) - start, suffix[start]):
+        start = max(start, policy.step(sizes, starts))
+    if budget is not None:
+        # The model's window bounds every policy: drop whole turns until the prompt fits.
+        start = next((i for i in starts if i >= start and fixed + suffix[i] <= budget), starts[-1])
+    return ViewPlan(start, policy.summarizes and start > 0)

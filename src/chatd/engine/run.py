@@ -7,26 +7,30 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from chatd.engine.config import EngineConfig
-from chatd.engine.context import ContextPolicy
 from chatd.engine.leases import LeaseKeeper
 from chatd.engine.ports import TurnStore
+from chatd.engine.summarize import summary_request, write_summary
+from chatd.engine.view import TurnView
 from chatd.errors import (
     ChatdError,
+    ContextOverflow,
     NotFound,
     StoreUnavailable,
     ToolRoundsExceeded,
     TurnDiscarded,
     TurnStopped,
+    UpstreamError,
 )
 from chatd.providers.base import Provider
 from chatd.providers.retry import stream_with_retries
 from chatd.tokens import CallUsage
 from chatd.types import (
     ChatRequest,
+    ContextChanged,
     Message,
     Part,
     Role,
@@ -175,7 +179,7 @@ class TurnRun:
     tools: ToolRegistry
     config: EngineConfig
     base: ChatRequest
-    policy: ContextPolicy
+    view: TurnView
     leases: LeaseKeeper
     # What the model sees (through the policy): the history, this turn's message, its rounds.
     messages: list[Message] = field(default_factory=list)
@@ -194,14 +198,17 @@ class TurnRun:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     _runner: asyncio.Task[None] | None = None
+    # The turn's seq, known once it is stored.
+    seq: int = 0
 
     def start(self) -> asyncio.Task[None]:
         """Start `run` as a task of its own, so a reader that goes away does not cancel it."""
         self._runner = asyncio.create_task(self.run(), name=f"turn-{self.turn_id}")
         return self._runner
 
-    def committed(self) -> None:
+    def committed(self, seq: int) -> None:
         """Note that the turn is stored: hold its lease, and let the run keep its outcome."""
+        self.seq = seq
         runner = self._runner
 
         def lost(gone: bool) -> None:
@@ -290,36 +297,45 @@ class TurnRun:
             log.exception("could not report the usage of turn %s", self.turn_id)
 
     async def _rounds(self) -> AsyncIterator[TurnEvent]:
-        cfg, base, progress = self.config, self.base, self.progress
-        for round_no in range(cfg.max_tool_rounds + 1):
-            request = ChatRequest(
-                model=base.model,
-                messages=tuple(self.policy.select(base.system, self.messages)),
-                max_tokens=base.max_tokens,
-                system=base.system,
-                temperature=base.temperature,
-                stop=base.stop,
-                tools=base.tools,
+        cfg, base, progress, view = self.config, self.base, self.progress, self.view
+        changed = await self._open_view()
+        if changed is not None:
+            yield changed
+        round_no, overflowed = 0, False
+        while True:
+            request = replace(
+                base, messages=tuple(self.messages[view.start :]), summary=view.summary
             )
             call = progress.call = CallUsage(request)
-            async for event in stream_with_retries(self.provider, request, cfg.retry):
-                call.see(event)
-                if isinstance(event, TextDelta):
-                    if progress.ttft is None:
-                        progress.ttft = progress.ms_since_start()
-                    progress.add_text(event.text)
-                elif isinstance(event, ToolCallEvent):
-                    progress.calls.append(event.call)
-                elif isinstance(event, StopEvent):
-                    progress.stop = event.reason
-                    continue
-                yield event
+            try:
+                async for event in stream_with_retries(self.provider, request, cfg.retry):
+                    call.see(event)
+                    if isinstance(event, TextDelta):
+                        if progress.ttft is None:
+                            progress.ttft = progress.ms_since_start()
+                        progress.add_text(event.text)
+                    elif isinstance(event, ToolCallEvent):
+                        progress.calls.append(event.call)
+                    elif isinstance(event, StopEvent):
+                        progress.stop = event.reason
+                        continue
+                    yield event
+            except ContextOverflow as exc:
+                # Refused before any output (nothing to charge): cut the view and try once more.
+                if overflowed or call.output_chars:
+                    raise
+                progress.call, overflowed = None, True
+                changed = await self._shrink_view(exc, request)
+                yield changed
+                continue
             progress.end_call(worked=True)
+            view.tally(self.provider.name, call)
             assistant = progress.flush()
             if assistant is None or not assistant.tool_calls:
                 return
             self.messages.append(assistant)
-            if round_no == cfg.max_tool_rounds:
+            round_no += 1
+            if round_no > cfg.max_tool_rounds:
                 raise ToolRoundsExceeded(
                     f"the model asked for more than {cfg.max_tool_rounds} rounds of tool calls"
                 )
@@ -329,6 +345,56 @@ class TurnRun:
             tool_message = Message(Role.USER, tuple(results))
             progress.messages.append(tool_message)
             self.messages.append(tool_message)
+
+    async def _open_view(self) -> ContextChanged | None:
+        """Move the view where the policy says, writing the summary that stands in first."""
+        view, base = self.view, self.base
+        plan = view.plan(self.provider.name, base, self.messages)
+        if not plan.moved:
+            return None
+        summary, model = view.summary, None
+        if plan.summarize:
+            folded = self.messages[view.start : plan.start]
+            request = summary_request(
+                base,
+                folded[view.to_fold(self.provider.name, base, folded) :],
+                summary,
+                view.summaries,
+            )
+            text = await self._summarize(request)
+            if text:
+                summary, model = text, request.model
+        first = await self._first_turn(plan.start)
+        return view.move(plan.start, first, "limit", summary, model, len(self.messages))
+
+    async def _summarize(self, request: ChatRequest) -> str:
+        # Charged with the turn's usage; if it fails, the turns are dropped unsummarised.
+        call = self.progress.call = CallUsage(request)
+        try:
+            text = await write_summary(self.provider, request, self.config.retry, call)
+        except UpstreamError as exc:
+            log.warning("could not summarise for turn %s: %s", self.turn_id, exc.message)
+            self.progress.end_call(worked=False)
+            return ""
+        self.progress.end_call(worked=True)
+        return text
+
+    async def _shrink_view(self, exc: ContextOverflow, request: ChatRequest) -> ContextChanged:
+        """Cut the view to what the provider's refusal says fits, or give up with its error."""
+        view = self.view
+        start = view.shrink(self.provider.name, self.base, self.messages, exc)
+        if start is None:
+            raise exc
+        first = await self._first_turn(start)
+        return view.move(start, first, "overflow", view.summary, None, len(self.messages))
+
+    async def _first_turn(self, start: int) -> int:
+        first = self.view.first_turn(start)
+        if first is None:
+            # Only this turn's messages are kept: its seq is known once it is stored.
+            await self._stored
+            first = self.seq
+        return first
 
     async def _run_tool(self, call: ToolCallPart) -> ToolResultPart:
         # The model may name any registered tool; only those this turn offered may run.
@@ -349,6 +415,8 @@ class TurnRun:
                 latency_ms=progress.ms_since_start(),
                 ttft_ms=progress.ttft,
                 error=error,
+                tokens=self.view.tokens(),
+                fold=self.view.fold,
             )
         except NotFound:
             if self.doomed is not None:

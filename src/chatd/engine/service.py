@@ -13,8 +13,10 @@ from typing import NamedTuple, Protocol
 from chatd.engine.config import DisconnectPolicy, EngineConfig
 from chatd.engine.context import ContextPolicy, policy_for
 from chatd.engine.leases import LeaseKeeper
+from chatd.engine.meter import TokenMeter
 from chatd.engine.ports import Store
 from chatd.engine.run import TurnRun, UsageSink
+from chatd.engine.view import TurnView
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
 from chatd.providers.base import Provider
 from chatd.providers.retry import stream_with_retries
@@ -138,6 +140,8 @@ class ChatService:
         # The turn streaming on each (user, session) in this process: what a delete stops.
         self._live: dict[tuple[str, str], tuple[TurnRun, asyncio.Task[None]]] = {}
         self.leases = LeaseKeeper(store, self.config.lease_s)
+        # What this process learned of prompt sizes and context windows, shared by its turns.
+        self.meter = TokenMeter(self.config.context_window)
 
     async def turn(
         self, session_id: str, text: str, options: TurnOptions | None = None
@@ -169,12 +173,13 @@ class ChatService:
         try:
             # 2. Plan from the session's settings: what this refuses leaves nothing stored.
             provider, base, policy = self._prepare(pending.settings, opts)
-            history = await pending.history(policy.history_cut(), same_as_hint=policy == cfg.policy)
+            history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
+            view = TurnView(policy, self.meter, history, cfg.summaries)
             # 3. Start the model call, so that it overlaps the write and its commit.
             run = TurnRun(
-                pending.turn_id, self.store, provider, self.tools, cfg, base, policy, self.leases
+                pending.turn_id, self.store, provider, self.tools, cfg, base, view, self.leases
             )
-            run.messages = [*history, message]
+            run.messages = [*history.messages, message]
             run.usage_sink = opts.usage_sink
             task = runner = run.start()
             self._running.add(task)
@@ -185,7 +190,7 @@ class ChatService:
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             # 4. Commit: the write; a stale read or a race is SessionBusy.
-            await pending.commit(TurnPlan(base.model, provider.name), cfg.lease_s)
+            record = await pending.commit(TurnPlan(base.model, provider.name), cfg.lease_s)
         except BaseException:
             pending.abandon()
             # Not stored: the model call it started must not go on (or be kept).
@@ -193,7 +198,7 @@ class ChatService:
                 task.cancel()
                 await asyncio.wait({task})
             raise
-        run.committed()
+        run.committed(record.seq)
         live = (opts.user_id, session_id)
         self._live[live] = (run, runner)
         runner.add_done_callback(lambda _: self._forget(live, runner))

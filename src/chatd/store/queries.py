@@ -165,17 +165,17 @@ FINISH_HEAD = (
 FINISH_TURN = Direct(update(turns).where(turns.c.id == bindparam("turn_id"), IS_STREAMING))
 
 # A turn's user message learns its size once the turn's first call reported it.
-# Parameters: pk, seq (the user message's), tokens.
+# Parameters: pk, message_seq (the user message's), size.
 SET_MESSAGE_TOKENS = Direct(
     update(messages)
-    .where(messages.c.session_pk == bindparam("pk"), messages.c.seq == bindparam("seq"))
-    .values(tokens=bindparam("tokens"))
+    .where(messages.c.session_pk == bindparam("pk"), messages.c.seq == bindparam("message_seq"))
+    .values(tokens=bindparam("size"))
 )
-# A change of the context view. Parameters: pk, first_turn, summary.
+# A change of the context view. Parameters: pk, first, text.
 SET_FOLD = Direct(
     update(sessions)
     .where(sessions.c.id == bindparam("pk"))
-    .values(context_from=bindparam("first_turn"), context_summary=bindparam("summary"))
+    .values(context_from=bindparam("first"), context_summary=bindparam("text"))
 )
 INSERT_FOLD = Direct(insert(context_folds))
 # Parameter: pk.

@@ -487,7 +487,7 @@ class SqlStore:
                 )
             if sizes.user is not None:
                 # The user message is the turn's first, stored by its commit.
-                values = {"pk": pk, "seq": head.next_message - 1, "tokens": sizes.user}
+                values = {"pk": pk, "message_seq": head.next_message - 1, "size": sizes.user}
                 q.SET_MESSAGE_TOKENS.execute(conn, values)
             if fold is not None:
                 _store_fold(conn, pk, turn_id, fold, now)
@@ -711,7 +711,7 @@ def _history_of(newest_first: Sequence[_Decoded], fold: ContextFold) -> History:
 def _store_fold(conn: Connection, pk: int, turn_id: str, record: FoldRecord, now: datetime) -> None:
     """Move the session's context view and record the change."""
     fold = record.fold
-    q.SET_FOLD.execute(conn, {"pk": pk, "first_turn": fold.first_turn, "summary": fold.summary})
+    q.SET_FOLD.execute(conn, {"pk": pk, "first": fold.first_turn, "text": fold.summary})
     q.INSERT_FOLD.execute(
         conn,
         {
