@@ -188,6 +188,15 @@ class SessionCreate(SessionUpdate):
     id: SessionId | None = None
 
 
+class ContextViewOut(BaseModel):
+    """What the model sees of the session now: turns from `first_turn` on, and the summary."""
+
+    first_turn: int = Field(description="seq of the oldest turn the model sees verbatim")
+    summary: str | None = Field(
+        description="what the model is told of the turns before first_turn (none: dropped)"
+    )
+
+
 class SessionOut(BaseModel):
     """A session and its settings."""
 
@@ -200,6 +209,7 @@ class SessionOut(BaseModel):
     stop: list[str] | None
     tools: list[str] | None
     context: ContextSettings | None
+    view: ContextViewOut
     turn_count: int = Field(description="completed user→assistant exchanges")
     created_at: datetime
     updated_at: datetime
@@ -260,6 +270,9 @@ class MessageOut(BaseModel):
     role: Literal["user", "assistant"]
     content: str = Field(description="the text parts joined")
     parts: list[PartOut]
+    tokens: int | None = Field(
+        default=None, description="what the message adds to a prompt, as its provider counted"
+    )
 
 
 class TurnOut(BaseModel):
@@ -277,6 +290,10 @@ class TurnOut(BaseModel):
     latency_ms: float | None
     ttft_ms: float | None
     error: str | None
+    in_view: bool = Field(
+        description="the model sees this turn verbatim now (complete or truncated, and not "
+        "dropped or summarised by the session's context policy)"
+    )
     messages: list[MessageOut]
 
 

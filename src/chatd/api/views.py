@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from chatd.api.schemas import (
     ContextSettings,
+    ContextViewOut,
     HistoryMessage,
     MessageOut,
     PartOut,
@@ -63,6 +64,7 @@ def session_out(info: SessionInfo) -> SessionOut:
         context=None
         if p.context_policy is None
         else ContextSettings(policy=p.context_policy, limit=p.context_limit),
+        view=ContextViewOut(first_turn=info.fold.first_turn, summary=info.fold.summary),
         turn_count=info.turn_count,
         created_at=info.created_at,
         updated_at=info.updated_at,
@@ -85,17 +87,19 @@ def part_out(part: Part) -> PartOut:
     )
 
 
-def message_out(message: Message) -> MessageOut:
+def message_out(message: Message, tokens: int | None = None) -> MessageOut:
     """Return the body of a stored message."""
     return MessageOut(
         role=message.role.value,
         content=message.text,
         parts=[part_out(p) for p in message.parts],
+        tokens=tokens,
     )
 
 
-def turn_out(turn: TurnRecord) -> TurnOut:
-    """Return the body of a stored turn."""
+def turn_out(turn: TurnRecord, first_in_view: int = 0) -> TurnOut:
+    """Return the body of a stored turn; the model's view starts at turn `first_in_view`."""
+    sizes = turn.tokens
     return TurnOut(
         id=turn.id,
         seq=turn.seq,
@@ -109,7 +113,11 @@ def turn_out(turn: TurnRecord) -> TurnOut:
         latency_ms=turn.latency_ms,
         ttft_ms=turn.ttft_ms,
         error=turn.error,
-        messages=[message_out(m) for m in turn.messages],
+        in_view=turn.state.in_context and turn.seq >= first_in_view,
+        messages=[
+            message_out(m, sizes[i] if i < len(sizes) else None)
+            for i, m in enumerate(turn.messages)
+        ],
     )
 
 

@@ -67,8 +67,10 @@ async def list_messages(
     """List every turn, failed ones included, with its state, usage and messages."""
     after = int(cursor) if cursor else 0
     page, next_seq = await store.page_turns(user, session_id, limit=limit, after_seq=after)
+    info = await store.get_session(user, session_id)
+    first = 0 if info is None else info.fold.first_turn
     return TurnPage(
-        data=[turn_out(t) for t in page],
+        data=[turn_out(t, first) for t in page],
         next_cursor=None if next_seq is None else str(next_seq),
     )
 
