@@ -21,9 +21,13 @@ naive client's growing prefix on its own; (a) is billed without any caching all 
 
 Billing is in input-equivalent tokens: uncached input x1, cache writes x1.25, cache reads x0.1,
 and output of calls that are not a turn's reply (a summary chatd writes, say) x5. The replies'
-own output is the same for every approach and not counted. A checkpoint N is the first N turns
-of the one conversation, so the 50-turn figure is the 200-turn run's first 50 turns. Writes
-cost.json and cost.md to `--out` (default benchmarks/results/cost-<time>/) and prints the report.
+own output is the same for every approach and not counted. The fake answers a summary request
+as any other (a short echo of the instruction), so (c) runs with chatd's own summary prompt plus
+the fake's ``words`` directive (`REALISTIC_SUMMARIES`): summaries of about 490 tokens, as a
+model writes for a long support conversation, billed at x5 and carried in every later prompt.
+A checkpoint N is the first N turns of the one conversation, so the 50-turn figure is the
+200-turn run's first 50 turns. Writes cost.json and cost.md to `--out` (default
+benchmarks/results/cost-<time>/) and prints the report.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import uvloop
 
 from chatd.config import Settings
 from chatd.engine import ChatService, TurnOptions
+from chatd.engine.summarize import SUMMARY_PROMPT
 from chatd.runtime import open_runtime
 from chatd.testing.fake_anthropic import anthropic_conversation, anthropic_reply
 from chatd.testing.fake_cache import CacheSplit
@@ -689,7 +694,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--gap-s: at least 0")
     if any(not item.startswith("CHATD_") or "=" not in item for item in args.server_env):
         parser.error("--server-env takes CHATD_NAME=VALUE")
+    if not any(item.startswith("CHATD_SUMMARY_PROMPT=") for item in args.server_env):
+        args.server_env.insert(0, REALISTIC_SUMMARIES)
     return args
+
+
+# chatd's summary prompt, with the fake's directive for a summary of realistic length.
+REALISTIC_SUMMARIES = f"CHATD_SUMMARY_PROMPT={SUMMARY_PROMPT} [fake: words=380]"
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:

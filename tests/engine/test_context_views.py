@@ -38,7 +38,7 @@ def is_summary_call(request: RecordedRequest) -> bool:
     last = request.body["messages"][-1]
     content = last["content"]
     text = content if isinstance(content, str) else " ".join(b.get("text", "") for b in content)
-    return text == SUMMARY_PROMPT
+    return text.startswith(SUMMARY_PROMPT)
 
 
 def replies(fake: FakeUpstream) -> list[RecordedRequest]:
@@ -83,7 +83,10 @@ async def test_a_conversation_far_past_the_context_limit_never_fails(
 ) -> None:
     # The model's window is not known to chatd: the first refusal teaches it, visibly.
     fake_upstream.app.context_limit = 600
-    events = [await run(service, "long", f"question {n} [fake: words=40]") for n in range(30)]
+    try:
+        events = [await run(service, "long", f"question {n} [fake: words=40]") for n in range(30)]
+    finally:
+        fake_upstream.app.context_limit = None
     assert all(ended(e).state is TurnState.COMPLETE for e in events)
     reasons = [c.reason for e in events for c in changes(e)]
     assert reasons.count("overflow") == 1
@@ -146,8 +149,8 @@ async def test_summaries_are_stored_apart_and_the_history_stays_whole(
     carried = summary_sent(last)
     assert carried is not None
     assert info.fold.summary in carried
-    # The model always sees at least the last 4 messages (and at most 8) besides it.
-    assert 4 <= len(conversation(last)) - 1 <= 8
+    # The model always sees at least the last 4 messages (and at most 12) besides it.
+    assert 4 <= len(conversation(last)) - 1 <= 12
 
 
 async def test_a_summary_call_is_charged_to_its_turn(

@@ -121,16 +121,19 @@ class TokenBudget:
 class Summarize:
     """The last `keep` messages verbatim and a summary of the rest, refreshed in large steps.
 
-    The view grows to twice `keep` messages; then everything but the newest whole turns
-    holding at least `keep` messages is folded into the summary.
+    The view grows to three times `keep` messages; then everything but the newest whole
+    turns holding at least `keep` messages is folded into the summary. Folding less often
+    costs more cache reads (a tenth of a token each) and saves a summary call, its output and
+    the rewrite of the cached prefix after it: on benchmarks.cost three times is cheaper
+    than twice at both 50 and 200 turns.
     """
 
     keep: int
     summarizes: bool = True
 
     def over(self, messages: int, tokens: int) -> bool:
-        """Past the limit: twice the messages kept."""
-        return messages > 2 * self.keep
+        """Past the limit: three times the messages kept."""
+        return messages > 3 * self.keep
 
     def step(self, sizes: Sequence[int], starts: Sequence[int]) -> int:
         """Move to the newest turn start that still leaves `keep` messages."""
@@ -138,8 +141,8 @@ class Summarize:
         return fits[-1] if fits else starts[0]
 
     def history_cut(self) -> HistoryCut:
-        """Stop once more than twice `keep` messages are read."""
-        return _count_cut(2 * self.keep)
+        """Stop once more than three times `keep` messages are read."""
+        return _count_cut(3 * self.keep)
 
 
 DEFAULT_WINDOW_MESSAGES = 50
@@ -193,10 +196,12 @@ def plan_view(
     suffix = [0] * (len(sizes) + 1)
     for i in range(len(sizes) - 1, -1, -1):
         suffix[i] = suffix[i + 1] + sizes[i]
-    # A view read from mid-turn (an unfolded history cut short) must start at a turn.
+    # A view read from mid-turn (an unfolded history cut short) must start at a turn; and the
+    # read was cut because the history was past the limit, so the view moves in a full step.
     start = starts[0]
+    cut_short = start > 0
     past_budget = budget is not None and fixed + suffix[start] > budget
-    if past_budget or policy.over(len(messages) - start, suffix[start]):
+    if cut_short or past_budget or policy.over(len(messages) - start, suffix[start]):
         start = max(start, policy.step(sizes, starts))
     if budget is not None:
         # The model's window bounds every policy: drop whole turns until the prompt fits.

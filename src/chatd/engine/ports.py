@@ -81,6 +81,23 @@ class PendingTurn(Protocol):
         ...
 
 
+class PendingContinuation(PendingTurn, Protocol):
+    """A truncated turn read to be continued: what `TurnStore.open_continuation` hands the engine.
+
+    `turn_id` is the truncated turn's own id; `history` and `context` include that turn, as
+    the newest in context. `commit` makes the turn stream again rather than adding one: in one
+    transaction, only if nothing was added to the session since the read (the turn is still
+    its newest) and the turn is still truncated (else SessionBusy); turns whose lease ran out
+    are marked as the sweep marks them. It returns the turn, streaming, with its messages so
+    far; `finish_turn` then appends the continuation's messages after them.
+    """
+
+    @property
+    def turn(self) -> TurnRecord:
+        """Return the truncated turn as the open read it: its messages, usage and stop reason."""
+        ...
+
+
 class TurnStore(Protocol):
     """The engine's port: a turn opened, committed and finished; every call scoped to one user."""
 
@@ -109,6 +126,18 @@ class TurnStore(Protocol):
         turn failed or was interrupted, which frees the key for this one; another message is
         an IdempotencyConflict; a turn still in flight is SessionBusy. `system_prompt`, if
         given, is in the settings the turn plans from and becomes the session's at commit.
+        """
+        ...
+
+    async def open_continuation(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> PendingContinuation:
+        """Read what continuing the session's newest turn needs: the turn, settings, history.
+
+        Nothing is written. NotFound without the session; SessionBusy if a turn on it is in
+        flight or being opened in this process; NothingToContinue unless its newest turn is
+        truncated (a continuation whose process died counts as truncated: the commit's sweep
+        makes it so). `history_until` is read as open_turn reads it.
         """
         ...
 

@@ -354,18 +354,24 @@ class TurnRun:
             return None
         summary, model = view.summary, None
         if plan.summarize:
-            folded = self.messages[view.start : plan.start]
-            request = summary_request(
-                base,
-                folded[view.to_fold(self.provider.name, base, folded) :],
-                summary,
-                view.summaries,
-            )
+            request = self._summary_request(plan.start)
             text = await self._summarize(request)
             if text:
                 summary, model = text, request.model
         first = await self._first_turn(plan.start)
         return view.move(plan.start, first, "limit", summary, model, len(self.messages))
+
+    def _summary_request(self, start: int) -> ChatRequest:
+        view, base, name = self.view, self.base, self.provider.name
+        # What the last turn sent and its reply (this turn's message is last, not in it).
+        sent = self.messages[view.start : -1]
+        folded = self.messages[view.start : start]
+        config = view.summaries
+        if config.model in (None, base.model) and view.fits(name, base, sent):
+            return summary_request(base, sent, view.summary, config, len(sent) - len(folded))
+        # Another model (no cache to share), or too long for the window: the folded part alone.
+        rest = folded[view.to_fold(name, base, folded) :]
+        return summary_request(base, rest, view.summary, config)
 
     async def _summarize(self, request: ChatRequest) -> str:
         # Charged with the turn's usage; if it fails, the turns are dropped unsummarised.

@@ -28,15 +28,27 @@ class SummaryConfig:
 
 
 def summary_request(
-    base: ChatRequest, folded: Sequence[Message], old: str | None, config: SummaryConfig
+    base: ChatRequest,
+    messages: Sequence[Message],
+    old: str | None,
+    config: SummaryConfig,
+    kept: int = 0,
 ) -> ChatRequest:
-    """Build the call that folds `folded` (and the old summary) into a new summary.
+    """Build the call that folds `messages` but their last `kept` (and the old summary) into one.
 
-    The conversation's own prompt up to the fold, then the instruction: with the session's
-    model, the provider's prompt cache already holds most of it.
+    With the session's model the call is the conversation's own prompt as the last turn sent
+    it, its reply and the instruction: the provider's prompt cache already holds nearly all
+    of it, so the messages kept verbatim cost a tenth of their size rather than a cache
+    write of the folded ones.
     """
-    instruction = Message(Role.USER, (TextPart(config.prompt),))
-    messages = (*folded, instruction)
+    prompt = config.prompt
+    if kept:
+        prompt += (
+            f"\n\nThe last {kept} messages above stay in view as they are: summarise only "
+            "what comes before them."
+        )
+    instruction = Message(Role.USER, (TextPart(prompt),))
+    messages = (*messages, instruction)
     same_model = config.model is None or config.model == base.model
     return replace(
         base,

@@ -55,6 +55,14 @@ class TurnView:
         budget = self.meter.budget(provider, base.model, base.max_tokens)
         return plan_view(self.policy, messages, sizes, self._fixed(provider, base), budget)
 
+    def fits(self, provider: str, base: ChatRequest, messages: Sequence[Message]) -> bool:
+        """Tell whether a prompt of these messages fits the model's window, as far as known."""
+        budget = self.meter.budget(provider, base.model, base.max_tokens)
+        if budget is None:
+            return True
+        sizes = self._sizes(provider, base.model, messages)
+        return self._fixed(provider, base) + sum(sizes) <= budget
+
     def to_fold(self, provider: str, base: ChatRequest, messages: Sequence[Message]) -> int:
         """Return how many of messages (oldest first) a summary call can take in: it must fit."""
         budget = self.meter.budget(provider, base.model, base.max_tokens)
