@@ -26,10 +26,14 @@ def is_turn_start(message: Message) -> bool:
 class ContextPolicy(Protocol):
     """Decides when a session's view moves, and where to."""
 
-    # Whether the turns a move leaves out are folded into a summary.
     @property
     def summarizes(self) -> bool:
         """Tell whether the turns left out are summarised rather than dropped."""
+        ...
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Tell whether `over` looks at tokens (else at the number of messages alone)."""
         ...
 
     def over(self, messages: int, tokens: int) -> bool:
@@ -55,10 +59,11 @@ class ContextPolicy(Protocol):
 def _count_cut(limit: int) -> HistoryCut:
     count = 0
 
-    def enough(_: Message) -> bool:
+    def enough(message: Message) -> bool:
         nonlocal count
         count += 1
-        return count > limit
+        # On to the turn's start: the step may need all of a turn longer than what it keeps.
+        return count > limit and is_turn_start(message)
 
     return enough
 
@@ -69,6 +74,7 @@ class SlidingWindow:
 
     max_messages: int
     summarizes: bool = False
+    counts_tokens: bool = False
 
     def over(self, messages: int, tokens: int) -> bool:
         """Past the limit: more messages than the window holds."""
@@ -80,7 +86,7 @@ class SlidingWindow:
         return next((i for i in starts if len(sizes) - i <= keep), starts[-1])
 
     def history_cut(self) -> HistoryCut:
-        """Stop once a window's worth (and one more) is read."""
+        """Stop at a turn's start once a window's worth (and one more) is read."""
         return _count_cut(self.max_messages)
 
 
@@ -90,6 +96,7 @@ class TokenBudget:
 
     max_tokens: int
     summarizes: bool = False
+    counts_tokens: bool = True
 
     def over(self, messages: int, tokens: int) -> bool:
         """Past the limit: more tokens than the budget."""
@@ -130,6 +137,7 @@ class Summarize:
 
     keep: int
     summarizes: bool = True
+    counts_tokens: bool = False
 
     def over(self, messages: int, tokens: int) -> bool:
         """Past the limit: three times the messages kept."""

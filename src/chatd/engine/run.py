@@ -44,6 +44,7 @@ from chatd.types import (
     ToolResultPart,
     TurnEnded,
     TurnEvent,
+    TurnRecord,
     TurnState,
     Usage,
 )
@@ -191,6 +192,8 @@ class TurnRun:
     # Set while its session is being deleted or reset: a finish that finds its row gone says so.
     doomed: TurnDiscarded | None = None
     usage_sink: UsageSink | None = None
+    # The truncated turn this run continues (its messages, usage, stop reason), if it does.
+    continuing: TurnRecord | None = None
     # The run starts before its turn is stored (the model call overlaps the store's write):
     # it keeps nothing, and runs no tool, until `committed` says the turn's row is stored.
     is_stored: bool = False
@@ -409,19 +412,28 @@ class TurnRun:
         return await self.tools.run(call, self.config.tool_timeout_s)
 
     async def _finish(self, state: TurnState, error: str | None = None) -> TurnEnded:
-        progress = self.progress
+        progress, earlier = self.progress, self.continuing
         progress.flush()
+        messages, stop, usage = progress.messages, progress.stop, progress.usage
+        latency, ttft, tokens = progress.ms_since_start(), progress.ttft, self.view.tokens()
+        if earlier is not None:
+            # The stored turn is the whole reply: its totals cover both parts.
+            state, error, messages, stop = _continued(earlier, state, error, messages, stop)
+            usage, latency = earlier.usage + usage, latency + (earlier.latency_ms or 0.0)
+            ttft = earlier.ttft_ms if earlier.ttft_ms is not None else ttft
+            # The prompt's growth since the first part is no user message of this turn's.
+            tokens = replace(tokens, user=None)
         try:
             await self.store.finish_turn(
                 self.turn_id,
                 state=state,
-                messages=progress.messages,
-                stop_reason=progress.stop,
-                usage=progress.usage,
-                latency_ms=progress.ms_since_start(),
-                ttft_ms=progress.ttft,
+                messages=messages,
+                stop_reason=stop,
+                usage=usage,
+                latency_ms=latency,
+                ttft_ms=ttft,
                 error=error,
-                tokens=self.view.tokens(),
+                tokens=tokens,
                 fold=self.view.fold,
             )
         except NotFound:
@@ -430,10 +442,9 @@ class TurnRun:
             raise StoreUnavailable(
                 "the turn's lease ran out before its reply could be stored"
             ) from None
-        text = "".join(m.text for m in progress.messages if m.role is Role.ASSISTANT)
-        return TurnEnded(
-            self.turn_id, state, progress.stop or StopReason.UNKNOWN, progress.usage, text
-        )
+        reply = messages if earlier is None else (*earlier.messages, *messages)
+        text = "".join(m.text for m in reply if m.role is Role.ASSISTANT)
+        return TurnEnded(self.turn_id, state, stop or StopReason.UNKNOWN, usage, text)
 
     async def _finish_quietly(self, state: TurnState, error: str) -> None:
         # The turn is already ending badly; a store failure here leaves it to the lease sweep.
@@ -443,6 +454,31 @@ class TurnRun:
             log.warning("could not store the end of turn %s: %s", self.turn_id, exc.message)
         except Exception:
             log.exception("could not store the end of turn %s", self.turn_id)
+
+
+def _continued(
+    earlier: TurnRecord,
+    state: TurnState,
+    error: str | None,
+    messages: list[Message],
+    stop: StopReason | None,
+) -> tuple[TurnState, str | None, list[Message], StopReason | None]:
+    """Return how a continuation is stored: one that failed or stopped leaves it truncated.
+
+    Its first part must not leave the model's context with it: the turn stays truncated (and
+    can be continued again), with what the continuation said that the context can hold, and
+    the error noted. Any other end is stored as any turn's.
+    """
+    if state not in (TurnState.FAILED, TurnState.INTERRUPTED):
+        return state, error, messages, stop
+    how = "failed" if state is TurnState.FAILED else "was stopped"
+    last = messages[-1] if messages else None
+    if last is not None and last.role is Role.ASSISTANT and last.tool_calls:
+        # Calls whose results never came would leave the context with a call unanswered.
+        said = tuple(p for p in last.parts if not isinstance(p, ToolCallPart))
+        messages = [*messages[:-1], *([Message(Role.ASSISTANT, said)] if said else [])]
+    note = f"the continuation {how}: {error}" if error else f"the continuation {how}"
+    return TurnState.TRUNCATED, note, messages, earlier.stop_reason or StopReason.MAX_TOKENS
 
 
 def _describe(exc: BaseException) -> str:

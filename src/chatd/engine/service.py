@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
@@ -14,7 +14,7 @@ from chatd.engine.config import DisconnectPolicy, EngineConfig
 from chatd.engine.context import ContextPolicy, policy_for
 from chatd.engine.leases import LeaseKeeper
 from chatd.engine.meter import TokenMeter
-from chatd.engine.ports import Store
+from chatd.engine.ports import PendingTurn, Store
 from chatd.engine.run import TurnRun, UsageSink
 from chatd.engine.view import TurnView
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
@@ -26,6 +26,7 @@ from chatd.types import (
     DEFAULT_USER,
     ChatRequest,
     GenerationParams,
+    History,
     Message,
     Role,
     SessionSettings,
@@ -169,45 +170,119 @@ class ChatService:
                 yield event
             return
         pending = opened
-        task: asyncio.Task[None] | None = None
         try:
             # 2. Plan from the session's settings: what this refuses leaves nothing stored.
             provider, base, policy = self._prepare(pending.settings, opts)
             history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
-            view = TurnView(policy, self.meter, history, cfg.summaries)
-            # 3. Start the model call, so that it overlaps the write and its commit.
-            run = TurnRun(
-                pending.turn_id, self.store, provider, self.tools, cfg, base, view, self.leases
-            )
+            run = self._run(pending.turn_id, provider, base, policy, history, opts)
             run.messages = [*history.messages, message]
-            run.usage_sink = opts.usage_sink
-            task = runner = run.start()
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            # 3. Launch, and 4. commit: the write; a stale read or a race is SessionBusy.
+            record, runner = await self._launch(run, pending, TurnPlan(base.model, provider.name))
+        except BaseException:
+            pending.abandon()
+            raise
+        # 5. Stream what the run posts, to its end (stored before TurnEnded is posted).
+        async with aclosing(self._stream(session_id, opts, run, runner, record)) as events:
+            async for event in events:
+                yield event
+
+    async def continue_turn(
+        self, session_id: str, options: TurnOptions | None = None
+    ) -> AsyncIterator[TurnEvent]:
+        """Continue the session's truncated last reply, yielding the events a turn yields.
+
+        The continuation extends that turn: it streams again and the model goes on from where
+        the reply stopped (Anthropic continues the reply as a prefill; OpenAI-compatible
+        providers are asked for the rest in a message sent with this call only). What comes
+        back is appended to the turn, so the user gets one reply; it ends complete, truncated
+        again, or in any other final state, but one that fails or is stopped leaves the turn
+        truncated as it was (with what the continuation said so far), so its first part stays
+        in the model's context. TurnEnded carries the whole reply's text and the turn's usage,
+        both parts; only the continuation's usage is charged. NothingToContinue (409) unless
+        the session's newest turn is truncated; SessionBusy while a turn is in flight.
+        """
+        opts = options or TurnOptions()
+        cfg = self.config
+        check_session_id(session_id)
+        check_max_tokens(opts.params.max_tokens, cfg.max_tokens_ceiling)
+        pending = await self.store.open_continuation(
+            opts.user_id, session_id, history_until=cfg.policy.history_cut()
+        )
+        cut = pending.turn
+        try:
+            # The same model goes on with its own words, unless the caller names another.
+            params = replace(opts.params, model=opts.params.model or cut.model)
+            asked = replace(opts, params=params, provider=opts.provider or cut.provider)
+            provider, base, policy = self._prepare(pending.settings, asked)
+            base = replace(base, continuation=True)
+            history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
+            run = self._run(pending.turn_id, provider, base, policy, history, opts)
+            # The history ends with the truncated turn itself: the reply to go on from.
+            run.messages = list(history.messages)
+            run.continuing = cut
+            record, runner = await self._launch(run, pending, TurnPlan(base.model, provider.name))
+        except BaseException:
+            pending.abandon()
+            raise
+        async with aclosing(self._stream(session_id, opts, run, runner, record)) as events:
+            async for event in events:
+                yield event
+
+    def _run(
+        self,
+        turn_id: str,
+        provider: Provider,
+        base: ChatRequest,
+        policy: ContextPolicy,
+        history: History,
+        opts: TurnOptions,
+    ) -> TurnRun:
+        """Build the run of a turn from its plan and the history it sees."""
+        cfg = self.config
+        view = TurnView(policy, self.meter, history, cfg.summaries)
+        run = TurnRun(turn_id, self.store, provider, self.tools, cfg, base, view, self.leases)
+        run.usage_sink = opts.usage_sink
+        return run
+
+    async def _launch(
+        self, run: TurnRun, pending: PendingTurn, plan: TurnPlan
+    ) -> tuple[TurnRecord, asyncio.Task[None]]:
+        """Start the model call, then commit the turn while it goes; cancel it if that fails."""
+        # The model call overlaps the write and its commit.
+        task = run.start()
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
             # Two passes of the loop let the task send the model's request before the store
             # writes the turn (on SQLite, in this thread without a pause): in the first the SDK
             # builds the request, in the second aiohttp's writer task puts it on a connection.
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-            # 4. Commit: the write; a stale read or a race is SessionBusy.
-            record = await pending.commit(TurnPlan(base.model, provider.name), cfg.lease_s)
+            return await pending.commit(plan, self.config.lease_s), task
         except BaseException:
-            pending.abandon()
             # Not stored: the model call it started must not go on (or be kept).
-            if task is not None:
-                task.cancel()
-                await asyncio.wait({task})
+            task.cancel()
+            await asyncio.wait({task})
             raise
+
+    async def _stream(
+        self,
+        session_id: str,
+        opts: TurnOptions,
+        run: TurnRun,
+        runner: asyncio.Task[None],
+        record: TurnRecord,
+    ) -> AsyncIterator[TurnEvent]:
+        """Yield what a committed turn's run posts, from TurnStarted to TurnEnded."""
         run.committed(record.seq)
         live = (opts.user_id, session_id)
         self._live[live] = (run, runner)
         runner.add_done_callback(lambda _: self._forget(live, runner))
         # Whatever ends the task, its reader is told: a turn's stream never waits forever.
         runner.add_done_callback(run.outbox.end_with)
-        # 5. Stream what the run posts, to its end (stored before TurnEnded is posted).
         ended = False
         try:
-            yield TurnStarted(session_id, pending.turn_id)
+            yield TurnStarted(session_id, run.turn_id)
             while True:
                 outcome = await run.outbox.get()
                 if isinstance(outcome, BaseException):
@@ -218,7 +293,7 @@ class ChatService:
                     ended = True
                     return
         finally:
-            if not ended and (opts.on_disconnect or cfg.on_disconnect) == "abort":
+            if not ended and (opts.on_disconnect or self.config.on_disconnect) == "abort":
                 runner.cancel()
                 await asyncio.wait({runner})
 

@@ -10,7 +10,7 @@ from chatd.engine.context import ContextPolicy, ViewPlan, is_turn_start, plan_vi
 from chatd.engine.meter import TokenMeter, derive_tokens, fixed_estimate
 from chatd.engine.summarize import SummaryConfig
 from chatd.errors import ContextOverflow
-from chatd.tokens import CallUsage
+from chatd.tokens import CallUsage, estimate_message_tokens
 from chatd.types import (
     ChatRequest,
     ContextChanged,
@@ -51,9 +51,28 @@ class TurnView:
 
     def plan(self, provider: str, base: ChatRequest, messages: Sequence[Message]) -> ViewPlan:
         """Return where the policy moves the view to (0: it stays), and whether it summarises."""
-        sizes = self._sizes(provider, base.model, messages)
         budget = self.meter.budget(provider, base.model, base.max_tokens)
+        if self._stays(provider, base.model, messages, budget):
+            return ViewPlan(0)
+        sizes = self._sizes(provider, base.model, messages)
         return plan_view(self.policy, messages, sizes, self._fixed(provider, base), budget)
+
+    def _stays(
+        self, provider: str, model: str, messages: Sequence[Message], budget: int | None
+    ) -> bool:
+        # Most turns: without sizing every message, the view is known to stay where it is.
+        policy = self.policy
+        if policy.counts_tokens or policy.over(len(messages), 0):
+            return False
+        if not is_turn_start(messages[0]):
+            return False
+        if budget is None:
+            return True
+        before = self.history.context_tokens
+        if before is None:
+            return False
+        new = self.meter.estimate(provider, model, estimate_message_tokens(messages[-1]))
+        return before + new <= budget
 
     def fits(self, provider: str, base: ChatRequest, messages: Sequence[Message]) -> bool:
         """Tell whether a prompt of these messages fits the model's window, as far as known."""
