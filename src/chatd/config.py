@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # families, and what providers' context-length errors say).
     context_window: int | None = Field(default=None, ge=256, le=100_000_000)
     # Summaries are written by this model of the session's provider (None: the session's).
+    # Ask the provider (where it can: Anthropic) to count a prompt whose estimate is past the
+    # model's window before cutting it, rather than trusting the estimate and its margin.
+    count_tokens: bool = False
     summary_model: str | None = None
     summary_max_tokens: int = Field(default=1024, ge=16, le=100_000)
     summary_prompt: str | None = None

@@ -190,3 +190,33 @@ async def test_message_sizes_are_what_the_provider_counted(
         assert user_tokens + reply_tokens == prompt(calls[k]) - prompt(calls[k - 1])
     # The first message's size needs a prompt before it to be told apart from the system's.
     assert turns[0].tokens[0] is None
+
+
+async def test_a_prompt_estimated_past_the_window_is_counted_by_the_provider_where_configured(
+    make_service: ServiceFactory, fake_upstream: FakeUpstream
+) -> None:
+    # Long words: chatd's estimate (about four characters a token) is several times what the
+    # provider counts, so the estimate alone would cut the first turn out of the view.
+    long_text = " ".join(["incomprehensibilities"] * 600)
+    for count in (False, True):
+        service = await make_service(
+            "anthropic",
+            context_window=2000,
+            count_tokens=count,
+            defaults=GenerationParams(max_tokens=100),
+        )
+        session = f"counted-{count}"
+        await run(service, session, "hello there")
+        events = await run(service, session, long_text)
+        # The reply quotes the message: cut at max_tokens.
+        assert ended(events).state is TurnState.TRUNCATED
+        sent = conversation(fake_upstream.requests[-1])
+        counts = [r for r in fake_upstream.requests if r.path.endswith("/count_tokens")]
+        if count:
+            assert not changes(events)
+            assert len(sent) == 3
+            assert len(counts) == 1
+        else:
+            assert changes(events)
+            assert len(sent) == 1
+            assert not counts

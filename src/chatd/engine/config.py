@@ -25,6 +25,8 @@ class EngineConfig:
     summaries: SummaryConfig = field(default_factory=SummaryConfig)
     # CHATD_CONTEXT_WINDOW: every model's context window, where the operator knows it.
     context_window: int | None = None
+    # CHATD_COUNT_TOKENS: ask the provider to count a prompt an estimate puts past the window.
+    count_tokens: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_tool_rounds: int = 8
     tool_timeout_s: float = 30.0
@@ -59,6 +61,7 @@ class EngineConfig:
                 prompt=s.summary_prompt or SummaryConfig().prompt,
             ),
             context_window=s.context_window,
+            count_tokens=s.count_tokens,
             retry=RetryPolicy(
                 s.retry_max_attempts, s.retry_base_delay_s, s.retry_max_delay_s, s.retry_max_total_s
             ),

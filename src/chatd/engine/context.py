@@ -177,6 +177,8 @@ class ViewPlan:
     start: int
     # Whether the messages before `start` (and the old summary) are folded into a new summary.
     summarize: bool = False
+    # Whether it moves only because the prompt, as estimated, would not fit the model's window.
+    for_window: bool = False
 
     @property
     def moved(self) -> bool:
@@ -209,9 +211,10 @@ def plan_view(
     start = starts[0]
     cut_short = start > 0
     past_budget = budget is not None and fixed + suffix[start] > budget
-    if cut_short or past_budget or policy.over(len(messages) - start, suffix[start]):
+    by_policy = cut_short or policy.over(len(messages) - start, suffix[start])
+    if by_policy or past_budget:
         start = max(start, policy.step(sizes, starts))
     if budget is not None:
         # The model's window bounds every policy: drop whole turns until the prompt fits.
         start = next((i for i in starts if i >= start and fixed + suffix[i] <= budget), starts[-1])
-    return ViewPlan(start, policy.summarizes and start > 0)
+    return ViewPlan(start, policy.summarizes and start > 0, start > 0 and not by_policy)

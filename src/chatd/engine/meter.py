@@ -8,6 +8,7 @@ on top: a prompt that would not fit is cut before it is sent, not after the prov
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,14 @@ KNOWN_WINDOWS: dict[str, int] = {
 }
 
 _Key = tuple[str, str]
+# Provider counts of whole requests kept (each under a digest), oldest dropped first.
+COUNTS_KEPT = 4096
+
+
+def _request_key(request: ChatRequest) -> str:
+    # Everything a count depends on; repr because tool inputs are dicts, not hashable.
+    what = (request.model, request.system, request.summary, request.tools, request.messages)
+    return hashlib.sha256(repr(what).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _known_window(model: str) -> int | None:
@@ -62,6 +71,7 @@ class TokenMeter:
     configured_window: int | None = None
     _ratio: dict[_Key, float] = field(default_factory=dict)
     _windows: dict[_Key, int] = field(default_factory=dict)
+    _counts: dict[str, int] = field(default_factory=dict)
 
     def window(self, provider: str, model: str) -> int | None:
         """Return the model's context window: learned, configured, or well known."""
@@ -98,6 +108,16 @@ class TokenMeter:
                 reported = self.estimate(provider, model, estimate_message_tokens(m))
             sizes.append(reported)
         return sizes
+
+    def counted(self, request: ChatRequest) -> int | None:
+        """Return what a provider counted for this very request before, if it did."""
+        return self._counts.get(_request_key(request))
+
+    def remember_count(self, request: ChatRequest, tokens: int) -> None:
+        """Keep a provider's count of a request, so the same messages are never counted twice."""
+        if len(self._counts) >= COUNTS_KEPT:
+            del self._counts[next(iter(self._counts))]
+        self._counts[_request_key(request)] = tokens
 
     def observe(self, provider: str, model: str, request: ChatRequest, reported: int) -> None:
         """Calibrate from a prompt's reported size (input, cache reads and writes together)."""

@@ -25,7 +25,7 @@ from chatd.errors import (
     TurnStopped,
     UpstreamError,
 )
-from chatd.providers.base import Provider
+from chatd.providers.base import Provider, count_request_tokens
 from chatd.providers.retry import stream_with_retries
 from chatd.tokens import CallUsage
 from chatd.types import (
@@ -353,7 +353,7 @@ class TurnRun:
         """Move the view where the policy says, writing the summary that stands in first."""
         view, base = self.view, self.base
         plan = view.plan(self.provider.name, base, self.messages)
-        if not plan.moved:
+        if not plan.moved or (plan.for_window and await self._fits_counted()):
             return None
         summary, model = view.summary, None
         if plan.summarize:
@@ -363,6 +363,29 @@ class TurnRun:
                 summary, model = text, request.model
         first = await self._first_turn(plan.start)
         return view.move(plan.start, first, "limit", summary, model, len(self.messages))
+
+    async def _fits_counted(self) -> bool:
+        """Tell whether the provider's own count says the prompt fits after all (if it counts)."""
+        # Only where configured, and only for a prompt an estimate put past the window: the
+        # count is a call of its own, so most turns never make it.
+        if not self.config.count_tokens:
+            return False
+        view, name = self.view, self.provider.name
+        request = replace(
+            self.base, messages=tuple(self.messages[view.start :]), summary=view.summary
+        )
+        budget = view.meter.budget(name, request.model, request.max_tokens)
+        tokens = view.meter.counted(request)
+        if tokens is None:
+            try:
+                tokens = await count_request_tokens(self.provider, request)
+            except UpstreamError as exc:
+                log.warning("could not count the prompt of turn %s: %s", self.turn_id, exc.message)
+                return False
+            if tokens is None:
+                return False
+            view.meter.remember_count(request, tokens)
+        return budget is not None and tokens <= budget
 
     def _summary_request(self, start: int) -> ChatRequest:
         view, base, name = self.view, self.base, self.provider.name
