@@ -56,16 +56,34 @@ class ContextPolicy(Protocol):
         ...
 
 
+def _read_past_a_turn_start(enough: HistoryCut) -> HistoryCut:
+    """Once `enough` says so, read on through a turn's start to the message before it.
+
+    The step may need all of a turn longer than what it keeps; and a read that opens mid-turn
+    is one `plan_view` knows was cut short, so it moves the view in a full step rather than
+    sending the read as if it were the whole view (older turns dropped with no fold).
+    """
+    at_start = False
+
+    def cut(message: Message) -> bool:
+        nonlocal at_start
+        if at_start and not is_turn_start(message):
+            return True
+        at_start = at_start or (enough(message) and is_turn_start(message))
+        return False
+
+    return cut
+
+
 def _count_cut(limit: int) -> HistoryCut:
     count = 0
 
-    def enough(message: Message) -> bool:
+    def enough(_: Message) -> bool:
         nonlocal count
         count += 1
-        # On to the turn's start: the step may need all of a turn longer than what it keeps.
-        return count > limit and is_turn_start(message)
+        return count > limit
 
-    return enough
+    return _read_past_a_turn_start(enough)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +104,7 @@ class SlidingWindow:
         return next((i for i in starts if len(sizes) - i <= keep), starts[-1])
 
     def history_cut(self) -> HistoryCut:
-        """Stop at a turn's start once a window's worth (and one more) is read."""
+        """Stop past a turn's start once a window's worth (and one more) is read."""
         return _count_cut(self.max_messages)
 
 
@@ -113,7 +131,7 @@ class TokenBudget:
         return starts[-1]
 
     def history_cut(self) -> HistoryCut:
-        """Stop once the messages read are over the budget on their own."""
+        """Stop past a turn's start once the messages read are over the budget on their own."""
         used = 0
 
         def enough(message: Message) -> bool:
@@ -121,7 +139,7 @@ class TokenBudget:
             used += estimate_message_tokens(message)
             return used > self.max_tokens
 
-        return enough
+        return _read_past_a_turn_start(enough)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +167,7 @@ class Summarize:
         return fits[-1] if fits else starts[0]
 
     def history_cut(self) -> HistoryCut:
-        """Stop once more than three times `keep` messages are read."""
+        """Stop past a turn's start once more than three times `keep` messages are read."""
         return _count_cut(3 * self.keep)
 
 
