@@ -72,6 +72,8 @@ class TokenMeter:
     _ratio: dict[_Key, float] = field(default_factory=dict)
     _windows: dict[_Key, int] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)
+    # The latest call's prompt and its reported size, per model, not yet weighed.
+    _seen: dict[_Key, tuple[ChatRequest, int]] = field(default_factory=dict)
 
     def window(self, provider: str, model: str) -> int | None:
         """Return the model's context window: learned, configured, or well known."""
@@ -94,8 +96,21 @@ class TokenMeter:
 
     def estimate(self, provider: str, model: str, tokens: int) -> int:
         """Scale chatd's estimate as this model's prompts were off, plus the margin."""
-        ratio = self._ratio.get((provider, model), 1.0)
-        return int(tokens * ratio * (1 + MARGIN)) + 1
+        return int(tokens * self._calibrated((provider, model)) * (1 + MARGIN)) + 1
+
+    def _calibrated(self, key: _Key) -> float:
+        seen = self._seen.pop(key, None)
+        old = self._ratio.get(key)
+        if seen is not None:
+            request, reported = seen
+            guess = fixed_estimate(request) + sum(
+                estimate_message_tokens(m) for m in request.messages
+            )
+            if guess > 0 and reported > 0:
+                ratio = reported / guess
+                old = ratio if old is None else old + SMOOTHING * (ratio - old)
+                self._ratio[key] = old
+        return 1.0 if old is None else old
 
     def sizes(
         self, provider: str, model: str, known: Sequence[int | None], messages: Sequence[Message]
@@ -121,13 +136,9 @@ class TokenMeter:
 
     def observe(self, provider: str, model: str, request: ChatRequest, reported: int) -> None:
         """Calibrate from a prompt's reported size (input, cache reads and writes together)."""
-        guess = fixed_estimate(request) + sum(estimate_message_tokens(m) for m in request.messages)
-        if guess <= 0 or reported <= 0:
-            return
-        key = (provider, model)
-        seen = reported / guess
-        old = self._ratio.get(key)
-        self._ratio[key] = seen if old is None else old + SMOOTHING * (seen - old)
+        # Kept, and weighed only when an estimate is next needed: most turns need none, and
+        # estimating a whole prompt after every call would cost each of them.
+        self._seen[(provider, model)] = (request, reported)
 
 
 def derive_tokens(
