@@ -11,6 +11,7 @@ ChatdError                      500  anything we did not foresee
 ├── NotFound                    404  no such session (or not the caller's)
 ├── AlreadyExists               409  importing over an existing session
 ├── SessionBusy                 409  a turn is already in flight on this session
+├── NothingToContinue           409  continuing a session whose last reply is not truncated
 ├── TurnDiscarded               409  the session was deleted or reset while its reply streamed
 ├── TurnStopped                 503  the server stopped the turn (shutting down)
 ├── StoreUnavailable            503  the database cannot be reached
@@ -102,6 +103,12 @@ class NotFound(ChatdError):
 
 class SessionBusy(ChatdError):
     """Another turn is in flight on the same session."""
+
+    status = 409
+
+
+class NothingToContinue(ChatdError):
+    """A continuation was asked for, but the session's newest turn is not a truncated reply."""
 
     status = 409
 

@@ -191,6 +191,10 @@ class ChatRequest:
     # as a block (Anthropic) or a message (OpenAI) of its own, so the system prompt's cached
     # prefix outlives a new summary.
     summary: str | None = None
+    # The last message is the assistant's reply cut short (max_tokens), to be continued where
+    # it stopped: Anthropic continues a final assistant message as a prefill; providers with
+    # no prefill (OpenAI-compatible) send a transient user message asking for the rest.
+    continuation: bool = False
 
 
 # Provider stream events, normalized across providers.

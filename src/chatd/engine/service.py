@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
@@ -272,7 +272,7 @@ class ChatService:
         run: TurnRun,
         runner: asyncio.Task[None],
         record: TurnRecord,
-    ) -> AsyncIterator[TurnEvent]:
+    ) -> AsyncGenerator[TurnEvent, None]:
         """Yield what a committed turn's run posts, from TurnStarted to TurnEnded."""
         run.committed(record.seq)
         live = (opts.user_id, session_id)

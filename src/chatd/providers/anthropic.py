@@ -20,6 +20,7 @@ from chatd.providers.base import (
     connection_error,
     error_for_status,
     is_transport_error,
+    joined_replies,
     parse_tool_input,
     pool_limits,
     redact,
@@ -33,6 +34,7 @@ from chatd.tokens import estimate_message_tokens, estimate_text_tokens
 from chatd.types import (
     ChatRequest,
     Message,
+    Role,
     StopEvent,
     StopReason,
     StreamEvent,
@@ -84,12 +86,39 @@ def _content(message: Message) -> str | list[dict[str, Any]]:
     return blocks
 
 
+def wire_messages(request: ChatRequest) -> list[Message]:
+    """Return the messages as sent: a continued reply as one, a final one as a clean prefill.
+
+    A final assistant message is a prefill that the model continues (how Anthropic documents
+    continuing a reply cut at max_tokens); the API refuses one ending in whitespace, so that
+    is stripped (an all-whitespace prefill goes altogether).
+    """
+    messages = joined_replies(request.messages)
+    if messages and messages[-1].role is Role.ASSISTANT and _trailing_space(messages[-1]):
+        *parts, last = messages[-1].parts
+        assert isinstance(last, TextPart)
+        if text := last.text.rstrip():
+            parts.append(TextPart(text))
+        if parts:
+            messages[-1] = Message(Role.ASSISTANT, tuple(parts))
+        else:
+            messages.pop()
+    return messages
+
+
+def _trailing_space(message: Message) -> bool:
+    last = message.parts[-1] if message.parts else None
+    return isinstance(last, TextPart) and last.text != last.text.rstrip()
+
+
 def request_body(request: ChatRequest) -> dict[str, Any]:
     """Build the Messages API body for a request."""
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
-        "messages": [{"role": m.role.value, "content": _content(m)} for m in request.messages],
+        "messages": [
+            {"role": m.role.value, "content": _content(m)} for m in wire_messages(request)
+        ],
     }
     if request.summary:
         # A block of its own after the system prompt's, so each can carry a cache breakpoint.
@@ -181,6 +210,10 @@ class AnthropicProvider:
         import anthropic
 
         events = _Events(self.name)
+        # A prefill that lost its trailing whitespace is continued as if it had none: the
+        # continuation's leading whitespace would double what the stored reply already ends with.
+        final = request.messages[-1] if request.messages else None
+        events.trim = final is not None and final.role is Role.ASSISTANT and _trailing_space(final)
         try:
             # The SDK's low-level request with the body as JSON bytes (orjson): its error
             # classes, headers and transport stay; its request transform and typed events go.
@@ -274,6 +307,8 @@ class _Events:
         self.stopped = False
         # Reply output went out: a failure from now on is not retried.
         self.emitted = False
+        # Drop the reply's leading whitespace (see AnthropicProvider.stream).
+        self.trim = False
 
     def read(self, sse: SSE) -> list[StreamEvent]:
         """Return the events one server-sent event carries (most carry one text delta)."""
@@ -286,8 +321,14 @@ class _Events:
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
+                text = str(delta["text"])
+                if self.trim:
+                    text = text.lstrip()
+                    if not text:
+                        return []
+                    self.trim = False
                 self.emitted = True
-                return [TextDelta(delta["text"])]
+                return [TextDelta(text)]
             if delta.get("type") == "input_json_delta" and self.tool is not None:
                 self.tool["json"].append(delta.get("partial_json", ""))
         elif kind == "message_start":

@@ -10,7 +10,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,7 +27,7 @@ from chatd.errors import (
     UpstreamUnavailable,
     bounded_wait,
 )
-from chatd.types import ChatRequest, StreamEvent
+from chatd.types import ChatRequest, Message, Part, Role, StreamEvent, TextPart
 
 
 class Provider(Protocol):
@@ -67,6 +67,27 @@ async def count_request_tokens(provider: object, request: ChatRequest) -> int | 
 
 
 SUMMARY_HEADING = "Summary of the earlier conversation:\n\n"
+
+
+def joined_replies(messages: Sequence[Message]) -> list[Message]:
+    """Return messages with each run of consecutive assistant messages joined into one.
+
+    A reply continued after truncation is stored as several assistant messages in a row; a
+    provider gets it as the one reply it is: their parts in order, adjacent text joined.
+    """
+    out: list[Message] = []
+    for message in messages:
+        if out and message.role is Role.ASSISTANT and out[-1].role is Role.ASSISTANT:
+            parts: list[Part] = list(out[-1].parts)
+            for part in message.parts:
+                if isinstance(part, TextPart) and parts and isinstance(parts[-1], TextPart):
+                    parts[-1] = TextPart(parts[-1].text + part.text)
+                else:
+                    parts.append(part)
+            out[-1] = Message(Role.ASSISTANT, tuple(parts))
+        else:
+            out.append(message)
+    return out
 
 
 def summary_text(summary: str) -> str:

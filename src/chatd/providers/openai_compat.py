@@ -25,6 +25,7 @@ from chatd.providers.base import (
     connection_error,
     error_for_status,
     is_transport_error,
+    joined_replies,
     parse_tool_input,
     pool_limits,
     redact,
@@ -91,6 +92,14 @@ FINISH_REASONS = {
 }
 
 
+# What a continuation asks of a model that cannot be handed its cut reply to continue.
+CONTINUE_PROMPT = (
+    "Your previous reply was cut off by the output limit. Continue it exactly where it "
+    "stopped, mid-word or mid-sentence if need be: do not repeat anything already written, "
+    "and add no preamble or comment."
+)
+
+
 def messages_body(request: ChatRequest) -> list[dict[str, Any]]:
     """Translate chatd messages to Chat Completions messages, system prompt and summary first."""
     out: list[dict[str, Any]] = []
@@ -100,8 +109,13 @@ def messages_body(request: ChatRequest) -> list[dict[str, Any]]:
         # A message of its own after the system prompt's, so a new summary leaves the system
         # prompt's cached prefix intact.
         out.append({"role": "system", "content": summary_text(request.summary)})
-    for message in request.messages:
+    messages = joined_replies(request.messages)
+    for message in messages:
         out.extend(_translate(message))
+    if request.continuation and messages and messages[-1].role is Role.ASSISTANT:
+        # Chat Completions has no prefill: the model is asked for the rest, in a message that
+        # is sent with this call only and never stored.
+        out.append({"role": "user", "content": CONTINUE_PROMPT})
     return out
 
 

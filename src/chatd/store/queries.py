@@ -18,10 +18,10 @@ from sqlalchemy import (
     update,
 )
 
-from chatd.store.rows import LEASE_EXPIRED
+from chatd.store.rows import CONTINUATION_EXPIRED, LEASE_EXPIRED
 from chatd.store.sqlite_fast import Direct
 from chatd.store.tables import context_folds, messages, sessions, turns
-from chatd.types import TurnState
+from chatd.types import StopReason, TurnState
 
 IN_CONTEXT_STATES = tuple(s.value for s in TurnState if s.in_context)
 STREAMING = TurnState.STREAMING.value
@@ -74,7 +74,7 @@ DELETE_SESSION = delete(sessions).where(THIS_SESSION)
 # The messages of complete and truncated turns, newest first, of one session by pk: ordered by
 # turn, then message, so a turn's messages stay together whatever the timing.
 # Parameters: pk, and first_turn: the context view's first turn (0 for the whole history).
-# Each row: role, parts, the message's tokens, its turn's seq and context_tokens.
+# Each row: role, parts, the message's tokens, its turn's seq, context_tokens and user_tokens.
 CONTEXT_MESSAGES_NEWEST = Direct(
     select(
         messages.c.role,
@@ -82,6 +82,7 @@ CONTEXT_MESSAGES_NEWEST = Direct(
         messages.c.tokens,
         turns.c.seq,
         turns.c.context_tokens,
+        turns.c.user_tokens,
     )
     # Driven from the session's turns, then each turn's messages by index: on a freshly
     # filled table PostgreSQL misjudged the other way round (messages first) as 10x slower.
@@ -145,6 +146,27 @@ CLAIM_SESSION_PROMPT = Direct(_CLAIM.values(system_prompt=bindparam("prompt")))
 INSERT_TURN = Direct(insert(turns))
 INSERT_MESSAGES = Direct(insert(messages))
 
+# What a continuation reads: the session's newest turn (parameter pk), and its messages
+# (TURN_MESSAGES below).
+NEWEST_TURN = (
+    select(turns).where(turns.c.session_pk == bindparam("pk")).order_by(turns.c.seq.desc()).limit(1)
+)
+# A continuation's claim, after CLAIM_SESSION: the turn streams again, with a lease, only if it
+# is still truncated (parameters turn_id, until). Its stop reason stays (set if an imported turn
+# had none): what tells the lease sweep that the turn has a first part to go back to.
+CLAIM_CONTINUATION = Direct(
+    update(turns)
+    .where(
+        turns.c.id == bindparam("turn_id"),
+        turns.c.state == literal_column(f"'{TurnState.TRUNCATED.value}'"),
+    )
+    .values(
+        state=literal_column(f"'{STREAMING}'"),
+        lease_until=bindparam("until"),
+        stop_reason=func.coalesce(turns.c.stop_reason, StopReason.MAX_TOKENS.value),
+    )
+)
+
 # What finish_turn needs in one read: the turn, its session id and last message seq, and the
 # turn's messages so far (one row each; outer join, so a row even if there are none).
 # Parameter: turn_id.
@@ -164,13 +186,6 @@ FINISH_HEAD = (
 # Parameters: turn_id and the final column values; only a turn still streaming is finished.
 FINISH_TURN = Direct(update(turns).where(turns.c.id == bindparam("turn_id"), IS_STREAMING))
 
-# A turn's user message learns its size once the turn's first call reported it.
-# Parameters: pk, message_seq (the user message's), size.
-SET_MESSAGE_TOKENS = Direct(
-    update(messages)
-    .where(messages.c.session_pk == bindparam("pk"), messages.c.seq == bindparam("message_seq"))
-    .values(tokens=bindparam("size"))
-)
 # A change of the context view. Parameters: pk, first, text.
 SET_FOLD = Direct(
     update(sessions)
@@ -195,9 +210,15 @@ _expired = and_(
     IS_STREAMING,
     turns.c.lease_until < bindparam("now"),
 )
+# A streaming turn that already has a stop reason is a truncated one being continued: its first
+# part is stored and in context, so it goes back to truncated rather than out of the context.
+_continuing = turns.c.stop_reason.is_not(None)
 _interrupt: dict[str, Any] = {
-    "state": TurnState.INTERRUPTED.value,
-    "error": LEASE_EXPIRED,
+    "state": case(
+        (_continuing, literal_column(f"'{TurnState.TRUNCATED.value}'")),
+        else_=literal_column(f"'{TurnState.INTERRUPTED.value}'"),
+    ),
+    "error": case((_continuing, CONTINUATION_EXPIRED), else_=LEASE_EXPIRED),
     "finished_at": bindparam("now"),
     "lease_until": None,
 }

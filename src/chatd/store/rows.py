@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from chatd.errors import SessionBusy
+from chatd.errors import NothingToContinue, SessionBusy
 from chatd.store.codec import parts_from_list, parts_to_list
 from chatd.types import (
     ContextFold,
@@ -37,12 +37,26 @@ UNFINISHED_TURN: Mapping[str, Any] = {
 
 
 LEASE_EXPIRED = "the process running this turn stopped before it finished (its lease ran out)"
+CONTINUATION_EXPIRED = (
+    "the process continuing this reply stopped before it finished (its lease ran out); "
+    "the reply is kept as it was, truncated"
+)
 
 
 def busy(session_id: str) -> SessionBusy:
     """Describe a session that already has a turn in flight."""
     return SessionBusy(
         f"session {session_id!r} already has a reply in progress; wait for it to finish"
+    )
+
+
+def not_continuable(session_id: str, state: TurnState | None) -> NothingToContinue:
+    """Describe a session whose newest turn is not a truncated reply."""
+    if state is None:
+        return NothingToContinue(f"session {session_id!r} has no reply to continue yet")
+    return NothingToContinue(
+        f"the last reply in session {session_id!r} is {state.value}, not truncated: "
+        "only a reply cut short by max_tokens can be continued"
     )
 
 

@@ -26,6 +26,7 @@ from chatd.store.rows import (
     imported_rows,
     message,
     message_values,
+    not_continuable,
     param_values,
     read_back,
     session_fold,
@@ -43,6 +44,7 @@ from chatd.types import (
     History,
     HistoryCut,
     Message,
+    Role,
     SessionInfo,
     SessionSettings,
     StopReason,
@@ -94,20 +96,16 @@ class _Draft:
     whole: bool
 
 
-class _Pending:
-    """A turn SqlStore read but has not written: the engine plans, launches, then commits."""
+class _Opened:
+    """What a turn's open read: its session's draft and history, held here until written."""
 
     def __init__(
         self,
         store: SqlStore,
         user_id: str,
         session_id: str,
-        user_message: Message,
         draft: _Draft,
         *,
-        create: SessionSettings | None,
-        idempotency_key: str | None,
-        system_prompt: str | None,
         now: datetime,
         hinted: bool,
     ) -> None:
@@ -116,11 +114,7 @@ class _Pending:
         self._store = store
         self._user_id = user_id
         self._session_id = session_id
-        self._message = user_message
         self._draft = draft
-        self._create = create
-        self._key = idempotency_key
-        self._prompt = system_prompt
         self._now = now
         self._open = True
         self._hinted = hinted
@@ -156,6 +150,36 @@ class _Pending:
 
         await self._store.db.read(rest)
         return _history_of(taken, draft.fold)
+
+    def abandon(self) -> None:
+        """Let the session go in this process; the turn is not (or is already) stored."""
+        if self._open:
+            self._open = False
+            self._store._beginning.discard((self._user_id, self._session_id))
+
+
+class _Pending(_Opened):
+    """A turn SqlStore read but has not written: the engine plans, launches, then commits."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        user_id: str,
+        session_id: str,
+        user_message: Message,
+        draft: _Draft,
+        *,
+        create: SessionSettings | None,
+        idempotency_key: str | None,
+        system_prompt: str | None,
+        now: datetime,
+        hinted: bool,
+    ) -> None:
+        super().__init__(store, user_id, session_id, draft, now=now, hinted=hinted)
+        self._message = user_message
+        self._create = create
+        self._key = idempotency_key
+        self._prompt = system_prompt
 
     async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         """Write the turn and its user message in one transaction; SessionBusy if stale."""
@@ -213,11 +237,59 @@ class _Pending:
             self.abandon()
         return record
 
-    def abandon(self) -> None:
-        """Let the session go in this process; the turn is not (or is already) stored."""
-        if self._open:
-            self._open = False
-            self._store._beginning.discard((self._user_id, self._session_id))
+
+class _Continuation(_Opened):
+    """A truncated turn SqlStore read to continue: the engine plans, launches, then commits."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        user_id: str,
+        session_id: str,
+        draft: _Draft,
+        turn: TurnRecord,
+        row: Mapping[str, Any],
+        *,
+        now: datetime,
+        hinted: bool,
+    ) -> None:
+        super().__init__(store, user_id, session_id, draft, now=now, hinted=hinted)
+        self.turn_id = turn.id
+        self.turn = turn
+        self._row = row
+
+    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        """Make the turn stream again, holding a lease; SessionBusy if the read is stale."""
+        if not self._open:
+            raise RuntimeError("this turn was already committed or abandoned")
+        draft, now, session_id, turn = self._draft, self._now, self._session_id, self.turn
+        pk = draft.pk
+        assert pk is not None
+        until = now + timedelta(seconds=lease_s)
+
+        def write(conn: Connection) -> _Begun:
+            # Nothing added to the session since the read: the turn is still its newest.
+            claim = {"pk": pk, "now": now, "last_message": draft.last_message}
+            if q.CLAIM_SESSION.execute(conn, claim) != 1:
+                raise busy(session_id)
+            if draft.streaming:
+                # A process that died continuing this turn (or running another) frees it here.
+                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+            if q.CLAIM_CONTINUATION.execute(conn, {"turn_id": turn.id, "until": until}) != 1:
+                raise busy(session_id)
+            row = {**self._row, "state": q.STREAMING, "lease_until": until}
+            record = replace(turn, state=TurnState.STREAMING)
+            return _Begun(pk, draft.last_message + 1, row, record)
+
+        try:
+            begun = await self._store.db.write(write)
+        except exc.IntegrityError:
+            # One streaming turn per session: another began on this session just now.
+            raise busy(session_id) from None
+        finally:
+            self.abandon()
+        self._store._remember(begun)
+        return begun.record
 
 
 class SqlStore:
@@ -367,33 +439,7 @@ class SqlStore:
                 if isinstance(prior, TurnRecord):
                     return prior
                 release = prior
-            fold = session_fold(head)
-            values = {"pk": pk, "first_turn": fold.first_turn}
-            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
-            decoded: list[_Decoded] = []
-            if history_until is not None:
-                # As far back as the hint says, whatever the history's length, in this read.
-                whole = not _take(rows, decoded, history_until)
-                newest: list[Sequence[Any]] = []
-            else:
-                # The newest batch (and one more row: is there more?), decoded later only as
-                # far back as the engine's plan needs.
-                newest = list(islice(rows, HISTORY_BATCH + 1))
-                whole = len(newest) <= HISTORY_BATCH
-            last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
-            streaming = until is not None
-            return _Draft(
-                pk,
-                last_turn,
-                last_message,
-                streaming,
-                release,
-                settings,
-                fold,
-                decoded,
-                newest,
-                whole,
-            )
+            return _draft(conn, head, settings, release, history_until)
 
         self._beginning.add(beginning)
         try:
@@ -413,6 +459,54 @@ class SqlStore:
             create=create,
             idempotency_key=idempotency_key,
             system_prompt=system_prompt,
+            now=now,
+            hinted=history_until is not None,
+        )
+
+    async def open_continuation(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> _Continuation:
+        """Read the session's truncated newest turn, its settings and history, in one read."""
+        beginning = (user_id, session_id)
+        if beginning in self._beginning:
+            raise busy(session_id)
+        now, key = utc_now(), _key(user_id, session_id)
+
+        def read(conn: Connection) -> tuple[_Draft, TurnRecord, dict[str, Any]]:
+            head = q.BEGIN_HEAD.first(conn, key)
+            if head is None:
+                raise NotFound(f"no session {session_id!r}")
+            until = head["streaming_until"]
+            if until is not None and until >= now:
+                raise busy(session_id)
+            row = conn.execute(q.NEWEST_TURN, {"pk": head["id"]}).one_or_none()
+            if row is None:
+                raise not_continuable(session_id, None)
+            state = TurnState(row.state)
+            if state is TurnState.STREAMING and row.stop_reason is not None:
+                # A continuation whose process died: the commit's sweep makes it truncated again.
+                state = TurnState.TRUNCATED
+            if state is not TurnState.TRUNCATED:
+                raise not_continuable(session_id, state)
+            rows = conn.execute(q.TURN_MESSAGES, {"turn_id": row.id})
+            messages = tuple(message(r.role, r.parts) for r in rows)
+            record = replace(turn_record(row._mapping, session_id, messages), state=state)
+            draft = _draft(conn, head, session_settings(head), None, history_until)
+            return draft, record, dict(row._mapping)
+
+        self._beginning.add(beginning)
+        try:
+            draft, record, row = await self.db.read(read)
+        except BaseException:
+            self._beginning.discard(beginning)
+            raise
+        return _Continuation(
+            self,
+            user_id,
+            session_id,
+            draft,
+            record,
+            row,
             now=now,
             hinted=history_until is not None,
         )
@@ -466,6 +560,7 @@ class SqlStore:
         final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
         sizes = tokens or TurnTokens()
         final["context_tokens"] = sizes.context
+        final["user_tokens"] = sizes.user
         reply_tokens = (*sizes.reply, *([None] * (len(messages) - len(sizes.reply))))
 
         begun = self._begun.pop(turn_id, None)
@@ -485,10 +580,6 @@ class SqlStore:
                         for i, (m, n) in enumerate(zip(messages, reply_tokens, strict=False))
                     ],
                 )
-            if sizes.user is not None:
-                # The user message is the turn's first, stored by its commit.
-                values = {"pk": pk, "message_seq": head.next_message - 1, "size": sizes.user}
-                q.SET_MESSAGE_TOKENS.execute(conn, values)
             if fold is not None:
                 _store_fold(conn, pk, turn_id, fold, now)
             q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": now})
@@ -642,6 +733,34 @@ def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Messa
     return read_back((message(r[0], r[1]) for r in rows), until)
 
 
+def _draft(
+    conn: Connection,
+    head: Mapping[str, Any],
+    settings: SessionSettings,
+    release: str | None,
+    history_until: HistoryCut | None,
+) -> _Draft:
+    """Read the newest history of the session `head` (BEGIN_HEAD's row) into a draft."""
+    pk, fold = head["id"], session_fold(head)
+    values = {"pk": pk, "first_turn": fold.first_turn}
+    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
+    decoded: list[_Decoded] = []
+    if history_until is not None:
+        # As far back as the hint says, whatever the history's length, in this read.
+        whole = not _take(rows, decoded, history_until)
+        newest: list[Sequence[Any]] = []
+    else:
+        # The newest batch (and one more row: is there more?), decoded later only as far back
+        # as the engine's plan needs.
+        newest = list(islice(rows, HISTORY_BATCH + 1))
+        whole = len(newest) <= HISTORY_BATCH
+    last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
+    streaming = head["streaming_until"] is not None
+    return _Draft(
+        pk, last_turn, last_message, streaming, release, settings, fold, decoded, newest, whole
+    )
+
+
 def _finish_head(conn: Connection, turn_id: str) -> _Begun:
     """Read back a streaming turn that was begun elsewhere (another process, or forgotten)."""
     rows = conn.execute(q.FINISH_HEAD, {"turn_id": turn_id}).all()
@@ -668,14 +787,15 @@ def _replay(
         )
     state = TurnState(prior.state)
     if state is TurnState.STREAMING and prior.lease_until is not None and prior.lease_until < now:
-        # Its process died: the write marks it interrupted, as a turn whose key is free.
-        state = TurnState.INTERRUPTED
+        # Its process died: the write marks it interrupted, as a turn whose key is free; or
+        # truncated again, if it was a continuation (it has a stop reason), kept as before.
+        state = TurnState.TRUNCATED if prior.stop_reason is not None else TurnState.INTERRUPTED
     if state is TurnState.STREAMING:
         raise busy(session_id)
     if state in (TurnState.FAILED, TurnState.INTERRUPTED):
         # A retry after a failure should get a real answer: the new turn takes the key.
         return str(prior.id)
-    return turn_record(prior._mapping, session_id, messages)
+    return replace(turn_record(prior._mapping, session_id, messages), state=state)
 
 
 def _take(rows: Iterable[Sequence[Any]], taken: list[_Decoded], until: HistoryCut | None) -> bool:
@@ -691,7 +811,17 @@ def _take(rows: Iterable[Sequence[Any]], taken: list[_Decoded], until: HistoryCu
 def _turn_with(row: Mapping[Any, Any], session_id: str, rows: Sequence[Any]) -> TurnRecord:
     """Build a turn from its row and its messages' rows (role, parts, tokens)."""
     messages = tuple([message(m.role, m.parts) for m in rows])
-    return turn_record(row, session_id, messages, tuple([m.tokens for m in rows]))
+    tokens = [m.tokens for m in rows]
+    if tokens and tokens[0] is None:
+        tokens[0] = row["user_tokens"]
+    return turn_record(row, session_id, messages, tuple(tokens))
+
+
+def _tokens(message: Message, row: Sequence[Any]) -> int | None:
+    """Return a history message's tokens: its own, or its turn's user_tokens if it opens it."""
+    if row[2] is not None or message.role is not Role.USER or message.tool_results:
+        return row[2]  # type: ignore[no-any-return]
+    return row[5]  # type: ignore[no-any-return]
 
 
 def _history_of(newest_first: Sequence[_Decoded], fold: ContextFold) -> History:
@@ -702,7 +832,7 @@ def _history_of(newest_first: Sequence[_Decoded], fold: ContextFold) -> History:
     return History(
         messages=tuple([d[0] for d in oldest_first]),
         turns=tuple([d[1][3] for d in oldest_first]),
-        tokens=tuple([d[1][2] for d in oldest_first]),
+        tokens=tuple([_tokens(m, row) for m, row in oldest_first]),
         context_tokens=newest_first[0][1][4],
         fold=fold,
     )

@@ -40,6 +40,12 @@ def anthropic_model(body: dict[str, Any]) -> str:
 def anthropic_conversation(body: dict[str, Any]) -> Conversation:
     """Read a Messages request; the human turn is the last user message with text."""
     messages = wire.messages_of(body)
+    final = wire.blocks_of(messages[-1].get("content"))
+    if messages[-1]["role"] == "assistant" and final and final[-1].get("type") == "text":
+        # A prefill the model continues; Anthropic refuses one ending in whitespace.
+        text = str(final[-1].get("text", ""))
+        if text != text.rstrip():
+            raise WireError("messages: final assistant content cannot end with trailing whitespace")
     human_at = next(
         (
             i

@@ -42,6 +42,11 @@ differ). ``<N>`` is len(messages) for Anthropic and the non-system/developer mes
 result (Anthropic tool_result block, OpenAI "tool" messages) and no further call is due, the
 reply says ``Tool said: "<result text>".`` instead and ends the turn.
 
+A request ending in an assistant message is a prefill to continue (Anthropic's way of going on
+with a reply cut at max_tokens); the reply is made as for any request. On /v1/messages, one
+whose last text block ends in whitespace gets Anthropic's 400 invalid_request_error "messages:
+final assistant content cannot end with trailing whitespace".
+
 ``max_tokens`` (Anthropic) / ``max_completion_tokens`` or ``max_tokens`` (OpenAI) below the
 reply's word count truncates it to that many words with stop max_tokens / "length".
 ``stop_sequences`` / ``stop`` found in the reply cut it there with stop_sequence / "stop".

@@ -10,7 +10,7 @@ from uuid import uuid4
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
-from chatd.store.rows import LEASE_EXPIRED, busy
+from chatd.store.rows import CONTINUATION_EXPIRED, LEASE_EXPIRED, busy, not_continuable
 from chatd.types import (
     ContextFold,
     FoldRecord,
@@ -140,6 +140,23 @@ class MemoryStore:
         self._beginning.add(key)
         return _Pending(self, key, user_message, settings, found, idempotency_key, system_prompt)
 
+    async def open_continuation(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> _Continuation:
+        """Read the truncated newest turn to continue; errors as SqlStore's say."""
+        key = (user_id, session_id)
+        if key in self._beginning:
+            raise busy(session_id)
+        found = self._get(user_id, session_id)
+        self._expire(found.turns, _now())
+        if any(t.state is TurnState.STREAMING for t in found.turns):
+            raise busy(session_id)
+        newest = found.turns[-1] if found.turns else None
+        if newest is None or newest.state is not TurnState.TRUNCATED:
+            raise not_continuable(session_id, None if newest is None else newest.state)
+        self._beginning.add(key)
+        return _Continuation(self, key, found, newest)
+
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""
         until = _now() + timedelta(seconds=lease_s)
@@ -162,7 +179,12 @@ class MemoryStore:
             until = self._leases.get(turn.id)
             if until is not None and until < now:
                 del self._leases[turn.id]
-                turns[index] = replace(turn, state=TurnState.INTERRUPTED, error=LEASE_EXPIRED)
+                if turn.stop_reason is not None:
+                    # A continuation: its first part goes back into the context, as it was.
+                    swept = replace(turn, state=TurnState.TRUNCATED, error=CONTINUATION_EXPIRED)
+                else:
+                    swept = replace(turn, state=TurnState.INTERRUPTED, error=LEASE_EXPIRED)
+                turns[index] = swept
                 expired += 1
         return expired
 
@@ -205,6 +227,11 @@ class MemoryStore:
         turn = session.turns[index]
         sizes = tokens or TurnTokens()
         reply = (*sizes.reply, *([None] * (len(messages) - len(sizes.reply))))[: len(messages)]
+        # The sizes of the messages stored so far (the user's, and a continued turn's first
+        # part); the user-side size, if known, is the last one's, as in SqlStore.
+        earlier = [*turn.tokens, *([None] * len(turn.messages))][: len(turn.messages)]
+        if sizes.user is not None:
+            earlier[-1] = sizes.user
         if sizes.context is not None:
             session.context_tokens[turn_id] = sizes.context
         if fold is not None:
@@ -219,7 +246,7 @@ class MemoryStore:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
             error=error,
-            tokens=(sizes.user, *reply),
+            tokens=(*earlier, *reply),
         )
         session.turns[index] = finished
         session.info = replace(session.info, updated_at=_now())
@@ -464,6 +491,38 @@ class _Pending:
         if self._open:
             self._open = False
             self._store._beginning.discard(self._key)
+
+
+class _Continuation(_Pending):
+    """A truncated turn MemoryStore read to continue: committed in one step, or abandoned."""
+
+    def __init__(
+        self, store: MemoryStore, key: tuple[str, str], found: _Session, turn: TurnRecord
+    ) -> None:
+        first = turn.messages[0] if turn.messages else Message.user("")
+        super().__init__(store, key, first, found.info.settings, found, None, None)
+        self.turn_id = turn.id
+        self.turn = turn
+
+    async def _commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        store, (_, session_id) = self._store, self._key
+        session = store._sessions.get(self._key)
+        now = _now()
+        if session is None or session is not self._found or _stamp(session) != self._stamp:
+            raise busy(session_id)
+        store._expire(session.turns, now)
+        if any(t.state is TurnState.STREAMING for t in session.turns):
+            raise busy(session_id)
+        newest = session.turns[-1]
+        if newest.id != self.turn_id or newest.state is not TurnState.TRUNCATED:
+            raise busy(session_id)
+        # Its stop reason stays (set if an imported turn had none): the sweep reads it.
+        stop = newest.stop_reason or StopReason.MAX_TOKENS
+        turn = replace(newest, state=TurnState.STREAMING, stop_reason=stop)
+        session.turns[-1] = turn
+        store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        session.info = replace(session.info, updated_at=now)
+        return turn
 
 
 def _stamp(session: _Session) -> tuple[int, int]:
