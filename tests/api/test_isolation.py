@@ -28,6 +28,7 @@ NOT_FOUND_MATRIX = [
     ("PATCH", "/v1/sessions/{sid}", {"temperature": 0.1, "system_prompt": "bob rules"}),
     ("GET", "/v1/sessions/{sid}/messages", None),
     ("GET", "/v1/sessions/{sid}/export", None),
+    ("POST", "/v1/sessions/{sid}/continue", None),
     ("POST", "/v1/sessions/{sid}/reset", None),
     ("DELETE", "/v1/sessions/{sid}", None),
 ]

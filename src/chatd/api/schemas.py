@@ -319,6 +319,17 @@ class SendIn(Strict):
     )
 
 
+class ContinueIn(Strict):
+    """How to continue a reply cut short; the rest comes as JSON, or as SSE with stream."""
+
+    stream: bool = False
+    max_tokens: MaxTokens | None = Field(
+        default=None,
+        description="most output tokens for the continuation; the session's by default",
+    )
+    temperature: Temperature | None = None
+
+
 class ReplyOut(BaseModel):
     """How a turn ended."""
 

@@ -47,6 +47,7 @@ ROUTES = (
     Route("/chat-stream", POST, metered=True, hot=True),
     Route("/chat/{session_id}", POST, metered=True, hot=True),
     Route("/v1/sessions/{session_id}/messages", POST, metered=True, hot=True),
+    Route("/v1/sessions/{session_id}/continue", POST, metered=True),
     Route("/v1/chat/completions", POST, metered=True, large_body=True, hot=True),
     Route("/v1/sessions/import", POST, large_body=True),
 )

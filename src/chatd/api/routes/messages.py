@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 
 from chatd.api.deps import (
     Caller,
@@ -19,12 +20,12 @@ from chatd.api.deps import (
 from chatd.api.encoders import encode, sse_chunk, sse_failure, started
 from chatd.api.responses import SSE_HEADERS, EventStream, event_schema
 from chatd.api.routing import CheckedRoute
-from chatd.api.schemas import ErrorOut, ReplyOut, SendIn, TurnPage
+from chatd.api.schemas import ContinueIn, ErrorOut, ReplyOut, SendIn, TurnPage
 from chatd.api.views import reply_out, turn_out
 from chatd.engine import TurnOptions
 from chatd.errors import ChatdError
 from chatd.runtime import Runtime
-from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded
+from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded, TurnEvent
 
 router = APIRouter(prefix="/v1", tags=["messages"], route_class=CheckedRoute)
 
@@ -51,6 +52,19 @@ SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
             503: "the provider or the database is unavailable; Retry-After",
         }.items()
     },
+}
+
+
+CONTINUE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **SEND_RESPONSES,
+    404: {"model": ErrorOut, "description": "no such session"},
+    409: {
+        "model": ErrorOut,
+        "description": "a turn is in flight, or the last reply is not truncated "
+        "(`nothing_to_continue`)",
+    },
+    413: {"model": ErrorOut, "description": "body over the configured cap"},
+    422: {"model": ErrorOut, "description": "bad id, max_tokens over the ceiling, unknown field"},
 }
 
 
@@ -116,7 +130,42 @@ async def send(
         usage_sink=caller.meter,
     )
     events = runtime.service.turn(session_id, body.content, options)
-    if body.stream or "text/event-stream" in accept:
+    return await answer(runtime, session_id, events, body.stream or "text/event-stream" in accept)
+
+
+@router.post(
+    "/sessions/{session_id}/continue", response_model=ReplyOut, responses=CONTINUE_RESPONSES
+)
+async def continue_reply(
+    session_id: SessionPath,
+    request: Request,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    body: Annotated[ContinueIn | None, Body()] = None,
+) -> ReplyOut | EventStream:
+    """Continue the session's last reply, cut short by max_tokens; JSON, or SSE with `stream`.
+
+    The rest is added to that same turn, so the reply stays one: `text` is all of it, `usage`
+    the turn's, both parts (only the continuation's is charged), and the message list shows
+    the turn with every part. It may end truncated again and be continued again. One that
+    fails answers its error and leaves the reply truncated as it was, still in context.
+    """
+    asked = body or ContinueIn()
+    options = TurnOptions(
+        user_id=caller.user_id,
+        params=GenerationParams(max_tokens=asked.max_tokens, temperature=asked.temperature),
+        usage_sink=caller.meter,
+    )
+    events = runtime.service.continue_turn(session_id, options)
+    stream = asked.stream or "text/event-stream" in request.headers.get("accept", "")
+    return await answer(runtime, session_id, events, stream)
+
+
+async def answer(
+    runtime: Runtime, session_id: str, events: AsyncIterator[TurnEvent], stream: bool
+) -> ReplyOut | EventStream:
+    """Return a turn's reply as JSON once it ends, or its events as they come, as SSE."""
+    if stream:
         first = await started(events)
         return EventStream(
             encode(first, events, sse_chunk, sse_failure),
