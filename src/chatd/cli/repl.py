@@ -5,23 +5,27 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import AsyncIterator
+from itertools import groupby
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
 from chatd.engine import ChatService, TurnOptions
-from chatd.errors import ChatdError, InputError, NotFound
+from chatd.errors import ChatdError, InputError, NotFound, NothingToContinue
 from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import (
+    Role,
     TextDelta,
     ToolCallEvent,
     ToolResultEvent,
     TurnEnded,
+    TurnEvent,
     TurnState,
 )
 
-HELP = "commands: /quit /reset /history /save FILE /load FILE /system TEXT /help"
+HELP = "commands: /quit /reset /history /continue /save FILE /load FILE /system TEXT /help"
 # A first word of a slash and letters is a command (known or not); "/usr/bin/env …" is a message.
 _COMMAND = re.compile(r"/[A-Za-z]+")
 # What a terminal would act on rather than show: C0 and C1 controls but tab and newline (ESC
@@ -93,11 +97,23 @@ class Repl:
 
     def send(self, text: str) -> None:
         """Run one turn, printing the reply as it streams; Ctrl-C stops just this reply."""
+        events = self.service.turn(self.session_id, text, self.options)
+        self._show(events, "[stopped: the partial reply is kept as an interrupted turn]")
+
+    def continue_reply(self) -> None:
+        """Continue the last reply where max_tokens cut it, printing the rest as it streams."""
+        events = self.service.continue_turn(self.session_id, self.options)
+        self._show(events, "[stopped: the reply so far is kept, truncated; /continue goes on]")
+
+    def _show(self, events: AsyncIterator[TurnEvent], stopped: str) -> None:
         try:
-            self.runner.run(self._stream(text))
+            self.runner.run(self._stream(events))
         except KeyboardInterrupt:
             self._end_line()
-            self.say("[stopped: the partial reply is kept as an interrupted turn]")
+            self.say(stopped)
+        except (NotFound, NothingToContinue) as exc:
+            # Nothing was asked of the model: a command that does not apply, not a failed turn.
+            self.say(f"error: {exc.message}")
         except ChatdError as exc:
             self.failed = True
             self._end_line()
@@ -109,8 +125,8 @@ class Repl:
             self.out.flush()
             self._mid_line = False
 
-    async def _stream(self, text: str) -> None:
-        async for event in self.service.turn(self.session_id, text, self.options):
+    async def _stream(self, events: AsyncIterator[TurnEvent]) -> None:
+        async for event in events:
             if isinstance(event, TextDelta):
                 self.out.write(shown(event.text))
                 self.out.flush()
@@ -124,7 +140,7 @@ class Repl:
             elif isinstance(event, TurnEnded):
                 self._end_line()
                 if event.truncated:
-                    self.say("[truncated: the reply hit max_tokens]")
+                    self.say("[truncated: the reply was cut at max_tokens; /continue continues it]")
                 elif event.state is TurnState.REFUSED:
                     self.say("[the model refused]")
         self.out.flush()
@@ -147,6 +163,8 @@ class Repl:
                 self.say(f"[reset: {removed} turns removed]")
             elif name == "/history":
                 self.runner.run(self._history())
+            elif name == "/continue":
+                self.continue_reply()
             elif name == "/save" and arg:
                 doc = self.runner.run(self._export())
                 Path(arg).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
@@ -187,9 +205,14 @@ class Repl:
             self.say("[no messages yet]")
         for turn in turns:
             note = "" if turn.state.in_context else f"  [{turn.state.value}: not in context]"
-            for message in turn.messages:
-                if message.text:
-                    self.out.write(f"{message.role.value}: {shown(message.text)}{note}\n")
+            if turn.state is TurnState.TRUNCATED:
+                note = "  [truncated]"
+            # A continued reply's parts are consecutive assistant messages: shown as one.
+            for role, group in groupby(turn.messages, key=lambda m: m.role):
+                texts = [m.text for m in group if m.text]
+                for text in ["".join(texts)] if role is Role.ASSISTANT else texts:
+                    if text:
+                        self.out.write(f"{role.value}: {shown(text)}{note}\n")
         self.out.flush()
 
     async def _system(self, text: str) -> None:
