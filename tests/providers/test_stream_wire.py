@@ -173,3 +173,39 @@ async def test_an_upstream_connection_idle_for_4_s_is_not_reused() -> None:
     # Per provider: a connection, the same one again after 0.5 s, a new one after 4.1 s idle.
     for conns in peers.values():
         assert [p == conns[0] for p in conns] == [True, True, False]
+
+
+def anthropic_body(*texts: str) -> bytes:
+    """Return an Anthropic stream of these text deltas, ending the turn."""
+    deltas = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}
+        for t in texts
+    ]
+    events = [ANTHROPIC_EVENTS[0], *deltas, *ANTHROPIC_EVENTS[2:]]
+    return b"".join(
+        f"event: {e['type']}\ndata: ".encode() + orjson.dumps(e) + b"\n\n" for e in events
+    )
+
+
+@pytest.mark.parametrize(
+    ("last", "expected"),
+    [
+        # The prefill went without its trailing whitespace: the model's own is dropped, once.
+        (Message.assistant("The list:\n\n"), "1. one\n 2. two"),
+        # A prefill that had none, or no prefill at all: the reply is passed on as it came.
+        (Message.assistant("The list:"), "\n\n 1. one\n 2. two"),
+        (Message.user("list them"), "\n\n 1. one\n 2. two"),
+    ],
+)
+async def test_a_continued_prefill_does_not_double_the_whitespace_it_lost(
+    serve: Serve, last: Message, expected: str
+) -> None:
+    url = await serve(anthropic_body("\n\n", " ", "1. one\n", " 2. two"), {})
+    provider = AnthropicProvider(ProviderOptions("anthropic", "k", url, None, 10))
+    messages = (Message.user("list them"), last) if last.role.value == "assistant" else (last,)
+    request = ChatRequest(model="m", messages=messages, max_tokens=64, continuation=True)
+    try:
+        events = [event async for event in provider.stream(request)]
+    finally:
+        await provider.aclose()
+    assert text_of(events) == expected
