@@ -122,6 +122,9 @@ turns = Table(
     # The context's size after this turn (its last call's prompt and output), as its provider
     # counted: what the next turn's prompt is, but for its new message.
     Column("context_tokens", Integer),
+    # The tokens its user message adds to a prompt, as its provider counted (kept here, not on
+    # the message: known only when the turn ends, and one statement fewer than updating it).
+    Column("user_tokens", Integer),
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),

@@ -25,6 +25,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("context_summary", sa.Text(), nullable=True))
     with op.batch_alter_table("turns") as batch:
         batch.add_column(sa.Column("context_tokens", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("user_tokens", sa.Integer(), nullable=True))
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("tokens", sa.Integer(), nullable=True))
     op.create_table(
@@ -59,5 +60,6 @@ def downgrade() -> None:
     # table would cascade to every turn. SQLite drops a plain column in place (3.35+).
     op.drop_column("messages", "tokens")
     op.drop_column("turns", "context_tokens")
+    op.drop_column("turns", "user_tokens")
     op.drop_column("sessions", "context_summary")
     op.drop_column("sessions", "context_from")
