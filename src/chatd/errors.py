@@ -18,7 +18,7 @@ ChatdError                      500  anything we did not foresee
 └── UpstreamError               502  the model provider misbehaved
     ├── UpstreamAuthError       502  the provider refused our key
     ├── UpstreamBadRequest      502  the provider rejected the request
-    │   └── ContextOverflow     502  the prompt is longer than the model's context window
+    │   └── ContextOverflow     413  even this turn alone is longer than the model's window
     ├── UpstreamRateLimited     429  rate limited, retries exhausted or quota spent
     ├── UpstreamUnavailable     503  5xx/529/connection trouble, retries exhausted
     ├── UpstreamStreamError     502  the reply broke off mid-stream
@@ -172,6 +172,10 @@ class UpstreamBadRequest(UpstreamError):
 
 class ContextOverflow(UpstreamBadRequest):
     """The provider said the prompt is longer than the model's context window."""
+
+    # What reaches a caller is one chatd could not cut down: this turn's own message (with the
+    # system prompt and tools) does not fit the model, which retrying will not change.
+    status = 413
 
     def __init__(
         self,

@@ -58,3 +58,19 @@ def test_an_unknown_policy_is_refused(client: httpx.Client, sid: str) -> None:
     response = client.post("/v1/sessions", json=body)
     assert response.status_code == 422
     assert "policy" in response.text
+
+
+def test_a_message_longer_than_the_models_window_is_413_and_leaves_the_context(
+    client: httpx.Client, sid: str
+) -> None:
+    assert client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}).status_code == 200
+    # Nothing older to drop can make this message fit a 50-token window.
+    words = " ".join(f"w{n}" for n in range(80))
+    response = client.post(
+        f"/v1/sessions/{sid}/messages", json={"content": f"{words} [fake: context_limit=50]"}
+    )
+    assert response.status_code == 413, response.text
+    assert "context window" in response.json()["error"]["message"]
+    turns = client.get(f"/v1/sessions/{sid}/messages").json()["data"]
+    assert [t["state"] for t in turns] == ["complete", "failed"]
+    assert [t["in_view"] for t in turns] == [True, False]

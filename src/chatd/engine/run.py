@@ -457,7 +457,8 @@ class TurnRun:
                 ttft_ms=ttft,
                 error=error,
                 tokens=tokens,
-                fold=self.view.fold,
+                # A turn outside the context leaves the view as it was, summary and all.
+                fold=self.view.fold if state.in_context else None,
             )
         except NotFound:
             if self.doomed is not None:
