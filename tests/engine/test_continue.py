@@ -283,3 +283,15 @@ async def test_a_prefill_never_ends_in_whitespace(
     # The stored first part is kept as it was; the continuation follows it.
     assert turn.messages[1].text == "The list:\n\n"
     assert end.text == "The list:\n\n" + turn.messages[2].text
+
+
+async def test_a_continuation_keeps_the_sizes_the_first_part_learned(service: ChatService) -> None:
+    ended(await run(service, "s1", "hello"))
+    await truncate(service)
+    before = (await service.store.list_turns("local", "s1"))[1].tokens
+    assert None not in before  # the user message's and the first part's, as counted
+    ended(await go_on(service, params=ROOM))
+    after = (await service.store.list_turns("local", "s1"))[1].tokens
+    # The first part's sizes stay; the continuation's own is added after them.
+    assert after[:2] == before
+    assert len(after) == 3

@@ -13,7 +13,7 @@ from chatd.errors import NotFound, NothingToContinue, SessionBusy
 from chatd.store import SqlStore, open_store
 from chatd.store.rows import CONTINUATION_EXPIRED
 from chatd.testing.turns import begin_turn
-from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, Usage
+from chatd.types import Message, StopReason, TurnPlan, TurnRecord, TurnState, TurnTokens, Usage
 
 ALICE = "alice"
 PLAN = TurnPlan("m", "p")
@@ -209,3 +209,31 @@ async def test_a_fresh_turn_whose_process_died_is_still_interrupted(store: Store
     await store.renew_leases([turn.id], -1)
     assert await store.expire_leases() == 1
     assert (await store.list_turns(ALICE, "s"))[-1].state is TurnState.INTERRUPTED
+
+
+async def test_a_continued_turn_keeps_the_sizes_its_first_part_learned(store: Store) -> None:
+    await store.ensure_session(ALICE, "s")
+    cut = (await begin_turn(store, ALICE, "s", Message.user("long"), PLAN)).record
+    await store.finish_turn(
+        cut.id,
+        state=TurnState.TRUNCATED,
+        messages=[Message.assistant("part one")],
+        stop_reason=StopReason.MAX_TOKENS,
+        usage=Usage(10, 3),
+        latency_ms=1.0,
+        ttft_ms=1.0,
+        tokens=TurnTokens(user=7, reply=(3,), context=20),
+    )
+    await (await store.open_continuation(ALICE, "s")).commit(PLAN, 30)
+    await store.finish_turn(
+        cut.id,
+        state=TurnState.COMPLETE,
+        messages=[Message.assistant(" and two")],
+        stop_reason=StopReason.END_TURN,
+        usage=Usage(23, 4),
+        latency_ms=1.0,
+        ttft_ms=1.0,
+        tokens=TurnTokens(reply=(4,), context=24),
+    )
+    [turn] = await store.list_turns(ALICE, "s")
+    assert turn.tokens == (7, 3, 4)

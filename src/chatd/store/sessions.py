@@ -560,7 +560,9 @@ class SqlStore:
         final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
         sizes = tokens or TurnTokens()
         final["context_tokens"] = sizes.context
-        final["user_tokens"] = sizes.user
+        if sizes.user is not None:
+            # Only when learned: a continued turn's user message keeps what its first part showed.
+            final["user_tokens"] = sizes.user
         reply_tokens = (*sizes.reply, *([None] * (len(messages) - len(sizes.reply))))
 
         begun = self._begun.pop(turn_id, None)

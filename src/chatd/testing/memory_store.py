@@ -228,10 +228,10 @@ class MemoryStore:
         sizes = tokens or TurnTokens()
         reply = (*sizes.reply, *([None] * (len(messages) - len(sizes.reply))))[: len(messages)]
         # The sizes of the messages stored so far (the user's, and a continued turn's first
-        # part); the user-side size, if known, is the last one's, as in SqlStore.
+        # part); the user message's, if learned, as SqlStore keeps it (turns.user_tokens).
         earlier = [*turn.tokens, *([None] * len(turn.messages))][: len(turn.messages)]
         if sizes.user is not None:
-            earlier[-1] = sizes.user
+            earlier[0] = sizes.user
         if sizes.context is not None:
             session.context_tokens[turn_id] = sizes.context
         if fold is not None:
