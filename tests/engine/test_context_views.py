@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from chatd.engine import ChatService, TurnOptions
-from chatd.engine.summarize import SUMMARY_PROMPT
+from chatd.engine.summarize import SUMMARY_PROMPT, SummaryConfig
 from chatd.store import SqlStore
 from chatd.store.tables import context_folds
 from chatd.testing.fake_upstream import FakeUpstream, RecordedRequest
@@ -220,3 +220,20 @@ async def test_a_prompt_estimated_past_the_window_is_counted_by_the_provider_whe
             assert changes(events)
             assert len(sent) == 1
             assert not counts
+
+
+async def test_summaries_are_written_by_the_configured_cheaper_model(
+    make_service: ServiceFactory, fake_upstream: FakeUpstream
+) -> None:
+    service = await make_service("openai", summaries=SummaryConfig(model="cheap-model"))
+    params = GenerationParams(context_policy="summary", context_limit=2)
+    await service.store.ensure_session("local", "cheap", params=params)
+    for n in range(4):
+        await run(service, "cheap", f"point {n}")
+    summary_calls = [r for r in fake_upstream.requests if is_summary_call(r)]
+    assert summary_calls
+    assert {r.body["model"] for r in summary_calls} == {"cheap-model"}
+    replies_sent = [r for r in fake_upstream.requests if not is_summary_call(r)]
+    assert {r.body["model"] for r in replies_sent} == {"test-model"}
+    # Another model shares no cache with the conversation: it gets the folded turns alone.
+    assert "stay in view" not in text_of(summary_calls[0].body["messages"][-1])
