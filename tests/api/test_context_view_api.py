@@ -66,9 +66,9 @@ def test_a_message_longer_than_the_models_window_is_413_and_leaves_the_context(
     assert client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}).status_code == 200
     # Nothing older to drop can make this message fit a 50-token window.
     words = " ".join(f"w{n}" for n in range(80))
-    response = client.post(
-        f"/v1/sessions/{sid}/messages", json={"content": f"{words} [fake: context_limit=50]"}
-    )
+    # A model of its own: the server remembers the window the refusal states, per model.
+    body = {"content": f"{words} [fake: context_limit=50]", "model": "tiny-window-model"}
+    response = client.post(f"/v1/sessions/{sid}/messages", json=body)
     assert response.status_code == 413, response.text
     assert "context window" in response.json()["error"]["message"]
     turns = client.get(f"/v1/sessions/{sid}/messages").json()["data"]

@@ -389,8 +389,9 @@ class TurnRun:
 
     def _summary_request(self, start: int) -> ChatRequest:
         view, base, name = self.view, self.base, self.provider.name
-        # What the last turn sent and its reply (this turn's message is last, not in it).
-        sent = self.messages[view.start : -1]
+        # What the last turn sent and its reply (this turn's message is last, not in it; a
+        # continuation's last message is the reply being continued, in it).
+        sent = self.messages[view.start :] if self.continuing else self.messages[view.start : -1]
         folded = self.messages[view.start : start]
         config = view.summaries
         if config.model in (None, base.model) and view.fits(name, base, sent):
