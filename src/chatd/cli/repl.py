@@ -16,6 +16,7 @@ from chatd.engine import ChatService, TurnOptions
 from chatd.errors import ChatdError, InputError, NotFound, NothingToContinue
 from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import (
+    ContextChanged,
     Role,
     TextDelta,
     ToolCallEvent,
@@ -47,6 +48,17 @@ def shown(text: str) -> str:
     # Character by character, with no state: an escape sequence split across two streamed
     # deltas is made inert in each half.
     return _UNSAFE.sub(_visible, text)
+
+
+def context_note(event: ContextChanged) -> str:
+    """Say in one line what the model no longer sees verbatim, and why."""
+    how = "summarised" if event.summarized else "left out"
+    why = "the model's context window was full" if event.reason == "overflow" else "the limit"
+    n = event.dropped_messages
+    return (
+        f"[context: {n} older message{'s' if n != 1 else ''} {how} ({why}); "
+        f"the model sees the last {event.kept_messages}]"
+    )
 
 
 class Repl:
@@ -137,6 +149,8 @@ class Repl:
                 )
             elif isinstance(event, ToolResultEvent):
                 self.say(f"[tool result: {event.result.content[:200]}]")
+            elif isinstance(event, ContextChanged):
+                self.say(context_note(event))
             elif isinstance(event, TurnEnded):
                 self._end_line()
                 if event.truncated:
