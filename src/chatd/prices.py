@@ -69,6 +69,11 @@ class PriceTable:
                 return self.prices[entry]
         return None
 
+    def usd(self, model: str, usage: Usage) -> float | None:
+        """Return what a call cost in USD, or None when the model has no price."""
+        price = self.find(model)
+        return None if price is None else price.micro_usd(usage) / MICRO
+
     def micro_usd(self, model: str, usage: Usage) -> int:
         """Return what a call cost in micro-dollars; 0, and a warning once, for unknown models."""
         price = self.find(model)

@@ -410,6 +410,40 @@ class TurnTokens:
     context: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CallReport:
+    """What one finished turn or stateless call did, for logs and metrics; never any text."""
+
+    kind: Literal["turn", "continuation", "completion"]
+    user_id: str
+    provider: str
+    model: str
+    # A TurnState value, or "discarded" (its session went while it ran); a completion's is
+    # "complete", "truncated", "refused", "interrupted" (the caller left) or "failed".
+    state: str
+    usage: Usage
+    # What the usage costs at the price table's rates; None when the model has no price.
+    cost_usd: float | None
+    latency_ms: float
+    ttft_ms: float | None
+    # Upstream attempts retried, and the class of every upstream error met (retried or not).
+    retries: int = 0
+    upstream_errors: tuple[str, ...] = ()
+    session_id: str | None = None
+    turn_id: str | None = None
+    # How often the context view moved, and whether a summary was written.
+    context_moves: int = 0
+    summarized: bool = False
+    tool_rounds: int = 0
+    request_id: str | None = None
+    # The class of the error that ended it, if one did.
+    error: str | None = None
+
+
+# Told every CallReport as its turn or call ends; must be quick and must not raise.
+ReportSink = Callable[[CallReport], None]
+
+
 # The user every session belongs to when auth is off.
 DEFAULT_USER = "local"
 

@@ -8,6 +8,7 @@ from typing import Literal
 from chatd.config import Settings
 from chatd.engine.context import ContextPolicy, Summarize, policy_for
 from chatd.engine.summarize import SummaryConfig
+from chatd.prices import PriceTable, load_prices
 from chatd.providers.retry import RetryPolicy
 from chatd.types import GenerationParams
 
@@ -27,6 +28,8 @@ class EngineConfig:
     context_window: int | None = None
     # CHATD_COUNT_TOKENS: ask the provider to count a prompt an estimate puts past the window.
     count_tokens: bool = False
+    # What calls cost, for the reports observers get (None: costs unknown).
+    prices: PriceTable | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_tool_rounds: int = 8
     tool_timeout_s: float = 30.0
@@ -62,6 +65,7 @@ class EngineConfig:
             ),
             context_window=s.context_window,
             count_tokens=s.count_tokens,
+            prices=load_prices(s.prices, s.prices_file),
             retry=RetryPolicy(
                 s.retry_max_attempts, s.retry_base_delay_s, s.retry_max_delay_s, s.retry_max_total_s
             ),

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,13 +26,16 @@ from chatd.errors import (
     UpstreamError,
 )
 from chatd.providers.base import Provider, count_request_tokens
-from chatd.providers.retry import stream_with_retries
+from chatd.providers.retry import RetryTally, stream_with_retries
 from chatd.tokens import CallUsage
 from chatd.types import (
+    DEFAULT_USER,
+    CallReport,
     ChatRequest,
     ContextChanged,
     Message,
     Part,
+    ReportSink,
     Role,
     StopEvent,
     StopReason,
@@ -139,6 +142,14 @@ class Progress:
     call: CallUsage | None = None
     stop: StopReason | None = None
     ttft: float | None = None
+    # For the turn's report: upstream retries and errors, tool rounds run, view moves.
+    tally: RetryTally = field(default_factory=RetryTally)
+    tool_rounds: int = 0
+    moves: int = 0
+    summarized: bool = False
+    # How the turn ended (a TurnState value), once it did, and the class of its error.
+    ended: str | None = None
+    error: str | None = None
 
     def end_call(self, *, worked: bool) -> None:
         """Add the usage of the call in flight: as reported, else estimated (see CallUsage)."""
@@ -194,6 +205,11 @@ class TurnRun:
     usage_sink: UsageSink | None = None
     # The truncated turn this run continues (its messages, usage, stop reason), if it does.
     continuing: TurnRecord | None = None
+    # Told what the turn did once it ends (logs, metrics), with who asked.
+    observers: Sequence[ReportSink] = ()
+    user_id: str = DEFAULT_USER
+    session_id: str | None = None
+    request_id: str | None = None
     # The run starts before its turn is stored (the model call overlaps the store's write):
     # it keeps nothing, and runs no tool, until `committed` says the turn's row is stored.
     is_stored: bool = False
@@ -272,6 +288,7 @@ class TurnRun:
                 await self._stored
                 self.leases.release(self.turn_id)
             self.progress.end_call(worked=False)
+            self.progress.error = type(exc).__name__
             await self._finish_quietly(TurnState.FAILED, _describe(exc))
             await self._report_usage()
             self.outbox.put(exc)
@@ -292,12 +309,46 @@ class TurnRun:
     async def _report_usage(self) -> None:
         # Whatever the provider reported (or the estimate for a call whose report never came)
         # counts, however the turn ended; never fails the turn.
+        self._report()
         if self.usage_sink is None:
             return
         try:
             await self.usage_sink(self.progress.usage, self.base.model)
         except Exception:
             log.exception("could not report the usage of turn %s", self.turn_id)
+
+    def _report(self) -> None:
+        """Tell the observers (logs, metrics) what the turn did."""
+        if not self.observers:
+            return
+        progress, base = self.progress, self.base
+        prices = self.config.prices
+        state = "discarded" if self.discarded is not None else progress.ended or "failed"
+        report = CallReport(
+            kind="turn" if self.continuing is None else "continuation",
+            user_id=self.user_id,
+            provider=self.provider.name,
+            model=base.model,
+            state=state,
+            usage=progress.usage,
+            cost_usd=None if prices is None else prices.usd(base.model, progress.usage),
+            latency_ms=progress.ms_since_start(),
+            ttft_ms=progress.ttft,
+            retries=progress.tally.retries,
+            upstream_errors=tuple(progress.tally.errors),
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            context_moves=progress.moves,
+            summarized=progress.summarized,
+            tool_rounds=progress.tool_rounds,
+            request_id=self.request_id,
+            error=progress.error,
+        )
+        for observe in self.observers:
+            try:
+                observe(report)
+            except Exception:
+                log.exception("a report observer failed on turn %s", self.turn_id)
 
     async def _rounds(self) -> AsyncIterator[TurnEvent]:
         cfg, base, progress, view = self.config, self.base, self.progress, self.view
@@ -311,7 +362,10 @@ class TurnRun:
             )
             call = progress.call = CallUsage(request)
             try:
-                async for event in stream_with_retries(self.provider, request, cfg.retry):
+                retries = stream_with_retries(
+                    self.provider, request, cfg.retry, tally=progress.tally
+                )
+                async for event in retries:
                     call.see(event)
                     if isinstance(event, TextDelta):
                         if progress.ttft is None:
@@ -338,6 +392,7 @@ class TurnRun:
                 return
             self.messages.append(assistant)
             round_no += 1
+            progress.tool_rounds = round_no
             if round_no > cfg.max_tool_rounds:
                 raise ToolRoundsExceeded(
                     f"the model asked for more than {cfg.max_tool_rounds} rounds of tool calls"
@@ -362,6 +417,8 @@ class TurnRun:
             if text:
                 summary, model = text, request.model
         first = await self._first_turn(plan.start)
+        self.progress.moves += 1
+        self.progress.summarized = model is not None
         return view.move(plan.start, first, "limit", summary, model, len(self.messages))
 
     async def _fits_counted(self) -> bool:
@@ -404,7 +461,9 @@ class TurnRun:
         # Charged with the turn's usage; if it fails, the turns are dropped unsummarised.
         call = self.progress.call = CallUsage(request)
         try:
-            text = await write_summary(self.provider, request, self.config.retry, call)
+            text = await write_summary(
+                self.provider, request, self.config.retry, call, self.progress.tally
+            )
         except UpstreamError as exc:
             log.warning("could not summarise for turn %s: %s", self.turn_id, exc.message)
             self.progress.end_call(worked=False)
@@ -419,6 +478,7 @@ class TurnRun:
         if start is None:
             raise exc
         first = await self._first_turn(start)
+        self.progress.moves += 1
         return view.move(start, first, "overflow", view.summary, None, len(self.messages))
 
     async def _first_turn(self, start: int) -> int:
@@ -438,6 +498,7 @@ class TurnRun:
     async def _finish(self, state: TurnState, error: str | None = None) -> TurnEnded:
         progress, earlier = self.progress, self.continuing
         progress.flush()
+        progress.ended = state.value
         messages, stop, usage = progress.messages, progress.stop, progress.usage
         latency, ttft, tokens = progress.ms_since_start(), progress.ttft, self.view.tokens()
         if earlier is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,17 +20,20 @@ from chatd.engine.run import TurnRun, UsageSink
 from chatd.engine.view import TurnView
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
 from chatd.providers.base import Provider
-from chatd.providers.retry import stream_with_retries
+from chatd.providers.retry import RetryTally, stream_with_retries
 from chatd.tokens import CallUsage
 from chatd.tools import ToolRegistry
 from chatd.types import (
     DEFAULT_USER,
+    CallReport,
     ChatRequest,
     GenerationParams,
     History,
     Message,
+    ReportSink,
     Role,
     SessionSettings,
+    StopEvent,
     StopReason,
     StreamEvent,
     TextDelta,
@@ -107,6 +111,8 @@ class TurnOptions:
     idempotency_key: str | None = None
     on_disconnect: DisconnectPolicy | None = None
     usage_sink: UsageSink | None = None
+    # The id of the HTTP request (or other cause) the turn serves, for its report.
+    request_id: str | None = None
     # The session's system prompt from this turn on, set by the turn's own write: a refused
     # turn leaves the session as it was.
     session_prompt: str | None = None
@@ -121,6 +127,10 @@ class CompletionOptions:
     provider: str | None = None
     tools: tuple[ToolSpec, ...] = ()
     usage_sink: UsageSink | None = None
+    user_id: str = DEFAULT_USER
+    request_id: str | None = None
+    # A session the caller named for its own bookkeeping (no history is kept), for the report.
+    session_id: str | None = None
 
 
 class ChatService:
@@ -141,6 +151,8 @@ class ChatService:
         # The turn streaming on each (user, session) in this process: what a delete stops.
         self._live: dict[tuple[str, str], tuple[TurnRun, asyncio.Task[None]]] = {}
         self.leases = LeaseKeeper(store, self.config.lease_s)
+        # Told what every turn and stateless call did as it ends: logs, metrics, usage records.
+        self.observers: list[ReportSink] = []
         # What this process learned of prompt sizes and context windows, shared by its turns.
         self.meter = TokenMeter(self.config.context_window)
 
@@ -175,6 +187,7 @@ class ChatService:
             provider, base, policy = self._prepare(pending.settings, opts)
             history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
             run = self._run(pending.turn_id, provider, base, policy, history, opts)
+            run.session_id = session_id
             run.messages = [*history.messages, message]
             # 3. Launch, and 4. commit: the write; a stale read or a race is SessionBusy.
             record, runner = await self._launch(run, pending, TurnPlan(base.model, provider.name))
@@ -217,6 +230,7 @@ class ChatService:
             base = replace(base, continuation=True)
             history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
             run = self._run(pending.turn_id, provider, base, policy, history, opts)
+            run.session_id = session_id
             # The history ends with the truncated turn itself: the reply to go on from.
             run.messages = list(history.messages)
             run.continuing = cut
@@ -242,6 +256,7 @@ class ChatService:
         view = TurnView(policy, self.meter, history, cfg.summaries)
         run = TurnRun(turn_id, self.store, provider, self.tools, cfg, base, view, self.leases)
         run.usage_sink = opts.usage_sink
+        run.observers, run.user_id, run.request_id = self.observers, opts.user_id, opts.request_id
         return run
 
     async def _launch(
@@ -404,21 +419,56 @@ class ChatService:
             stop=params.stop or (),
             tools=opts.tools,
         )
-        call = CallUsage(request)
-        worked = False
+        call, tally = CallUsage(request), RetryTally()
+        worked, started, ttft, state, error = False, time.monotonic(), None, "failed", None
+        stop = StopReason.UNKNOWN
         try:
-            async for event in stream_with_retries(provider, request, self.config.retry):
+            retries = stream_with_retries(provider, request, self.config.retry, tally=tally)
+            async for event in retries:
                 call.see(event)
+                if ttft is None and isinstance(event, TextDelta):
+                    ttft = (time.monotonic() - started) * 1000
+                elif isinstance(event, StopEvent):
+                    stop = event.reason
                 yield event
-            worked = True
+            worked, state = True, _COMPLETION_STATES.get(stop, "complete")
         except (GeneratorExit, asyncio.CancelledError):
             # The caller left while the upstream worked on the request: that is charged too.
-            worked = True
+            worked, state = True, "interrupted"
+            raise
+        except Exception as exc:
+            error = type(exc).__name__
             raise
         finally:
             total = call.total(worked=worked)
+            if self.observers:
+                prices = self.config.prices
+                report = CallReport(
+                    kind="completion",
+                    user_id=opts.user_id,
+                    provider=provider.name,
+                    model=request.model,
+                    state=state,
+                    usage=total,
+                    cost_usd=None if prices is None else prices.usd(request.model, total),
+                    latency_ms=(time.monotonic() - started) * 1000,
+                    ttft_ms=ttft,
+                    retries=tally.retries,
+                    upstream_errors=tuple(tally.errors),
+                    session_id=opts.session_id,
+                    request_id=opts.request_id,
+                    error=error,
+                )
+                self._tell(report)
             if opts.usage_sink is not None and total != Usage():
                 await opts.usage_sink(total, request.model)
+
+    def _tell(self, report: CallReport) -> None:
+        for observe in self.observers:
+            try:
+                observe(report)
+            except Exception:
+                log.exception("a report observer failed")
 
     async def reply(
         self, session_id: str, text: str, options: TurnOptions | None = None
@@ -428,6 +478,14 @@ class ChatService:
             if isinstance(event, TurnEnded):
                 return event
         raise ChatdError("the turn ended without a final event")  # unreachable by construction
+
+
+# A completion's state in its report, from how the model stopped.
+_COMPLETION_STATES = {
+    StopReason.MAX_TOKENS: "truncated",
+    StopReason.CONTEXT_WINDOW_EXCEEDED: "truncated",
+    StopReason.REFUSAL: "refused",
+}
 
 
 def _discarded(how: str) -> TurnDiscarded:

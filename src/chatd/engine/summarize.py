@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from chatd.providers.base import Provider
-from chatd.providers.retry import RetryPolicy, stream_with_retries
+from chatd.providers.retry import RetryPolicy, RetryTally, stream_with_retries
 from chatd.tokens import CallUsage
 from chatd.types import ChatRequest, Message, Role, TextDelta, TextPart
 
@@ -63,11 +63,15 @@ def summary_request(
 
 
 async def write_summary(
-    provider: Provider, request: ChatRequest, retry: RetryPolicy, call: CallUsage
+    provider: Provider,
+    request: ChatRequest,
+    retry: RetryPolicy,
+    call: CallUsage,
+    tally: RetryTally | None = None,
 ) -> str:
     """Run the summary call and return its text (empty if the model wrote none)."""
     parts: list[str] = []
-    async for event in stream_with_retries(provider, request, retry):
+    async for event in stream_with_retries(provider, request, retry, tally=tally):
         call.see(event)
         if isinstance(event, TextDelta):
             parts.append(event.text)

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatd.errors import UpstreamError, bounded_wait
 from chatd.providers.base import Provider
@@ -35,11 +35,20 @@ class RetryPolicy:
         return backoff / 2 + random.uniform(0, backoff / 2)
 
 
+@dataclass
+class RetryTally:
+    """The retries calls made, and the class of every upstream error they met."""
+
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
 async def stream_with_retries(
     provider: Provider,
     request: ChatRequest,
     policy: RetryPolicy,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    tally: RetryTally | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """Stream one call, retrying retryable failures that happen before any reply output."""
     started = time.monotonic()
@@ -54,11 +63,15 @@ async def stream_with_retries(
                 yield event
             return
         except UpstreamError as exc:
+            if tally is not None:
+                tally.errors.append(type(exc).__name__)
             if emitted or not exc.retryable or attempt >= policy.max_attempts:
                 raise
             wait = policy.delay(attempt, exc.retry_after)
             if time.monotonic() - started + wait > policy.max_total_s:
                 raise
+            if tally is not None:
+                tally.retries += 1
             # INFO: the terminal chat shows only the final error (one line, as promised), while
             # the server's log (chatd.server) shows this logger's INFO lines too.
             log.info(
