@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -326,6 +326,8 @@ class SessionInfo:
     turn_count: int = 0
     # Where the model's view of the conversation starts, and the summary before it.
     fold: ContextFold = field(default_factory=lambda: ContextFold())
+    # What its turns cost, in micro-dollars (turns of a model with no price count 0).
+    cost_micro_usd: int = 0
 
     @property
     def settings(self) -> SessionSettings:
@@ -353,6 +355,8 @@ class TurnRecord:
     # The tokens each message adds to a prompt, as its provider counted (None: not known);
     # empty when not read (so not part of a turn's equality).
     tokens: tuple[int | None, ...] = field(default=(), compare=False)
+    # What its usage cost at the price table's rates, in micro-dollars (None: no price known).
+    cost_micro_usd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +446,52 @@ class CallReport:
 
 # Told every CallReport as its turn or call ends; must be quick and must not raise.
 ReportSink = Callable[[CallReport], None]
+
+
+# How a usage report is grouped: by UTC day, by provider and model, by session, by user.
+UsageGrouping = Literal["day", "model", "session", "user"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """Which usage to report: a time range, one user (None: every user), and the grouping."""
+
+    since: datetime
+    # None: up to now.
+    until: datetime | None = None
+    user_id: str | None = None
+    by: UsageGrouping = "day"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageLine:
+    """One group of a usage report: what its calls used and cost."""
+
+    # The day (YYYY-MM-DD, UTC), "provider/model", session id or user; None for calls made
+    # outside any session (by session), or for a report's total.
+    key: str | None
+    usage: Usage = Usage()
+    # Turns (stored, or moved to the usage records when their session went) and stateless calls.
+    turns: int = 0
+    completions: int = 0
+    cost_micro_usd: int = 0
+    # Turns and calls whose model has no price: counted in the tokens, at 0 in the cost.
+    unpriced: int = 0
+
+    def __add__(self, other: UsageLine) -> UsageLine:
+        return UsageLine(
+            self.key if self.key == other.key else None,
+            self.usage + other.usage,
+            self.turns + other.turns,
+            self.completions + other.completions,
+            self.cost_micro_usd + other.cost_micro_usd,
+            self.unpriced + other.unpriced,
+        )
+
+    @staticmethod
+    def total(lines: Sequence[UsageLine]) -> UsageLine:
+        """Return the sum of a report's lines, keyed None."""
+        return sum(lines, UsageLine(None))
 
 
 # The user every session belongs to when auth is off.
