@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -97,6 +97,20 @@ class Settings(BaseSettings):
     # USD per million tokens by model, over the shipped table: {"model": {"input", "output"}}.
     prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prices_file: Path | None = None
+
+    # Logs (stderr): JSON lines when it is not a terminal, one readable line each when it is.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Put each turn's user message and reply text in its log line; off, no message text is
+    # ever logged.
+    log_content: bool = False
+    # OpenTelemetry spans (the `otel` extra), exported as the standard OTEL_* variables say.
+    otel: bool = False
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _max_tokens_under_ceiling(self) -> Settings:

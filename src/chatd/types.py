@@ -416,7 +416,7 @@ class TurnTokens:
 
 @dataclass(frozen=True, slots=True)
 class CallReport:
-    """What one finished turn or stateless call did, for logs and metrics; never any text."""
+    """What one finished turn or stateless call did, for logs and metrics; text only if asked."""
 
     kind: Literal["turn", "continuation", "completion"]
     user_id: str
@@ -442,6 +442,10 @@ class CallReport:
     request_id: str | None = None
     # The class of the error that ended it, if one did.
     error: str | None = None
+    # The user's message (None for a continuation) and the reply's text: only when the engine
+    # is told to keep them (EngineConfig.log_content), else None.
+    prompt: str | None = None
+    reply: str | None = None
 
 
 # Told every CallReport as its turn or call ends; must be quick and must not raise.
@@ -477,6 +481,8 @@ class UsageLine:
     cost_micro_usd: int = 0
     # Turns and calls whose model has no price: counted in the tokens, at 0 in the cost.
     unpriced: int = 0
+    # Whose session it is, when grouped by session (ids are unique per user only).
+    user_id: str | None = None
 
     def __add__(self, other: UsageLine) -> UsageLine:
         return UsageLine(
@@ -486,6 +492,7 @@ class UsageLine:
             self.completions + other.completions,
             self.cost_micro_usd + other.cost_micro_usd,
             self.unpriced + other.unpriced,
+            self.user_id if self.user_id == other.user_id else None,
         )
 
     @staticmethod

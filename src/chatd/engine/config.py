@@ -39,6 +39,8 @@ class EngineConfig:
     models: tuple[str, ...] = ()
     lease_s: float = 30.0
     on_disconnect: DisconnectPolicy = "finish"
+    # CHATD_LOG_CONTENT: reports carry the user's message and the reply's text, for the logs.
+    log_content: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> EngineConfig:
@@ -76,4 +78,5 @@ class EngineConfig:
             models=tuple(s.models),
             lease_s=s.turn_lease_s,
             on_disconnect=s.on_disconnect,
+            log_content=s.log_content,
         )

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatd.engine.config import EngineConfig
 from chatd.engine.leases import LeaseKeeper
@@ -68,6 +68,10 @@ LEASE_LOST = (
     "this turn's lease ran out (the database was unreachable for too long), "
     "so it was recorded as interrupted"
 )
+
+
+# Wraps a turn's run, the coroutine its task runs (e.g. in a tracing span); None: run as is.
+TurnWrapper = Callable[[Coroutine[Any, Any, None]], Coroutine[Any, Any, None]]
 
 
 class UsageSink(Protocol):
@@ -210,6 +214,8 @@ class TurnRun:
     user_id: str = DEFAULT_USER
     session_id: str | None = None
     request_id: str | None = None
+    # What the task runs the turn in (ChatService.turn_wrapper: a tracing span), if anything.
+    wrapper: TurnWrapper | None = None
     # The run starts before its turn is stored (the model call overlaps the store's write):
     # it keeps nothing, and runs no tool, until `committed` says the turn's row is stored.
     is_stored: bool = False
@@ -222,7 +228,8 @@ class TurnRun:
 
     def start(self) -> asyncio.Task[None]:
         """Start `run` as a task of its own, so a reader that goes away does not cancel it."""
-        self._runner = asyncio.create_task(self.run(), name=f"turn-{self.turn_id}")
+        work = self.run() if self.wrapper is None else self.wrapper(self.run())
+        self._runner = asyncio.create_task(work, name=f"turn-{self.turn_id}")
         return self._runner
 
     def committed(self, seq: int) -> None:
@@ -344,11 +351,28 @@ class TurnRun:
             request_id=self.request_id,
             error=progress.error,
         )
+        if self.config.log_content:
+            report = replace(report, prompt=self._prompt(), reply=self._reply())
         for observe in self.observers:
             try:
                 observe(report)
             except Exception:
                 log.exception("a report observer failed on turn %s", self.turn_id)
+
+    def _prompt(self) -> str | None:
+        """Return the user's message of this turn (a continuation has none)."""
+        if self.continuing is not None:
+            return None
+        # The newest user message with text: tool results, sent as user messages, have none.
+        return next(
+            (m.text for m in reversed(self.messages) if m.role is Role.USER and m.text), None
+        )
+
+    def _reply(self) -> str:
+        """Return the reply's text so far, stored or still streaming."""
+        progress = self.progress
+        said = "".join(m.text for m in progress.messages if m.role is Role.ASSISTANT)
+        return said + "".join(progress.text)
 
     async def _rounds(self) -> AsyncIterator[TurnEvent]:
         cfg, base, progress, view = self.config, self.base, self.progress, self.view

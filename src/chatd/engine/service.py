@@ -16,7 +16,7 @@ from chatd.engine.context import ContextPolicy, policy_for
 from chatd.engine.leases import LeaseKeeper
 from chatd.engine.meter import TokenMeter
 from chatd.engine.ports import PendingTurn, Store
-from chatd.engine.run import TurnRun, UsageSink
+from chatd.engine.run import TurnRun, TurnWrapper, UsageSink
 from chatd.engine.view import TurnView
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
 from chatd.providers.base import Provider
@@ -153,6 +153,8 @@ class ChatService:
         self.leases = LeaseKeeper(store, self.config.lease_s)
         # Told what every turn and stateless call did as it ends: logs, metrics, usage records.
         self.observers: list[ReportSink] = []
+        # Wraps each turn's task (tracing puts it in a span); None: nothing in between.
+        self.turn_wrapper: TurnWrapper | None = None
         # What this process learned of prompt sizes and context windows, shared by its turns.
         self.meter = TokenMeter(self.config.context_window)
 
@@ -257,6 +259,7 @@ class ChatService:
         run = TurnRun(turn_id, self.store, provider, self.tools, cfg, base, view, self.leases)
         run.usage_sink = opts.usage_sink
         run.observers, run.user_id, run.request_id = self.observers, opts.user_id, opts.request_id
+        run.wrapper = self.turn_wrapper
         return run
 
     async def _launch(
@@ -422,6 +425,8 @@ class ChatService:
         call, tally = CallUsage(request), RetryTally()
         worked, started, ttft, state, error = False, time.monotonic(), None, "failed", None
         stop = StopReason.UNKNOWN
+        # The reply's text, kept only for the logs (CHATD_LOG_CONTENT).
+        said: list[str] | None = [] if self.config.log_content else None
         try:
             retries = stream_with_retries(provider, request, self.config.retry, tally=tally)
             async for event in retries:
@@ -430,6 +435,8 @@ class ChatService:
                     ttft = (time.monotonic() - started) * 1000
                 elif isinstance(event, StopEvent):
                     stop = event.reason
+                if said is not None and isinstance(event, TextDelta):
+                    said.append(event.text)
                 yield event
             worked, state = True, _COMPLETION_STATES.get(stop, "complete")
         except (GeneratorExit, asyncio.CancelledError):
@@ -459,6 +466,8 @@ class ChatService:
                     request_id=opts.request_id,
                     error=error,
                 )
+                if said is not None:
+                    report = replace(report, prompt=_last_user_text(messages), reply="".join(said))
                 self._tell(report)
             if opts.usage_sink is not None and total != Usage():
                 await opts.usage_sink(total, request.model)
@@ -486,6 +495,11 @@ _COMPLETION_STATES = {
     StopReason.CONTEXT_WINDOW_EXCEEDED: "truncated",
     StopReason.REFUSAL: "refused",
 }
+
+
+def _last_user_text(messages: Sequence[Message]) -> str | None:
+    """Return the text of the newest user message that has any."""
+    return next((m.text for m in reversed(messages) if m.role is Role.USER and m.text), None)
 
 
 def _discarded(how: str) -> TurnDiscarded:
