@@ -44,6 +44,15 @@ _turn_count = (
     .scalar_subquery()
     .label("turn_count")
 )
+# What the session's turns cost, their unpriced ones at 0: read with the session, in its query
+# (one more look at the turns its turn_count already reads).
+_session_cost = (
+    select(func.coalesce(func.sum(turns.c.cost_micro_usd), 0))
+    .where(turns.c.session_pk == sessions.c.id)
+    .correlate_except(turns)
+    .scalar_subquery()
+    .label("cost_micro_usd")
+)
 _last_turn_seq = (
     select(func.max(turns.c.seq))
     .where(turns.c.session_pk == sessions.c.id)
@@ -56,9 +65,9 @@ _last_message_seq = (
     select(func.max(_earlier.c.seq)).where(_earlier.c.session_pk == sessions.c.id).scalar_subquery()
 )
 
-GET_SESSION = select(sessions, _turn_count).where(THIS_SESSION)
+GET_SESSION = select(sessions, _turn_count, _session_cost).where(THIS_SESSION)
 LIST_SESSIONS = (
-    select(sessions, _turn_count)
+    select(sessions, _turn_count, _session_cost)
     .where(sessions.c.user_id == bindparam("user_id"))
     .order_by(sessions.c.created_at, sessions.c.id)
 )
@@ -203,7 +212,6 @@ DELETE_SESSION_FOLDS = delete(context_folds).where(context_folds.c.session_pk ==
 
 # Parameter: pk.
 DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))
-DELETE_SESSION_TURNS = delete(turns).where(turns.c.session_pk == bindparam("pk"))
 
 # Leases. Parameter: now (and pk for one session's turns).
 _expired = and_(
@@ -248,16 +256,24 @@ TURN_MESSAGES = (
 )
 RELEASE_KEY = update(turns).where(turns.c.id == bindparam("turn_id")).values(idempotency_key=None)
 
-# Retention. Parameter: cutoff. A session with a turn in flight is never pruned.
-PRUNE_SESSIONS = delete(sessions).where(
-    sessions.c.updated_at < bindparam("cutoff"),
-    ~exists().where(turns.c.session_pk == sessions.c.id, IS_STREAMING),
+# Retention. Parameter: cutoff. A session with a turn in flight is never pruned. Locked (on
+# PostgreSQL) until the prune commits: a turn beginning on one meanwhile waits for its claim,
+# then finds the session gone.
+PRUNABLE_SESSIONS = (
+    select(sessions.c.id, sessions.c.user_id, sessions.c.session_id)
+    .where(
+        sessions.c.updated_at < bindparam("cutoff"),
+        ~exists().where(turns.c.session_pk == sessions.c.id, IS_STREAMING),
+    )
+    .with_for_update(of=sessions)
 )
+# Parameter: pks (a list).
+DELETE_SESSIONS = delete(sessions).where(sessions.c.id.in_(bindparam("pks", expanding=True)))
 
 # Paging. Sessions in (created_at, session_id) order: a stable key the cursor can carry.
 # Parameters: user_id, limit (and after_at, after_id past the first page).
 PAGE_SESSIONS = (
-    select(sessions, _turn_count)
+    select(sessions, _turn_count, _session_cost)
     .where(sessions.c.user_id == bindparam("user_id"))
     .order_by(sessions.c.created_at, sessions.c.session_id)
     .limit(bindparam("limit"))

@@ -115,6 +115,7 @@ def final_values(
     ttft_ms: float | None,
     error: str | None,
     now: datetime,
+    cost_micro_usd: int | None = None,
 ) -> dict[str, Any]:
     """Return the turns columns finish_turn sets."""
     return {
@@ -128,6 +129,7 @@ def final_values(
         "latency_ms": latency_ms,
         "ttft_ms": ttft_ms,
         "error": error,
+        "cost_micro_usd": cost_micro_usd,
         "finished_at": now,
         "lease_until": None,
     }
@@ -177,7 +179,7 @@ def session_fold(row: Mapping[Any, Any]) -> ContextFold:
 
 
 def session_info(row: Mapping[Any, Any]) -> SessionInfo:
-    """Build a SessionInfo from a sessions row plus its turn_count."""
+    """Build a SessionInfo from a sessions row plus its turn_count and cost_micro_usd."""
     settings = session_settings(row)
     return SessionInfo(
         id=row["session_id"],
@@ -189,6 +191,7 @@ def session_info(row: Mapping[Any, Any]) -> SessionInfo:
         updated_at=row["updated_at"],
         turn_count=row["turn_count"],
         fold=session_fold(row),
+        cost_micro_usd=int(row["cost_micro_usd"]),
     )
 
 
@@ -221,6 +224,8 @@ def turn_record(
         ttft_ms=row["ttft_ms"],
         error=row["error"],
         tokens=tokens,
+        # Not in a row read back from the turn's own insert (its cost is set at its finish).
+        cost_micro_usd=row.get("cost_micro_usd"),
     )
 
 
@@ -235,7 +240,14 @@ def imported_rows(
         # A turn exported mid-flight can never finish now.
         state = TurnState.INTERRUPTED if turn.state is TurnState.STREAMING else turn.state
         final = final_values(
-            state, turn.stop_reason, turn.usage, turn.latency_ms, turn.ttft_ms, turn.error, now
+            state,
+            turn.stop_reason,
+            turn.usage,
+            turn.latency_ms,
+            turn.ttft_ms,
+            turn.error,
+            now,
+            turn.cost_micro_usd,
         )
         turn_rows.append(
             {

@@ -37,7 +37,9 @@ from chatd.store.rows import (
     utc_now,
 )
 from chatd.store.tables import sessions
+from chatd.store.usage import UsageLedger, move_turns, report_lines, report_statement
 from chatd.types import (
+    CallReport,
     ContextFold,
     FoldRecord,
     GenerationParams,
@@ -53,6 +55,8 @@ from chatd.types import (
     TurnState,
     TurnTokens,
     Usage,
+    UsageLine,
+    UsageQuery,
 )
 
 # A history message decoded, with its row (role, parts, tokens, turn seq, turn context_tokens).
@@ -60,6 +64,8 @@ _Decoded = tuple[Message, Sequence[Any]]
 
 # History rows fetched at a time: about what a short conversation holds.
 HISTORY_BATCH = 50
+# Sessions pruned per statement: far below any SQLite's limit on bound parameters.
+PRUNE_BATCH = 500
 # Turns begun here whose finish_turn can skip reading them back (beyond: it reads).
 BEGUN_KEPT = 4096
 
@@ -297,6 +303,8 @@ class SqlStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Stateless calls' usage, written after the calls (chatd.store.usage).
+        self.ledger = UsageLedger(db)
         self._begun: dict[str, _Begun] = {}
         # Sessions whose turn this process is beginning (between its read and its commit).
         self._beginning: set[tuple[str, str]] = set()
@@ -552,12 +560,15 @@ class SqlStore:
         error: str | None = None,
         tokens: TurnTokens | None = None,
         fold: FoldRecord | None = None,
+        cost_micro_usd: int | None = None,
     ) -> TurnRecord:
         """Append the reply's messages and set the final state, in one transaction."""
         if state is TurnState.STREAMING:
             raise ValueError("finish_turn needs a final state")
         now = utc_now()
-        final = final_values(state, stop_reason, usage, latency_ms, ttft_ms, error, now)
+        final = final_values(
+            state, stop_reason, usage, latency_ms, ttft_ms, error, now, cost_micro_usd
+        )
         sizes = tokens or TurnTokens()
         final["context_tokens"] = sizes.context
         if sizes.user is not None:
@@ -597,26 +608,48 @@ class SqlStore:
             pk = conn.scalar(q.SESSION_PK, _key(user_id, session_id))
             if pk is None:
                 return None
+            now = utc_now()
             conn.execute(q.DELETE_SESSION_MESSAGES, {"pk": pk})
-            removed = conn.execute(q.DELETE_SESSION_TURNS, {"pk": pk}).rowcount
+            # Their usage stays counted: moved to the usage records in this transaction.
+            removed = move_turns(conn, {pk: (user_id, session_id)}, now)
             conn.execute(q.DELETE_SESSION_FOLDS, {"pk": pk})
             conn.execute(q.CLEAR_FOLD, {"pk": pk})
-            q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": utc_now()})
+            q.TOUCH_SESSION.execute(conn, {"pk": pk, "now": now})
             return removed
 
         return await self.db.write(work)
 
     async def delete_session(self, user_id: str, session_id: str) -> bool:
-        """Delete the session and all its rows; return whether it existed."""
-        key = _key(user_id, session_id)
-        # Turns and messages go by ON DELETE CASCADE.
-        rowcount = await self.db.write(lambda conn: conn.execute(q.DELETE_SESSION, key).rowcount)
-        return rowcount > 0
+        """Delete the session and all its rows (their usage stays); return whether it existed."""
+
+        def work(conn: Connection) -> bool:
+            pk = conn.scalar(q.SESSION_PK, _key(user_id, session_id))
+            if pk is None:
+                return False
+            # The turns first, their usage moved to the usage records; the messages go with
+            # them and the rest with the session, by ON DELETE CASCADE.
+            move_turns(conn, {pk: (user_id, session_id)}, utc_now())
+            conn.execute(q.DELETE_SESSIONS, {"pks": [pk]})
+            return True
+
+        return await self.db.write(work)
 
     async def prune_sessions(self, older_than: timedelta) -> int:
-        """Delete every user's sessions idle for longer than this; return how many."""
+        """Delete every user's sessions idle longer than this (their usage stays); count them."""
         values = {"cutoff": utc_now() - older_than}
-        return await self.db.write(lambda conn: conn.execute(q.PRUNE_SESSIONS, values).rowcount)
+
+        def work(conn: Connection) -> int:
+            found = conn.execute(q.PRUNABLE_SESSIONS, values).all()
+            now = utc_now()
+            for start in range(0, len(found), PRUNE_BATCH):
+                owners = {
+                    r.id: (r.user_id, r.session_id) for r in found[start : start + PRUNE_BATCH]
+                }
+                move_turns(conn, owners, now)
+                conn.execute(q.DELETE_SESSIONS, {"pks": list(owners)})
+            return len(found)
+
+        return await self.db.write(work)
 
     async def import_session(
         self,
@@ -691,6 +724,18 @@ class SqlStore:
         tokens = (int(inputs), int(outputs), int(cache_reads), int(cache_writes))
         return count, Usage(*tokens, estimated=bool(estimated))
 
+    def record_call(self, report: CallReport) -> None:
+        """Keep a finished call's usage if no turn row holds it; written soon after, in a batch."""
+        self.ledger.record(report, utc_now())
+
+    async def usage_report(self, query: UsageQuery) -> Sequence[UsageLine]:
+        """Return usage and cost over the range, grouped: stored turns and usage records."""
+        # What this process just recorded is read too.
+        await self.ledger.flush()
+        statement = report_statement(query)
+        rows = await self.db.read(lambda conn: conn.execute(statement).all())
+        return report_lines(query, rows)
+
     async def session_stats(self, user_id: str | None) -> tuple[int, int]:
         """Return how many sessions there are (one user's, or all) and their turns in context."""
         statement = q.SESSION_STATS if user_id is None else q.USER_SESSION_STATS
@@ -703,8 +748,11 @@ class SqlStore:
         await self.db.read(lambda conn: conn.execute(text("SELECT 1")))
 
     async def close(self) -> None:
-        """Release connections."""
-        await self.db.dispose()
+        """Write the usage records still queued, then release connections."""
+        try:
+            await self.ledger.aclose()
+        finally:
+            await self.db.dispose()
 
 
 def _key(user_id: str, session_id: str) -> dict[str, Any]:

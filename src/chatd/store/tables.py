@@ -1,4 +1,5 @@
-"""The database schema: sessions, their turns, and the turns' messages (append-only rows)."""
+"""The database schema: sessions, their turns, the turns' messages (append-only rows), keys,
+and the usage records that outlive sessions."""
 
 from __future__ import annotations
 
@@ -128,6 +129,9 @@ turns = Table(
     Column("latency_ms", Float),
     Column("ttft_ms", Float),
     Column("error", Text),
+    # What the usage cost at the price table's rates when the turn finished, in micro-dollars
+    # (None: no price known for its model, or finished before chatd kept costs).
+    Column("cost_micro_usd", BigInteger),
     _utc("created_at"),
     _utc("finished_at", nullable=True),
     _utc("lease_until", nullable=True),
@@ -213,4 +217,33 @@ api_keys = Table(
     Index("ix_api_keys_key_hash", "key_hash", unique=True),
     Index("ix_api_keys_user_id", "user_id"),
     Index("ix_api_keys_prefix", "prefix"),
+)
+
+# Usage kept apart from sessions, so that totals never drop when history is deleted: one row per
+# stateless call (kind "completion"), and the usage of turns whose rows went with their session
+# (kind "turns": deleted, reset or pruned, aggregated per provider, model and UTC day; or a turn
+# discarded while it ran). Never updated; no foreign key, as it outlives what it counts.
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    _str("user_id", 255, nullable=False),
+    # The session the usage was spent in, by its id (None: a call outside any session).
+    _str("session_id", 255),
+    _str("kind", 16, nullable=False),
+    _str("provider", 64),
+    _str("model", 255),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("estimated", Boolean, nullable=False),
+    # Summed over the calls with a known price; `unpriced` counts those without one.
+    Column("cost_micro_usd", BigInteger, nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("unpriced", Integer, nullable=False),
+    # When the call was made (for moved turns: the earliest of the group's, in the same day).
+    _utc("created_at"),
+    Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),
+    Index("ix_usage_records_created_at", "created_at"),
 )
