@@ -265,6 +265,8 @@ class TurnEnded:
     usage: Usage
     text: str
     kind: Literal["message_end"] = "message_end"
+    # What the turn's usage cost, in micro-dollars (None: no price known for its model).
+    cost_micro_usd: int | None = None
 
     @property
     def truncated(self) -> bool:

@@ -2,8 +2,8 @@
 
 `TurnStore` is the engine's: a turn opened (the read), committed (the write) and finished.
 `LeaseStore` is the lease keeper's and the sweep's. `SessionReader` and `SessionWriter` are what
-the API, the CLI and the session documents use. `Store` is all of them: what a backend provides.
-`KeyStore` is the API keys'.
+the API, the CLI and the session documents use, with `UsageStore` (usage and cost over time).
+`Store` is all of them: what a backend provides. `KeyStore` is the API keys'.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Protocol
 
 from chatd.keys import ApiKey, KeyLimits
 from chatd.types import (
+    CallReport,
     FoldRecord,
     GenerationParams,
     History,
@@ -27,6 +28,8 @@ from chatd.types import (
     TurnState,
     TurnTokens,
     Usage,
+    UsageLine,
+    UsageQuery,
 )
 
 
@@ -154,12 +157,13 @@ class TurnStore(Protocol):
         error: str | None = None,
         tokens: TurnTokens | None = None,
         fold: FoldRecord | None = None,
+        cost_micro_usd: int | None = None,
     ) -> TurnRecord:
         """Append the reply's messages and set the final state, in one transaction.
 
         With `tokens`, the sizes the turn's calls showed are kept with its messages; with
         `fold`, the session's context view changes (and the change is recorded) in the same
-        transaction.
+        transaction. `cost_micro_usd` is what the turn's usage cost (None: no price known).
         """
         ...
 
@@ -286,8 +290,33 @@ class SessionWriter(Protocol):
         ...
 
 
-class SessionStore(SessionReader, SessionWriter, Protocol):
-    """Sessions read and written: what the API's session routes and the CLI use."""
+class UsageStore(Protocol):
+    """Usage and cost over time: stored turns, and records that outlive their sessions.
+
+    A deleted, reset or pruned session's turns leave their usage behind as records, so totals
+    never drop when history goes.
+    """
+
+    def record_call(self, report: CallReport) -> None:
+        """Keep a finished call's usage where no turn row holds it (a report observer).
+
+        A stateless call's, or a turn's discarded with its session while it ran; others are
+        ignored, and so is a call that used nothing. Quick and never raises: the record is
+        written after the call, and a report read in this process waits for it.
+        """
+        ...
+
+    async def usage_report(self, query: UsageQuery) -> Sequence[UsageLine]:
+        """Return the usage and cost of calls made in the range, grouped as the query says.
+
+        Turns count by when they began, failed and interrupted ones too; one user's, or every
+        user's when `query.user_id` is None.
+        """
+        ...
+
+
+class SessionStore(SessionReader, SessionWriter, UsageStore, Protocol):
+    """Sessions read and written, and usage: what the API's session routes and the CLI use."""
 
 
 class Store(TurnStore, LeaseStore, SessionStore, Protocol):

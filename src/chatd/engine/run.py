@@ -525,6 +525,7 @@ class TurnRun:
         progress.ended = state.value
         messages, stop, usage = progress.messages, progress.stop, progress.usage
         latency, ttft, tokens = progress.ms_since_start(), progress.ttft, self.view.tokens()
+        cost = _micro_usd(self.config, self.base.model, usage)
         if earlier is not None:
             # The stored turn is the whole reply: its totals cover both parts.
             state, error, messages, stop = _continued(earlier, state, error, messages, stop)
@@ -532,6 +533,11 @@ class TurnRun:
             ttft = earlier.ttft_ms if earlier.ttft_ms is not None else ttft
             # The prompt's growth since the first part is no user message of this turn's.
             tokens = replace(tokens, user=None)
+            first = earlier.cost_micro_usd
+            if first is None and earlier.model is not None:
+                # Finished before costs were kept: priced now, at today's rates.
+                first = _micro_usd(self.config, earlier.model, earlier.usage)
+            cost = None if cost is None or first is None else cost + first
         try:
             await self.store.finish_turn(
                 self.turn_id,
@@ -545,16 +551,21 @@ class TurnRun:
                 tokens=tokens,
                 # A turn outside the context leaves the view as it was, summary and all.
                 fold=self.view.fold if state.in_context else None,
+                cost_micro_usd=cost,
             )
         except NotFound:
             if self.doomed is not None:
+                # Its row went with its session: reported as discarded, so that the usage
+                # records keep what it spent.
+                self.discarded = self.doomed
                 raise self.doomed from None
             raise StoreUnavailable(
                 "the turn's lease ran out before its reply could be stored"
             ) from None
         reply = messages if earlier is None else (*earlier.messages, *messages)
         text = "".join(m.text for m in reply if m.role is Role.ASSISTANT)
-        return TurnEnded(self.turn_id, state, stop or StopReason.UNKNOWN, usage, text)
+        end = stop or StopReason.UNKNOWN
+        return TurnEnded(self.turn_id, state, end, usage, text, cost_micro_usd=cost)
 
     async def _finish_quietly(self, state: TurnState, error: str) -> None:
         # The turn is already ending badly; a store failure here leaves it to the lease sweep.
@@ -589,6 +600,12 @@ def _continued(
         messages = [*messages[:-1], *([Message(Role.ASSISTANT, said)] if said else [])]
     note = f"the continuation {how}: {error}" if error else f"the continuation {how}"
     return TurnState.TRUNCATED, note, messages, earlier.stop_reason or StopReason.MAX_TOKENS
+
+
+def _micro_usd(config: EngineConfig, model: str, usage: Usage) -> int | None:
+    """Return what usage of this model costs in micro-dollars; None when it has no price."""
+    price = None if config.prices is None else config.prices.find(model)
+    return None if price is None else price.micro_usd(usage)
 
 
 def _describe(exc: BaseException) -> str:

@@ -520,6 +520,11 @@ def _replay(record: TurnRecord) -> list[TurnEvent]:
     """Replay a stored turn as the events it produced: its text, then its end."""
     text = "".join(m.text for m in record.messages[1:] if m.role is Role.ASSISTANT)
     end = TurnEnded(
-        record.id, record.state, record.stop_reason or StopReason.UNKNOWN, record.usage, text
+        record.id,
+        record.state,
+        record.stop_reason or StopReason.UNKNOWN,
+        record.usage,
+        text,
+        cost_micro_usd=record.cost_micro_usd,
     )
     return [TextDelta(text), end] if text else [end]

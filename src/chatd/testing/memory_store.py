@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import CONTINUATION_EXPIRED, LEASE_EXPIRED, busy, not_continuable
+from chatd.store.usage import call_record
 from chatd.types import (
+    CallReport,
     ContextFold,
     FoldRecord,
     GenerationParams,
@@ -26,6 +29,8 @@ from chatd.types import (
     TurnState,
     TurnTokens,
     Usage,
+    UsageLine,
+    UsageQuery,
 )
 
 
@@ -48,6 +53,8 @@ class MemoryStore:
         self._leases: dict[str, datetime] = {}
         # Sessions with a turn opened here and not yet committed or abandoned.
         self._beginning: set[tuple[str, str]] = set()
+        # The usage of turns that went with their sessions, and of stateless calls.
+        self._records: list[_Used] = []
 
     async def get_session(self, user_id: str, session_id: str) -> SessionInfo | None:
         """Return the session, or None if it does not exist for this user."""
@@ -218,6 +225,7 @@ class MemoryStore:
         error: str | None = None,
         tokens: TurnTokens | None = None,
         fold: FoldRecord | None = None,
+        cost_micro_usd: int | None = None,
     ) -> TurnRecord:
         """Append the reply's messages and set the final state, in one transaction."""
         if state is TurnState.STREAMING:
@@ -247,6 +255,7 @@ class MemoryStore:
             ttft_ms=ttft_ms,
             error=error,
             tokens=(*earlier, *reply),
+            cost_micro_usd=cost_micro_usd,
         )
         session.turns[index] = finished
         session.info = replace(session.info, updated_at=_now())
@@ -258,6 +267,7 @@ class MemoryStore:
         if session is None:
             return None
         removed = len(session.turns)
+        self._keep_usage(user_id, session_id, session.turns)
         for turn in session.turns:
             self._turn_owner.pop(turn.id, None)
             self._leases.pop(turn.id, None)
@@ -273,6 +283,7 @@ class MemoryStore:
         session = self._sessions.pop((user_id, session_id), None)
         if session is None:
             return False
+        self._keep_usage(user_id, session_id, session.turns)
         for turn in session.turns:
             self._turn_owner.pop(turn.id, None)
             # Else a turn streaming on it would go on renewing a lease it no longer has.
@@ -349,6 +360,38 @@ class MemoryStore:
         """Return how many turns the user has, and their usage summed."""
         turns = [t for (user, _), s in self._sessions.items() if user == user_id for t in s.turns]
         return len(turns), sum((t.usage for t in turns), Usage())
+
+    def record_call(self, report: CallReport) -> None:
+        """Keep a finished call's usage if no turn row holds it (written at once, here)."""
+        row = call_record(report, _now())
+        if row is not None:
+            self._records.append(_Used.of_record(row))
+
+    async def usage_report(self, query: UsageQuery) -> Sequence[UsageLine]:
+        """Return usage and cost over the range, grouped, as SqlStore's report does."""
+        live = [
+            _Used.of_turn(user, session_id, t)
+            for (user, session_id), s in self._sessions.items()
+            for t in s.turns
+        ]
+        groups: dict[tuple[str | None, ...], UsageLine] = {}
+        for used in (*live, *self._records):
+            if used.at < query.since or (query.until is not None and used.at >= query.until):
+                continue
+            if query.user_id is not None and used.user_id != query.user_id:
+                continue
+            key = used.key(query)
+            line = used.line(key[0], key[1] if query.by == "session" else None)
+            found = groups.get(key)
+            groups[key] = line if found is None else found + line
+        lines = list(groups.values())
+        if query.by == "day":
+            return sorted(lines, key=lambda line: line.key or "")
+        return sorted(lines, key=lambda n: (-n.cost_micro_usd, n.key or "", n.user_id or ""))
+
+    def _keep_usage(self, user_id: str, session_id: str, turns: Sequence[TurnRecord]) -> None:
+        # What SqlStore moves to its usage records when turns go: they stay counted.
+        self._records.extend(_Used.of_turn(user_id, session_id, t) for t in turns)
 
     async def session_stats(self, user_id: str | None) -> tuple[int, int]:
         """Return how many sessions there are (one user's, or all) and their turns in context."""
@@ -525,13 +568,93 @@ class _Continuation(_Pending):
         return turn
 
 
+@dataclass(frozen=True, slots=True)
+class _Used:
+    """What a turn or a recorded call used, and when, for usage reports."""
+
+    user_id: str
+    session_id: str | None
+    provider: str | None
+    model: str | None
+    at: datetime
+    usage: Usage
+    turns: int
+    completions: int
+    cost: int | None
+
+    @classmethod
+    def of_turn(cls, user_id: str, session_id: str, turn: TurnRecord) -> _Used:
+        """Return a stored turn's usage."""
+        return cls(
+            user_id,
+            session_id,
+            turn.provider,
+            turn.model,
+            turn.created_at,
+            turn.usage,
+            1,
+            0,
+            turn.cost_micro_usd,
+        )
+
+    @classmethod
+    def of_record(cls, row: dict[str, Any]) -> _Used:
+        """Return a usage record's (chatd.store.usage.call_record's row)."""
+        usage = Usage(
+            row["input_tokens"],
+            row["output_tokens"],
+            row["cache_read_tokens"],
+            row["cache_write_tokens"],
+            row["estimated"],
+        )
+        completion = row["kind"] == "completion"
+        return cls(
+            row["user_id"],
+            row["session_id"],
+            row["provider"],
+            row["model"],
+            row["created_at"],
+            usage,
+            0 if completion else 1,
+            1 if completion else 0,
+            None if row["unpriced"] else row["cost_micro_usd"],
+        )
+
+    def key(self, query: UsageQuery) -> tuple[str | None, ...]:
+        """Return the group this usage falls in, as the SQL report keys it."""
+        if query.by == "day":
+            return (self.at.astimezone(UTC).date().isoformat(),)
+        if query.by == "model":
+            name = self.model
+            if name is not None and self.provider:
+                name = f"{self.provider}/{name}"
+            return (name if self.model is not None else self.provider,)
+        if query.by == "session":
+            return (self.session_id, self.user_id)
+        return (self.user_id,)
+
+    def line(self, key: str | None, owner: str | None) -> UsageLine:
+        """Return this usage as a report line."""
+        unpriced = self.cost is None
+        return UsageLine(
+            key,
+            self.usage,
+            self.turns,
+            self.completions,
+            self.cost or 0,
+            int(unpriced) * (self.turns + self.completions),
+            owner,
+        )
+
+
 def _stamp(session: _Session) -> tuple[int, int]:
     return len(session.turns), sum(len(t.messages) for t in session.turns)
 
 
 def _info(session: _Session) -> SessionInfo:
     count = sum(1 for t in session.turns if t.state.in_context)
-    return replace(session.info, turn_count=count)
+    cost = sum(t.cost_micro_usd or 0 for t in session.turns)
+    return replace(session.info, turn_count=count, cost_micro_usd=cost)
 
 
 def _in_context(session: _Session) -> list[Message]:
