@@ -66,6 +66,9 @@ async def open_runtime(settings: Settings, env: Mapping[str, str] | None = None)
     # CHATD_TOOLS is the deployment's list: a tool left out is unknown here, whoever asks.
     tools = ToolRegistry(t for t in builtin_tools() if t.spec.name in settings.tools)
     service = ChatService(store, providers, EngineConfig.from_settings(settings), tools)
+    # Stateless calls' usage (kept in no turn) goes to the usage records, written after each
+    # call by the store, which writes what is still queued when it closes (chatd.store.usage).
+    service.observers.append(store.record_call)
     # Once before serving, so what a crashed process left behind reads right from the start.
     await store.expire_leases()
     runtime = Runtime(settings, store, providers, service)
