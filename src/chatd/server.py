@@ -27,6 +27,7 @@ def run(host: str, port: int, workers: int) -> None:
 
     from chatd.config import Settings
     from chatd.connections import GuardedProtocol, raise_fd_limit
+    from chatd.metrics_dir import multiprocess_dir
 
     setup_logging()
     # Before the workers start, so that they inherit it; the connection cap follows the limit.
@@ -35,21 +36,23 @@ def run(host: str, port: int, workers: int) -> None:
     # uvicorn's config because each worker process applies it again.
     retries = {"handlers": ["default"], "level": "INFO", "propagate": False}
     loggers = {**LOGGING_CONFIG["loggers"], "chatd.retry": retries}
-    uvicorn.run(
-        APP_FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        log_config={**LOGGING_CONFIG, "loggers": loggers},
-        timeout_graceful_shutdown=30,
-        # Header deadlines and the connection cap (chatd.connections); each worker reads them.
-        http=GuardedProtocol,
-        timeout_keep_alive=Settings().keep_alive_s,
-        # No WebSocket routes: without this uvicorn imports websockets whenever installed.
-        ws="none",
-    )
+    # Several workers share /metrics through files in one directory, made for this run.
+    with multiprocess_dir(workers):
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            log_config={**LOGGING_CONFIG, "loggers": loggers},
+            timeout_graceful_shutdown=30,
+            # Header deadlines and the connection cap (chatd.connections); each worker reads them.
+            http=GuardedProtocol,
+            timeout_keep_alive=Settings().keep_alive_s,
+            # No WebSocket routes: without this uvicorn imports websockets whenever installed.
+            ws="none",
+        )
 
 
 def become_server(host: str, port: int, workers: int) -> None:

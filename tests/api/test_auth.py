@@ -300,4 +300,4 @@ def test_metrics_need_an_admin_key(http: httpx.Client, keys: dict[str, str]) -> 
     assert http.get("/metrics").status_code == 401
     allowed = http.get("/metrics", headers=auth(keys["admin"]))
     assert allowed.status_code == 200
-    assert "chatd_http_responses_total" in allowed.text
+    assert "chatd_http_requests_total" in allowed.text

@@ -42,9 +42,10 @@ def test_metrics_count_responses(client: httpx.Client) -> None:
     client.get("/healthz")
     client.get("/v1/sessions/nope-nope")
     text = client.get("/metrics").text
-    assert "# TYPE chatd_http_responses_total counter" in text
-    assert 'chatd_http_responses_total{method="GET",status="200"}' in text
-    assert 'chatd_http_responses_total{method="GET",status="404"}' in text
+    assert "# TYPE chatd_http_requests_total counter" in text
+    assert 'chatd_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    route = "/v1/sessions/{session_id}"
+    assert f'chatd_http_requests_total{{method="GET",route="{route}",status="404"}}' in text
 
 
 def test_security_headers_on_every_response(client: httpx.Client) -> None:

@@ -95,12 +95,14 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         live.runtime = runtime
         live.key_cache = KeyCache(SqlKeyStore(runtime.store.db), settings.key_cache_s)
         live.limiter = open_limiter(settings.redis_url, prices)
+        live.metrics.start(app.routes, runtime.service.observers, runtime.store.db.pool_stats)
         try:
             yield
         finally:
             try:
                 await runtime.aclose()
             finally:
+                await live.metrics.aclose()
                 await live.key_cache.aclose()
                 await live.limiter.aclose()
 
@@ -133,7 +135,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     app.add_middleware(
         Authenticate, enabled=settings.auth == "on", default_limits=default_limits(settings)
     )
-    app.add_middleware(SecurityHeaders, counts=attach(app).response_counts)
+    app.add_middleware(SecurityHeaders, metrics=attach(app).metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

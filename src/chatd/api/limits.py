@@ -61,13 +61,14 @@ class RateLimit:
         if principal is None or limits is None or limits == NO_LIMITS:
             await self.app(scope, receive, send)
             return
-        limiter = state(scope["app"]).limiter
+        live = state(scope["app"])
         path: str = scope["path"]
         try:
-            statuses, charge = await limiter.admit(
+            statuses, charge = await live.limiter.admit(
                 principal.limit_id, limits, metered=is_metered(scope["method"], path)
             )
         except LimiterUnavailable as exc:
+            live.metrics.refused("limiter_unavailable")
             response = error_response(path, 503, "limiter_unavailable", exc.message, retry_s=2)
             await response(scope, receive, send)
             return
@@ -77,6 +78,7 @@ class RateLimit:
         report = shown(statuses)
         headers = ratelimit_headers(report)
         if report.exceeded:
+            live.metrics.refused(report.kind.name)
             wait = max(1, math.ceil(report.reset_s))
             response = error_response(path, 429, "rate_limited", report.describe(), retry_s=wait)
             response.raw_headers.extend(headers)

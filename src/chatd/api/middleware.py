@@ -1,12 +1,13 @@
-"""Pure-ASGI middleware: body-size caps, security headers, request counts."""
+"""Pure-ASGI middleware: body-size caps, security headers, request metrics."""
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatd.api.errors import error_response
+from chatd.api.metrics import Metrics
 from chatd.api.table import LARGE_BODY_PATHS
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -94,42 +95,53 @@ _DOCS = "/docs"  # a prefix: the page's scripts and styles are served under it
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class SecurityHeaders:
-    """Add the standard security headers to every response; count responses for /metrics."""
+# A request whose app returned without answering: the client left before an answer (nginx's code).
+CLIENT_LEFT = 499
 
-    def __init__(self, app: ASGIApp, counts: Counter[tuple[str, int]] | None = None) -> None:
+
+class SecurityHeaders:
+    """Add the standard security headers to every response; count and time requests."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
-        self.counts = counts
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, adding headers to the response's start."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
         csp = not scope["path"].startswith(_DOCS)
-        # Any token is a method to the server; only known ones get their own counter.
-        method: str = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        status = 0
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 headers.extend(_SECURITY)
                 if csp:
                     headers.append(_CSP)
                 message["headers"] = headers
-                if self.counts is not None:
-                    self.counts[(method, message["status"])] += 1
+                status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
-
-
-def prometheus_text(counts: Counter[tuple[str, int]]) -> str:
-    """Render request counts in the Prometheus text format."""
-    lines = [
-        "# HELP chatd_http_responses_total HTTP responses sent, by method and status.",
-        "# TYPE chatd_http_responses_total counter",
-    ]
-    for (method, status), n in sorted(counts.items()):
-        lines.append(f'chatd_http_responses_total{{method="{method}",status="{status}"}} {n}')
-    return "\n".join(lines) + "\n"
+        metrics = self.metrics
+        if metrics is None:
+            await self.app(scope, receive, send_with_headers)
+            return
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # An error that escapes is answered 500 further out, unless an answer had begun;
+            # a cancelled request (the server stopping) counts as left without an answer.
+            status = status or 500
+            raise
+        finally:
+            # Counted when the response is over, so a stream's duration is all of it.
+            method: str = scope["method"]
+            if method not in _METHODS:
+                method = "OTHER"  # any token is a method to the server: bounded here
+            metrics.request(
+                scope["path"], method, status or CLIENT_LEFT, time.perf_counter() - began
+            )

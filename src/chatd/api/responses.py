@@ -12,8 +12,11 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Mapping
 
+from prometheus_client import Gauge
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chatd.api.state import state_of
 
 PING = b": ping\n\n"
 # Where StreamHandoff leaves room in the scope for a stream to run after the framework returns.
@@ -50,9 +53,13 @@ class EventStream(StreamingResponse):
         super().__init__(chunks, status_code, headers, media_type)
         self.source = chunks
         self.ping_s = ping_s
+        self.gauge: Gauge | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the body now, or leave it to StreamHandoff when that is in place."""
+        live = state_of(scope)
+        if live is not None:
+            self.gauge = live.metrics.open_streams
         slot: list[EventStream] | None = scope.get(HANDOFF)
         if slot is not None:
             slot.append(self)
@@ -67,6 +74,9 @@ class EventStream(StreamingResponse):
         )
         watcher = asyncio.create_task(self._watch(receive, state))
         chunks = self.source
+        gauge = self.gauge
+        if gauge is not None:
+            gauge.inc()
         try:
             async for chunk in chunks:
                 if state.gone:
@@ -77,6 +87,8 @@ class EventStream(StreamingResponse):
             if not state.gone:
                 await state.send(b"", more=False)
         finally:
+            if gauge is not None:
+                gauge.dec()
             watcher.cancel()
             await chunks.aclose()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from chatd.api.metrics import Metrics
 
 if TYPE_CHECKING:
     from chatd.api.key_cache import KeyCache
@@ -17,9 +19,9 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class AppState:
-    """One app's state: the response counts from the start, the rest once the lifespan opens it."""
+    """One app's state: its metrics from the start, the rest once the lifespan opens it."""
 
-    response_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
+    metrics: Metrics = field(default_factory=Metrics.for_process)
     runtime: Runtime = field(init=False)
     key_cache: KeyCache = field(init=False)
     limiter: Limiter = field(init=False)
@@ -36,4 +38,11 @@ def state(owner: Starlette | HTTPConnection) -> AppState:
     """Return the state of an app, or of the app serving a request (`state(scope["app"])`)."""
     app = owner.app if isinstance(owner, HTTPConnection) else owner
     found: AppState = app.state.chatd
+    return found
+
+
+def state_of(scope: Scope) -> AppState | None:
+    """Return the state of the chatd app serving a scope; None where none does (tests)."""
+    app_state = getattr(scope.get("app"), "state", None)
+    found: AppState | None = getattr(app_state, "chatd", None)
     return found

@@ -13,10 +13,12 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, exc
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import Pool, QueuePool
 
 from chatd.errors import ChatdError, StoreUnavailable
 from chatd.store.sqlite_fast import driver, driver_error
@@ -33,6 +35,22 @@ Work = Callable[[Connection], T]
 # Writes between two WAL checkpoints, run on a thread: SQLite's own (off on chatd's
 # connections) would make the request whose commit crosses the threshold wait for its fsyncs.
 CHECKPOINT_EVERY = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A database's connections: how many its pools may keep, and how many are in use now."""
+
+    size: int
+    checked_out: int
+
+
+def pool_stats(pool: Pool) -> PoolStats:
+    """Read a pool's size and checked-out connections (a pool that does not count: one, idle)."""
+    if isinstance(pool, QueuePool):  # the async engine's pool is a QueuePool too
+        return PoolStats(pool.size(), pool.checkedout())
+    # StaticPool (an in-memory SQLite database): one connection, shared, never checked out.
+    return PoolStats(1, 0)
 
 
 class Database(Protocol):
@@ -55,6 +73,10 @@ class Database(Protocol):
 
     async def dispose(self) -> None:
         """Close every connection and stop the threads."""
+        ...
+
+    def pool_stats(self) -> PoolStats:
+        """Return the pools' size and connections in use (cheap: read when metrics are scraped)."""
         ...
 
 
@@ -145,6 +167,14 @@ class SqliteDatabase:
     def sync_engine(self) -> Engine:
         """Return the engine of the calls that run in the event loop."""
         return self.engine
+
+    def pool_stats(self) -> PoolStats:
+        """Return the loop's one connection plus the waiting pool's, and those in use now."""
+        if self._in_memory:
+            return pool_stats(self.engine.pool)
+        # The loop's connection is never in use between two awaits: its calls do not yield.
+        waiting = pool_stats(self._waiting.pool)
+        return PoolStats(1 + waiting.size, waiting.checked_out)
 
     async def read(self, work: Work[T]) -> T:
         """Run work on a connection, outside any transaction."""
@@ -270,6 +300,10 @@ class AsyncDatabase:
     def sync_engine(self) -> Engine:
         """Return the sync facade of the async engine."""
         return self.engine.sync_engine
+
+    def pool_stats(self) -> PoolStats:
+        """Return the pool's size and connections checked out now."""
+        return pool_stats(self.engine.sync_engine.pool)
 
     async def read(self, work: Work[T]) -> T:
         """Run work on a pooled connection."""

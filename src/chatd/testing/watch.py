@@ -7,8 +7,7 @@ did not expect to fail answered 5xx or logged a traceback (docs/promises.md, pro
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # uvicorn's logger, which does not propagate to the root (where chatd's loggers are heard).
@@ -20,7 +19,7 @@ class ServerWatch(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._counts: list[Counter[tuple[str, int]]] = []
+        self._counts: list[Callable[[], int]] = []
         self._stopped_errors = 0  # of servers no longer running, whose counts are gone
         self.tracebacks: list[logging.LogRecord] = []
 
@@ -31,22 +30,18 @@ class ServerWatch(logging.Filter):
         return True
 
     @contextmanager
-    def server(self, counts: Counter[tuple[str, int]]) -> Iterator[None]:
-        """Count a server's responses (its app's response counts) while the block runs."""
-        self._counts.append(counts)
+    def server(self, errors: Callable[[], int]) -> Iterator[None]:
+        """Count a server's 5xx answers (`errors` tells how many so far) while the block runs."""
+        self._counts.append(errors)
         try:
             yield
         finally:
-            self._counts.remove(counts)
-            self._stopped_errors += _errors(counts)
+            self._counts.remove(errors)
+            self._stopped_errors += errors()
 
     def server_errors(self) -> int:
         """Return how many 5xx answers the registered servers have sent so far."""
-        return self._stopped_errors + sum(_errors(c) for c in self._counts)
-
-
-def _errors(counts: Counter[tuple[str, int]]) -> int:
-    return sum(n for (_, status), n in counts.items() if status >= 500)
+        return self._stopped_errors + sum(errors() for errors in self._counts)
 
 
 class _Relay(logging.Handler):

@@ -1,12 +1,13 @@
-"""Liveness, readiness and request counts."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from chatd.api.deps import PrincipalDep, RuntimeDep
-from chatd.api.middleware import prometheus_text
 from chatd.api.schemas import HealthOut, ReadyOut
 from chatd.api.state import state
 from chatd.errors import ChatdError, Forbidden
@@ -53,11 +54,13 @@ async def readyz(runtime: RuntimeDep, request: Request, response: Response) -> R
         403: {"description": "auth is on and the key is not an admin's"},
     },
 )
-async def metrics(request: Request, principal: PrincipalDep) -> PlainTextResponse:
-    """Return HTTP response counts by method and status, in the Prometheus text format."""
+async def metrics(request: Request, principal: PrincipalDep) -> Response:
+    """Return the server's metrics in the Prometheus text format (OpenMetrics if asked for)."""
     # Traffic by status is the operator's to read. With auth off the caller is the local user,
     # who has no key: the server is theirs.
     if principal.key_id is not None and not principal.admin:
         raise Forbidden("/metrics needs an admin key (create one with `chatd keys create --admin`)")
-    counts = state(request).response_counts
-    return PlainTextResponse(prometheus_text(counts), media_type="text/plain; version=0.0.4")
+    # On a thread: with several workers a scrape reads and adds up every worker's files.
+    render = state(request).metrics.render
+    body, content_type = await asyncio.to_thread(render, request.headers.get("accept"))
+    return Response(body, media_type=content_type)
