@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_TOKENS
-from chatd.types import ContextPolicyName, StopReason, TurnState
+from chatd.types import ContextPolicyName, StopReason, TurnState, UsageGrouping
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # Printable ASCII without spaces, at most IDEMPOTENCY_KEY_MAX long.
@@ -211,6 +211,10 @@ class SessionOut(BaseModel):
     context: ContextSettings | None
     view: ContextViewOut
     turn_count: int = Field(description="completed user→assistant exchanges")
+    cost_usd: float = Field(
+        description="what its turns cost, every state, at the price table's rates (USD); "
+        "turns of a model with no price count 0"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -290,6 +294,10 @@ class TurnOut(BaseModel):
     latency_ms: float | None
     ttft_ms: float | None
     error: str | None
+    cost_usd: float | None = Field(
+        description="what its usage cost at the price table's rates (USD); null when its "
+        "model has no price, or it finished before chatd kept costs"
+    )
     in_view: bool = Field(
         description="the model sees this turn verbatim now (complete or truncated, and not "
         "dropped or summarised by the session's context policy)"
@@ -340,6 +348,11 @@ class ReplyOut(BaseModel):
     truncated: bool
     text: str
     usage: UsageOut
+    cost_usd: float | None = Field(
+        default=None,
+        description="what the turn's usage cost at the price table's rates (USD); null when "
+        "its model has no price",
+    )
     tool_calls: list[ToolCallOut]
 
 
@@ -351,9 +364,41 @@ class ResetV1Out(BaseModel):
 
 
 class UsageTotalsOut(UsageOut):
-    """The caller's usage over every stored turn."""
+    """Usage summed: the tokens, and how many turns they were spent in."""
 
-    turns: int
+    turns: int = Field(
+        description="turns, every state (those of deleted and reset sessions included)"
+    )
+
+
+class UsageGroupOut(UsageTotalsOut):
+    """One group of a usage report."""
+
+    key: str | None = Field(
+        description="the UTC day (YYYY-MM-DD), provider/model, session id or user, as `by` "
+        "says; null for calls outside any session (by session)",
+        examples=["2026-12-01"],
+    )
+    completions: int = Field(description="stateless /v1/chat/completions calls")
+    cost_usd: float = Field(description="at the price table's rates")
+    unpriced: int = Field(
+        description="turns and calls whose model has no price: in the tokens, at 0 in the cost"
+    )
+
+
+class UsageReportOut(UsageTotalsOut):
+    """Usage and cost over a time range: the totals, and the same per group."""
+
+    completions: int = Field(description="stateless /v1/chat/completions calls")
+    cost_usd: float = Field(description="at the price table's rates")
+    unpriced: int = Field(
+        description="turns and calls whose model has no price: in the tokens, at 0 in the cost"
+    )
+    user: str | None = Field(description="whose usage; null: every user's (by=user)")
+    since: datetime
+    until: datetime | None = Field(description="null: up to now")
+    by: UsageGrouping
+    data: list[UsageGroupOut]
 
 
 class ReadyOut(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
 
 from chatd.api.schemas import (
     ContextSettings,
@@ -17,8 +18,12 @@ from chatd.api.schemas import (
     ToolCallOut,
     ToolResultOut,
     TurnOut,
+    UsageGroupOut,
     UsageOut,
+    UsageReportOut,
 )
+from chatd.errors import InputError
+from chatd.prices import MICRO
 from chatd.types import (
     Message,
     Part,
@@ -29,7 +34,12 @@ from chatd.types import (
     TurnRecord,
     TurnState,
     Usage,
+    UsageLine,
+    UsageQuery,
 )
+
+# What a usage report covers when no `since` is given: today and the 29 days before, in UTC.
+DEFAULT_USAGE_DAYS = 30
 
 
 def strip_controls(text: str) -> str:
@@ -49,6 +59,11 @@ def usage_out(usage: Usage) -> UsageOut:
     )
 
 
+def usd(micro: int) -> float:
+    """Return micro-dollars as dollars."""
+    return micro / MICRO
+
+
 def session_out(info: SessionInfo) -> SessionOut:
     """Return the body of a session."""
     p = info.params
@@ -66,6 +81,7 @@ def session_out(info: SessionInfo) -> SessionOut:
         else ContextSettings(policy=p.context_policy, limit=p.context_limit),
         view=ContextViewOut(first_turn=info.fold.first_turn, summary=info.fold.summary),
         turn_count=info.turn_count,
+        cost_usd=usd(info.cost_micro_usd),
         created_at=info.created_at,
         updated_at=info.updated_at,
     )
@@ -113,6 +129,7 @@ def turn_out(turn: TurnRecord, first_in_view: int = 0) -> TurnOut:
         latency_ms=turn.latency_ms,
         ttft_ms=turn.ttft_ms,
         error=turn.error,
+        cost_usd=None if turn.cost_micro_usd is None else usd(turn.cost_micro_usd),
         in_view=turn.state.in_context and turn.seq >= first_in_view,
         messages=[
             message_out(m, sizes[i] if i < len(sizes) else None)
@@ -131,6 +148,7 @@ def reply_out(session_id: str, end: TurnEnded, calls: Sequence[ToolCallPart]) ->
         truncated=end.truncated,
         text=end.text,
         usage=usage_out(end.usage),
+        cost_usd=None if end.cost_micro_usd is None else usd(end.cost_micro_usd),
         tool_calls=[tool_call_out(c) for c in calls],
     )
 
@@ -138,3 +156,62 @@ def reply_out(session_id: str, end: TurnEnded, calls: Sequence[ToolCallPart]) ->
 def history(messages: Sequence[Message]) -> list[HistoryMessage]:
     """Return the user and assistant text of in-context messages (tool-only ones left out)."""
     return [HistoryMessage(role=m.role.value, content=m.text) for m in messages if m.text]
+
+
+def instant(text: str, name: str, *, end: bool = False) -> datetime:
+    """Read an ISO date or datetime as a UTC instant; InputError (422) naming the parameter.
+
+    A date is the start of that day in UTC, or with `end` the start of the next (so an end
+    date is included); a datetime without an offset is UTC.
+    """
+    try:
+        if len(text) <= 10:
+            day = date.fromisoformat(text)
+            return datetime.combine(day, time(), UTC) + timedelta(days=1 if end else 0)
+        moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise InputError(
+            f"{name} must be an ISO date (2026-12-01) or datetime (2026-12-01T08:00:00Z), "
+            f"not {text[:40]!r}"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def default_since(now: datetime) -> datetime:
+    """Return where a usage report starts by default: UTC midnight, 29 days before today."""
+    today = datetime.combine(now.astimezone(UTC).date(), time(), UTC)
+    return today - timedelta(days=DEFAULT_USAGE_DAYS - 1)
+
+
+def checked_range(since: datetime, until: datetime | None) -> None:
+    """Refuse (422) a range that ends before it starts."""
+    if until is not None and until <= since:
+        raise InputError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
+
+
+def _group_out(line: UsageLine) -> UsageGroupOut:
+    return UsageGroupOut(
+        key=line.key,
+        turns=line.turns,
+        completions=line.completions,
+        cost_usd=usd(line.cost_micro_usd),
+        unpriced=line.unpriced,
+        **usage_out(line.usage).model_dump(),
+    )
+
+
+def usage_report_out(query: UsageQuery, lines: Sequence[UsageLine]) -> UsageReportOut:
+    """Return the body of a usage report: its totals, then each group."""
+    total = UsageLine.total(lines)
+    return UsageReportOut(
+        turns=total.turns,
+        completions=total.completions,
+        cost_usd=usd(total.cost_micro_usd),
+        unpriced=total.unpriced,
+        user=query.user_id,
+        since=query.since,
+        until=query.until,
+        by=query.by,
+        data=[_group_out(line) for line in lines],
+        **usage_out(total.usage).model_dump(),
+    )

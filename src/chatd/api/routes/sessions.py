@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import uuid4
 
 from fastapi import APIRouter, Body, Query
 
-from chatd.api.deps import CurrentUser, RuntimeDep, SessionPath, StoreDep, resolve_model
+from chatd.api.auth import Principal
+from chatd.api.deps import (
+    CurrentUser,
+    PrincipalDep,
+    RuntimeDep,
+    SessionPath,
+    StoreDep,
+    resolve_model,
+)
 from chatd.api.routing import CheckedRoute
 from chatd.api.schemas import (
     ErrorOut,
@@ -16,14 +25,21 @@ from chatd.api.schemas import (
     SessionOut,
     SessionPage,
     SessionUpdate,
-    UsageTotalsOut,
+    UsageReportOut,
 )
-from chatd.api.views import session_out, strip_controls, usage_out
+from chatd.api.views import (
+    checked_range,
+    default_since,
+    instant,
+    session_out,
+    strip_controls,
+    usage_report_out,
+)
 from chatd.engine import check_max_tokens, check_session_id
-from chatd.errors import AlreadyExists, NotFound
+from chatd.errors import AlreadyExists, Forbidden, NotFound
 from chatd.runtime import Runtime
 from chatd.transfer import export_doc, parse_doc, restore
-from chatd.types import GenerationParams
+from chatd.types import GenerationParams, UsageGrouping, UsageQuery
 
 router = APIRouter(prefix="/v1", tags=["sessions"], route_class=CheckedRoute)
 
@@ -155,8 +171,47 @@ async def import_session(
     return session_out(info)
 
 
-@router.get("/usage", tags=["usage"])
-async def usage(store: StoreDep, user: CurrentUser) -> UsageTotalsOut:
-    """Return the caller's token usage over every stored turn."""
-    turns, total = await store.usage_totals(user)
-    return UsageTotalsOut(turns=turns, **usage_out(total).model_dump())
+Instant = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="ISO date (a whole UTC day) or datetime (UTC unless it has an offset)",
+        examples=["2026-12-01"],
+    ),
+]
+
+
+@router.get("/usage", tags=["usage"], responses=_errors(403, 422))
+async def usage(
+    store: StoreDep,
+    principal: PrincipalDep,
+    since: Instant = None,
+    until: Instant = None,
+    by: Annotated[UsageGrouping, Query(description="how the calls are grouped")] = "day",
+    user: Annotated[
+        str | None, Query(min_length=1, max_length=255, description="admins: whose usage")
+    ] = None,
+) -> UsageReportOut:
+    """Return tokens and cost over a time range (the last 30 days by default), grouped.
+
+    Every turn counts (failed and interrupted ones were charged too, and those of deleted or
+    reset sessions stay counted), and so does every stateless completion. Admins may ask for
+    another user's, or every user's with by=user.
+    """
+    start = default_since(datetime.now(UTC)) if since is None else instant(since, "since")
+    end = None if until is None else instant(until, "until", end=True)
+    checked_range(start, end)
+    query = UsageQuery(start, end, _whose(principal, user, by), by)
+    return usage_report_out(query, await store.usage_report(query))
+
+
+def _whose(principal: Principal, user: str | None, by: UsageGrouping) -> str | None:
+    """Return whose usage a caller may see (None: everyone's); Forbidden for others'."""
+    # As for /metrics: with auth off the caller is the local user, who runs the server.
+    operator = principal.key_id is None or principal.admin
+    if not operator and (by == "user" or user not in (None, principal.user_id)):
+        raise Forbidden("only an admin key may see other users' usage")
+    if user is not None:
+        return user
+    return None if by == "user" else principal.user_id
