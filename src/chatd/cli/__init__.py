@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from chatd.cli import chat, db, keys, serve, sessions
+from chatd.cli import chat, db, keys, serve, sessions, usage
 from chatd.cli.common import Command, new_app
 
 app = new_app("chatd: a chatbot server with memory, streaming, tools and limits.")
@@ -15,6 +15,7 @@ app.command("chat", cls=Command)(chat.chat)
 app.add_typer(db.app, name="db")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(keys.app, name="keys")
+app.command("usage", cls=Command)(usage.usage)
 app.command("fake-upstream", cls=Command)(serve.fake_upstream)
 
 
