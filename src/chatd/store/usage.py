@@ -59,6 +59,8 @@ MAX_QUEUED = 100_000
 FLUSH_WAIT_S = 2.0
 # How long closing waits for the last records to be written.
 CLOSE_WAIT_S = 10.0
+# The first wait before writing again after the database could not be reached (then doubled).
+RETRY_FIRST_S = 0.5
 
 
 class UtcDay(FunctionElement[str]):
@@ -351,7 +353,7 @@ class UsageLedger:
             self._queued = []
 
     async def _write(self) -> None:
-        delay = 0.5
+        delay = RETRY_FIRST_S
         while self._queued:
             batch, self._queued = self._queued, []
             try:
@@ -365,4 +367,4 @@ class UsageLedger:
             except Exception:
                 log.exception("%d usage records could not be written", len(batch))
             else:
-                delay = 0.5
+                delay = RETRY_FIRST_S
