@@ -95,6 +95,8 @@ def test_metrics_move_as_scripted_traffic_goes(make_server: Callable[..., Server
     # The database pool, read as the metrics are scraped: the loop's connection at least.
     assert total(samples, "chatd_db_pool_size") >= 1
     assert total(samples, "chatd_db_pool_checked_out") == 0
+    # One process: the client library's own process metrics too.
+    assert total(samples, "process_resident_memory_bytes") > 0
 
 
 def test_streamed_and_buffered_replies_count_the_same(make_server: Callable[..., Server]) -> None:

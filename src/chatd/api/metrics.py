@@ -28,7 +28,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import fastapi.routing
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -182,6 +189,9 @@ class Metrics:
         if multiprocess_dir is not None:
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
             own = None
+        else:
+            # The process's CPU, memory and open files (the library has no multiprocess form).
+            ProcessCollector(registry=self.registry)
         self.routes = RouteNames()
         self.models, self.providers = Bounded(), Bounded()
         self.states, self.errors = Bounded(), Bounded()
