@@ -278,3 +278,33 @@ async def test_records_wait_for_a_database_that_comes_back(
     (line,) = await sql_store.usage_report(everything())
     assert (line.completions, line.unpriced, line.cost_micro_usd) == (2, 1, 2)
     assert line.usage == Usage(6, 6)
+
+
+async def test_a_turn_streaming_when_its_session_goes_is_counted_once_by_its_report(
+    store: Store,
+) -> None:
+    # A continuation streams on a turn whose first part is stored: that part's usage moves
+    # with the session, and the run's report (discarded) brings the rest and the turn itself.
+    await add_turn(store, ALICE, "s", Usage(10, 10), 100, TurnState.TRUNCATED)
+    pending = await store.open_continuation(ALICE, "s")
+    await pending.commit(PLAN, 60.0)
+    await begin_turn(store, ALICE, "t", Message.user("hi"), PLAN, create=SessionSettings())
+    live = total(await store.usage_report(everything()))
+    assert (live.turns, live.unpriced, live.cost_micro_usd) == (2, 0, 100)
+    assert await store.delete_session(ALICE, "s")
+    assert await store.reset_session(ALICE, "t") == 1
+    gone = total(await store.usage_report(everything()))
+    assert (gone.turns, gone.usage, gone.cost_micro_usd, gone.unpriced) == (
+        0,
+        Usage(10, 10),
+        100,
+        0,
+    )
+    for session in ("s", "t"):
+        store.record_call(
+            completion(
+                ALICE, Usage(1, 2), 0.00005, kind="turn", state="discarded", session_id=session
+            )
+        )
+    after = total(await store.usage_report(everything()))
+    assert (after.turns, after.usage, after.cost_micro_usd) == (2, Usage(12, 14), 200)

@@ -47,12 +47,13 @@ from chatd.errors import StoreUnavailable
 from chatd.prices import MICRO
 from chatd.store.database import Database
 from chatd.store.tables import sessions, turns, usage_records
-from chatd.types import CallReport, Usage, UsageLine, UsageQuery
+from chatd.types import CallReport, TurnState, Usage, UsageLine, UsageQuery
 
 log = logging.getLogger("chatd.store")
 
 COMPLETION = "completion"
 TURNS = "turns"
+STREAMING = TurnState.STREAMING.value
 # Records held while the database cannot be reached; beyond this the oldest are dropped.
 MAX_QUEUED = 100_000
 # How long a report waits for this process's queued records before reading without them.
@@ -96,6 +97,7 @@ _GONE = (
     turns.c.cache_write_tokens,
     turns.c.usage_estimated,
     turns.c.cost_micro_usd,
+    turns.c.state,
 )
 DELETE_TURNS = delete(turns).where(turns.c.session_pk == bindparam("pk")).returning(*_GONE)
 # The same for several sessions. Parameter: pks (a list).
@@ -114,7 +116,10 @@ def _report_parts(query: UsageQuery) -> Any:
     if query.user_id is not None:
         live_range.append(sessions.c.user_id == query.user_id)
         kept_range.append(usage_records.c.user_id == query.user_id)
-    unpriced = turns.c.cost_micro_usd.is_(None)
+    # A turn still streaming has no cost yet: it is not unpriced.
+    unpriced = and_(
+        turns.c.cost_micro_usd.is_(None), turns.c.state != literal_column(f"'{STREAMING}'")
+    )
     live = (
         select(
             sessions.c.user_id.label("user_id"),
@@ -217,7 +222,24 @@ def moved_records(
     `gone` holds DELETE_TURNS' rows; `owners` maps each session pk to (user id, session id).
     """
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for pk, provider, model, created, inputs, outputs, reads, writes, estimated, cost in gone:
+    for (
+        pk,
+        provider,
+        model,
+        created,
+        inputs,
+        outputs,
+        reads,
+        writes,
+        estimated,
+        cost,
+        state,
+    ) in gone:
+        # A turn still streaming is counted when its run reports it discarded (its row holds
+        # only what a continued turn's first part used, counted here).
+        streaming = state == STREAMING
+        if streaming and not (inputs or outputs or reads or writes or cost):
+            continue
         created = created or now
         user_id, session_id = owners[pk]
         key = (user_id, session_id, provider, model, created.date())
@@ -245,8 +267,8 @@ def moved_records(
         row["cache_write_tokens"] += writes
         row["estimated"] = row["estimated"] or bool(estimated)
         row["cost_micro_usd"] += cost or 0
-        row["unpriced"] += cost is None
-        row["calls"] += 1
+        row["unpriced"] += cost is None and not streaming
+        row["calls"] += not streaming
         row["created_at"] = min(row["created_at"], created)
     return list(groups.values())
 

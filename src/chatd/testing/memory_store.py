@@ -390,8 +390,16 @@ class MemoryStore:
         return sorted(lines, key=lambda n: (-n.cost_micro_usd, n.key or "", n.user_id or ""))
 
     def _keep_usage(self, user_id: str, session_id: str, turns: Sequence[TurnRecord]) -> None:
-        # What SqlStore moves to its usage records when turns go: they stay counted.
-        self._records.extend(_Used.of_turn(user_id, session_id, t) for t in turns)
+        # What SqlStore moves to its usage records when turns go: they stay counted. A turn
+        # still streaming is counted when its run reports it discarded: only what its row
+        # holds (a continued turn's first part) is kept here.
+        for t in turns:
+            used = _Used.of_turn(user_id, session_id, t)
+            if t.state is TurnState.STREAMING:
+                if t.usage == Usage() and not t.cost_micro_usd:
+                    continue
+                used = replace(used, turns=0)
+            self._records.append(used)
 
     async def session_stats(self, user_id: str | None) -> tuple[int, int]:
         """Return how many sessions there are (one user's, or all) and their turns in context."""
@@ -581,6 +589,8 @@ class _Used:
     turns: int
     completions: int
     cost: int | None
+    # Still streaming: no cost known yet, which is not "no price".
+    streaming: bool = False
 
     @classmethod
     def of_turn(cls, user_id: str, session_id: str, turn: TurnRecord) -> _Used:
@@ -595,6 +605,7 @@ class _Used:
             1,
             0,
             turn.cost_micro_usd,
+            turn.state is TurnState.STREAMING,
         )
 
     @classmethod
@@ -635,7 +646,7 @@ class _Used:
 
     def line(self, key: str | None, owner: str | None) -> UsageLine:
         """Return this usage as a report line."""
-        unpriced = self.cost is None
+        unpriced = self.cost is None and not self.streaming
         return UsageLine(
             key,
             self.usage,
