@@ -17,6 +17,7 @@ from chatd.types import UsageGrouping, UsageLine, UsageQuery
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 GROUPINGS: tuple[str, ...] = get_args(UsageGrouping)
 _HEADERS = {"day": "day (UTC)", "model": "model", "session": "session", "user": "user"}
@@ -150,23 +151,26 @@ def _tokens(n: int) -> str:
 
 
 def _table(console: Console, query: UsageQuery, lines: Sequence[UsageLine]) -> None:
+    from rich import box
     from rich.table import Column, Table
 
     owners = query.by == "session" and query.user_id is None
-    heads = [Column(_HEADERS[query.by], overflow="fold")]
+    names = [Column(_HEADERS[query.by], overflow="fold")]
     if owners:
-        heads.append(Column("user", overflow="fold"))
-    numbers = ("turns", "calls", "input", "output", "cache read", "cache write", "cost")
-    heads += [Column(h, justify="right") for h in numbers]
-    table = Table(*heads, title=_title(query), show_footer=True)
+        names.append(Column("user", overflow="fold"))
+    numbers = ("turns", "calls", "input", "output", "cache rd", "cache wr", "cost")
+    heads = [*names, *(Column(h, justify="right", no_wrap=True) for h in numbers)]
+    table = Table(*heads, title=_title(query), show_footer=True, box=box.SIMPLE_HEAD)
+    rows = []
     for line in lines:
         key = line.key if line.key is not None else "(no session)"
-        cells = [key, *([line.user_id or ""] if owners else []), *_numbers(line)]
-        table.add_row(*cells)
+        rows.append([key, *([line.user_id or ""] if owners else []), *_numbers(line)])
+        table.add_row(*rows[-1])
     total = UsageLine.total(lines)
     footer = ["total", *([""] if owners else []), *_numbers(total)]
     for column, cell in zip(table.columns, footer, strict=True):
         column.footer = cell
+    _fit(console, table, [len(r[0]) for r in rows] + [len(_HEADERS[query.by])], len(names))
     console.print(table)
     notes = []
     if total.usage.estimated:
@@ -175,6 +179,19 @@ def _table(console: Console, query: UsageQuery, lines: Sequence[UsageLine]) -> N
         notes.append(f"{total.unpriced} turns or calls of models with no price count $0")
     for note in notes:
         console.print(note, highlight=False)
+
+
+def _fit(console: Console, table: Table, key_widths: list[int], named: int) -> None:
+    """Fold the names to fit the console; never cut a number (widen the console instead)."""
+    natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+    if natural <= console.width:
+        return
+    # What the numbers (and any user column) take, beside the first column at its widest.
+    rest = natural - max(key_widths)
+    if named == 1 and console.width - rest >= 12:
+        table.columns[0].max_width = console.width - rest
+    else:
+        console.width = natural
 
 
 def _numbers(line: UsageLine) -> list[str]:
