@@ -16,26 +16,28 @@ APP_FACTORY = "chatd.api.app:app_from_env"
 
 
 def setup_logging() -> None:
-    """Send chatd's log lines to stderr as plain text."""
+    """Send chatd's log lines to stderr as plain text (a server then sets up its own)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
 
 def run(host: str, port: int, workers: int) -> None:
     """Serve the app with uvicorn until it is stopped."""
+    import logging.config
+
     import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
 
     from chatd.config import Settings
     from chatd.connections import GuardedProtocol, raise_fd_limit
+    from chatd.logs import logging_config, resolve_format
     from chatd.metrics_dir import multiprocess_dir
 
-    setup_logging()
+    settings = Settings()
+    # JSON lines unless stderr is a terminal (CHATD_LOG_FORMAT). Decided here, once: uvicorn
+    # applies the same config again in each worker process.
+    log_config = logging_config(resolve_format(settings.log_format, sys.stderr), settings.log_level)
+    logging.config.dictConfig(log_config)
     # Before the workers start, so that they inherit it; the connection cap follows the limit.
     raise_fd_limit()
-    # Retry notices are INFO, below what `chatd chat` shows; a server's log keeps them. Through
-    # uvicorn's config because each worker process applies it again.
-    retries = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    loggers = {**LOGGING_CONFIG["loggers"], "chatd.retry": retries}
     # Several workers share /metrics through files in one directory, made for this run.
     with multiprocess_dir(workers):
         uvicorn.run(
@@ -44,12 +46,14 @@ def run(host: str, port: int, workers: int) -> None:
             host=host,
             port=port,
             workers=workers,
-            log_level="info",
-            log_config={**LOGGING_CONFIG, "loggers": loggers},
+            log_level=settings.log_level,
+            log_config=log_config,
+            # chatd writes each request's line itself (chatd.api.requests), with its id and user.
+            access_log=False,
             timeout_graceful_shutdown=30,
             # Header deadlines and the connection cap (chatd.connections); each worker reads them.
             http=GuardedProtocol,
-            timeout_keep_alive=Settings().keep_alive_s,
+            timeout_keep_alive=settings.keep_alive_s,
             # No WebSocket routes: without this uvicorn imports websockets whenever installed.
             ws="none",
         )

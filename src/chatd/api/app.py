@@ -18,6 +18,7 @@ from chatd.api.key_cache import KeyCache
 from chatd.api.limits import RateLimit
 from chatd.api.middleware import BodyLimit, SecurityHeaders
 from chatd.api.openai import routes as openai
+from chatd.api.requests import RequestLog, framework_tracing_off, watch
 from chatd.api.responses import StreamHandoff
 from chatd.api.routes import admin, compat, health, messages, sessions
 from chatd.api.state import attach, state
@@ -27,6 +28,7 @@ from chatd.prices import load_prices
 from chatd.quotas import open_limiter
 from chatd.runtime import open_runtime
 from chatd.store import SqlKeyStore
+from chatd.tracing import Tracing, export_spans
 
 DESCRIPTION = """\
 chatd's HTTP API. The compatibility routes keep the common "Chat API" shapes; /v1 is chatd's
@@ -86,11 +88,14 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     `chatd serve` knows; it resolves it before building the app.
     """
     prices = load_prices(settings.prices, settings.prices_file)
+    # Only with CHATD_OTEL: otherwise OpenTelemetry is never imported.
+    tracing = Tracing() if settings.otel else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redact_access_logs()
         runtime = await open_runtime(settings, env)
+        watch(runtime, tracing)
         live = state(app)
         live.runtime = runtime
         live.key_cache = KeyCache(SqlKeyStore(runtime.store.db), settings.key_cache_s)
@@ -115,6 +120,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
         openapi_url=OPENAPI_URL,
         docs_url=None,
         redoc_url=None,
+        **framework_tracing_off(),
     )
     errors.install(app)
     # Routers are matched in this order, route by route: the hot routes first, so a send tries
@@ -147,10 +153,18 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
                 "Idempotency-Key",
                 "X-Api-Key",
                 "X-Chatd-Session",
+                "X-Request-ID",
             ],
-            expose_headers=["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+            expose_headers=[
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "X-Request-ID",
+            ],
             max_age=600,
         )
+    # Outermost: every response (CORS's own included) carries the request's id.
+    app.add_middleware(RequestLog, tracing=tracing)
     return app
 
 
@@ -163,4 +177,7 @@ def app_from_env() -> FastAPI:
     settings = Settings()
     if settings.auth == "auto":
         settings = settings.model_copy(update={"auth": "on"})
+    if settings.otel:
+        # Each worker process exports its own spans.
+        export_spans()
     return create_app(settings)

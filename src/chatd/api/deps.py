@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Path, Request
 
 from chatd.api.auth import Principal, local_principal, principal_of
 from chatd.api.limits import charge_of
+from chatd.api.requests import request_id_of
 from chatd.api.schemas import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN
 from chatd.api.state import state
 from chatd.config import Settings
@@ -67,11 +68,14 @@ class Caller:
 
     user_id: str
     meter: UsageSink | None
+    # The request's id (X-Request-ID), for the turn's report and log line.
+    request_id: str | None = None
 
 
 def caller_of(scope: Mapping[str, Any]) -> Caller:
     """Return who sends, as the auth and limit middleware found (the local user without auth)."""
-    return Caller((principal_of(scope) or _NOBODY).user_id, charge_of(scope))
+    user = (principal_of(scope) or _NOBODY).user_id
+    return Caller(user, charge_of(scope), request_id_of(scope))
 
 
 async def current_caller(request: Request) -> Caller:

@@ -39,6 +39,11 @@ def serve(
     with plain_errors():
         settings = load_settings()
         database = describe_database(settings.database_url)
+        if settings.otel:
+            from chatd.tracing import require
+
+            # Here, as one line, rather than as each worker's traceback.
+            require()
     auth = resolve_auth(settings.auth, host)
     if auth == "off" and not is_loopback(host):
         # Promise 3: without keys, anyone who can reach the port would be the local user.

@@ -79,7 +79,15 @@ async def complete(
     if session_id is None:
         system, messages = to_chatd(body.messages)
         tools = tool_specs(body.tools, body.tool_choice)
-        options = CompletionOptions(params, system, provider, tools, usage_sink=caller.meter)
+        options = CompletionOptions(
+            params,
+            system,
+            provider,
+            tools,
+            usage_sink=caller.meter,
+            user_id=caller.user_id,
+            request_id=caller.request_id,
+        )
         events: Any = service.complete(messages, options)
         reply = Reply(f"chatcmpl-{uuid4().hex}", body.model, stateless=True)
     else:
@@ -98,6 +106,7 @@ async def complete(
             provider,
             idempotency_key=idempotency_key,
             usage_sink=caller.meter,
+            request_id=caller.request_id,
         )
         events = service.turn(session_id, content_text(last.content), turn_options)
         reply = Reply("", body.model, stateless=False)

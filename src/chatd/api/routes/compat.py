@@ -74,6 +74,7 @@ def _options(caller: Caller, body: ChatIn, key: str | None = None) -> TurnOption
         system_prompt=prompt,
         idempotency_key=key,
         usage_sink=caller.meter,
+        request_id=caller.request_id,
         session_prompt=prompt,
     )
 
@@ -141,7 +142,9 @@ async def stream_ndjson(
     runtime: Runtime, caller: Caller, session_id: str, body: MessageIn
 ) -> EventStream:
     """Run one validated /chat/{session_id}: its reply as NDJSON lines."""
-    options = TurnOptions(user_id=caller.user_id, usage_sink=caller.meter)
+    options = TurnOptions(
+        user_id=caller.user_id, usage_sink=caller.meter, request_id=caller.request_id
+    )
     events = runtime.service.turn(session_id, body.message, options)
     first = await started(events)
     return EventStream(

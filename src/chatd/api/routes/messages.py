@@ -128,6 +128,7 @@ async def send(
         tools=None if body.tools is None else tuple(body.tools),
         idempotency_key=idempotency_key,
         usage_sink=caller.meter,
+        request_id=caller.request_id,
     )
     events = runtime.service.turn(session_id, body.content, options)
     return await answer(runtime, session_id, events, body.stream or "text/event-stream" in accept)
@@ -155,6 +156,7 @@ async def continue_reply(
         user_id=caller.user_id,
         params=GenerationParams(max_tokens=asked.max_tokens, temperature=asked.temperature),
         usage_sink=caller.meter,
+        request_id=caller.request_id,
     )
     events = runtime.service.continue_turn(session_id, options)
     stream = asked.stream or "text/event-stream" in request.headers.get("accept", "")
