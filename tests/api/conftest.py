@@ -59,7 +59,7 @@ def running(settings: Settings, env: dict[str, str]) -> Iterator[Server]:
             raise RuntimeError("chatd did not start")
         time.sleep(0.01)
     try:
-        with WATCH.server(state(app).metrics.server_errors):
+        with WATCH.server(lambda: state(app).metrics.server_errors):
             yield Server(f"http://127.0.0.1:{port}", settings)
     finally:
         server.should_exit = True

@@ -7,14 +7,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatd.api.metrics import MAX_VALUES, OTHER, UNMATCHED
-from conftest import Server
+
+
+class Server(Protocol):
+    """What these tests use of the api conftest's running server."""
+
+    url: str
+
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MESSAGES = "/v1/sessions/{session_id}/messages"

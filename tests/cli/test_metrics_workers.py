@@ -89,6 +89,17 @@ async def turns(url: str, first: int, n: int) -> None:
     assert [r.status_code for r in replies] == [200] * n
 
 
+def published(directory: Path, sent: int) -> Callable[[], bool]:
+    """Return a check that the workers' files hold all the turns sent, and their requests."""
+
+    def check() -> bool:
+        turns = by_worker(directory, "chatd_turns_total")
+        requests = by_worker(directory, "chatd_http_requests_total", route=MESSAGES)
+        return sum(turns.values()) == sum(requests.values()) == sent
+
+    return check
+
+
 def wait_for(check: Callable[[], bool], what: str) -> None:
     """Retry a condition for up to 30 s (two workers start slowly on a busy machine)."""
     deadline = time.monotonic() + 30
@@ -113,6 +124,8 @@ def test_two_workers_report_their_totals_from_either_worker(
             assert sent < 160, "one worker served every turn"
             asyncio.run(turns(url, sent, 8))
             sent += 8
+            # Each worker publishes its counts every second.
+            wait_for(published(directory, sent), f"{sent} turns in the workers' files")
         counts = by_worker(directory, "chatd_turns_total")
         assert all(n > 0 for n in counts.values())
         assert sum(counts.values()) == sent

@@ -10,11 +10,16 @@ Labels a caller can influence are bounded: a path is named by the route template
 (`unmatched` for any other), and a model, provider, state or error class takes one of the first
 `MAX_VALUES` values seen, then `other`.
 
+What it costs: a request's count and a turn's counters are dict updates, added up and handed
+to the client library when published (before a scrape); the two histograms of each (request
+duration; turn latency and TTFT) are observed at once. Nothing is done per streamed chunk.
+
 Several workers (`chatd serve --workers N`): the server process makes one directory for the
 run (`chatd.metrics_dir`) and hands it to the workers in PROMETHEUS_MULTIPROC_DIR, which the
 client library reads as it is imported. Each worker's values then live in files there, and a
 scrape of any worker adds up all of them: counters and histograms summed, the open streams and
-pool gauges summed over the workers alive (`livesum`).
+pool gauges summed over the workers alive (`livesum`). Each worker publishes its pending
+counts and its pool use every PUBLISH_S, so another worker's scrape is at most that late.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import fastapi.routing
@@ -53,9 +59,10 @@ log = logging.getLogger("chatd.metrics")
 OTHER = "other"  # a bounded label's value once its cap is reached
 UNMATCHED = "unmatched"  # the route of a path that no route serves
 MAX_VALUES = 100  # distinct values of each label a caller can influence (per process)
-# How often each worker publishes its pool use when several share the metrics (no scrape
-# reaches them all); a scrape publishes the scraping worker's own first.
-POOL_SAMPLE_S = 1.0
+# How often each worker publishes its pending counts and its pool use when several share the
+# metrics (a scrape reaches only one of them); a scrape publishes the scraping worker's first.
+PUBLISH_S = 1.0
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")  # chatd_tokens_total's kinds
 
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 TURN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -152,6 +159,17 @@ def _pattern(template: str) -> str:
         end = param.end()
     parts.append(re.escape(template[end:]))
     return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSeries:
+    """One provider and model's children, looked up once: a report then costs no label lookups."""
+
+    seconds: Histogram
+    ttft: Histogram
+    tokens: tuple[Counter, Counter, Counter, Counter]  # as TOKEN_KINDS
+    cost: Counter
+    unpriced: Counter
 
 
 class PoolCollector:
@@ -304,9 +322,16 @@ class Metrics:
                 Gauge(_POOL_SIZE, _POOL_SIZE_HELP, registry=None, multiprocess_mode="livesum"),
                 Gauge(_POOL_USED, _POOL_USED_HELP, registry=None, multiprocess_mode="livesum"),
             )
+        self._models: dict[tuple[str, str], ModelSeries] = {}
+        # Counter increments of requests and turns, added up here and applied when published
+        # (before a scrape; every PUBLISH_S with several workers): a dict update each
+        # instead of the client's checks and lock. Keyed by child: bounded as the labels are.
+        self._pending: dict[Counter, float] = {}
+        # 5xx answers so far, for the test suite's watch (which reads it from another thread).
+        self.server_errors = 0
         self._pool: Callable[[], PoolStats] | None = None
         self._observers: list[ReportSink] | None = None
-        self._sampler: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
 
     @classmethod
     def for_process(cls) -> Metrics:
@@ -339,74 +364,107 @@ class Metrics:
         if self.pool_gauges is None:
             self.registry.register(PoolCollector(pool))
         else:
-            self._sampler = asyncio.get_running_loop().create_task(self._sample_pool())
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_often())
 
     async def aclose(self) -> None:
         """Stop observing; with several workers, take this one out of the live gauges."""
         if self._observers is not None and self.observe in self._observers:
             self._observers.remove(self.observe)
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
+        self.publish()
         if self.multiprocess_dir is not None:
             mark_dead(os.getpid(), self.multiprocess_dir)
 
     def request(self, path: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request."""
+        """Count one answered request (in the event loop, as its response ends)."""
         route = self.routes(path)
-        self.requests(route, method, str(status)).inc()
+        counter = self.requests(route, method, str(status))
+        self._pending[counter] = self._pending.get(counter, 0) + 1
         self.request_seconds(route, method).observe(seconds)
+        if status >= 500:
+            self.server_errors += 1
 
     def refused(self, limit: str) -> None:
         """Count one request refused by a limit."""
         self.refusals(limit).inc()
 
     def observe(self, report: CallReport) -> None:
-        """Count a finished turn or completion: the engine's observer, a few increments."""
+        """Count a finished turn or completion: the engine's observer, a few increments.
+
+        Called in the event loop, as each turn ends: two histogram observations, and the
+        counters' increments added up in a dict until they are published.
+        """
         provider, model = self.providers(report.provider), self.models(report.model)
-        self.turns(report.kind, provider, model, self.states(report.state)).inc()
-        self.turn_seconds(provider, model).observe(report.latency_ms / 1000)
+        series = self._models.get((provider, model)) or self._model_series(provider, model)
+        pending = self._pending
+        turns = self.turns(report.kind, provider, model, self.states(report.state))
+        pending[turns] = pending.get(turns, 0) + 1
+        series.seconds.observe(report.latency_ms / 1000)
         if report.ttft_ms is not None:
-            self.ttft_seconds(provider, model).observe(report.ttft_ms / 1000)
+            series.ttft.observe(report.ttft_ms / 1000)
         usage = report.usage
-        for kind, n in (
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_read", usage.cache_read_tokens),
-            ("cache_write", usage.cache_write_tokens),
-        ):
+        counts = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+        )
+        for child, n in zip(series.tokens, counts, strict=True):
             if n:
-                self.tokens(provider, model, kind).inc(n)
-        if report.cost_usd is None:
-            self.unpriced(provider, model).inc()
-        elif report.cost_usd > 0:
-            self.cost(provider, model).inc(report.cost_usd)
+                pending[child] = pending.get(child, 0) + n
+        cost = report.cost_usd
+        if cost is None:
+            pending[series.unpriced] = pending.get(series.unpriced, 0) + 1
+        elif cost > 0:
+            pending[series.cost] = pending.get(series.cost, 0) + cost
+        # Retries and upstream errors are rare: counted at once.
         if report.retries:
             self.retries(provider).inc(report.retries)
         for error in report.upstream_errors:
             self.upstream_errors(provider, self.errors(error)).inc()
 
-    def server_errors(self) -> int:
-        """Return how many 5xx answers this process counted (what the test suite watches)."""
-        return sum(
-            int(sample.value)
-            for family in self.requests.metric.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total") and int(sample.labels["status"]) >= 500
+    def publish(self) -> None:
+        """Apply the counters' pending increments (in the event loop's thread, as observe)."""
+        pending, self._pending = self._pending, {}
+        for child, amount in pending.items():
+            child.inc(amount)
+
+    def _model_series(self, provider: str, model: str) -> ModelSeries:
+        made = self._models[(provider, model)] = ModelSeries(
+            self.turn_seconds(provider, model),
+            self.ttft_seconds(provider, model),
+            (
+                self.tokens(provider, model, TOKEN_KINDS[0]),
+                self.tokens(provider, model, TOKEN_KINDS[1]),
+                self.tokens(provider, model, TOKEN_KINDS[2]),
+                self.tokens(provider, model, TOKEN_KINDS[3]),
+            ),
+            self.cost(provider, model),
+            self.unpriced(provider, model),
         )
+        return made
+
+    async def scrape(self, accept: str | None) -> tuple[bytes, str]:
+        """Return the metrics in the format the scraper accepts, and its content type."""
+        self.publish()
+        # On a thread: with several workers a scrape reads and adds up every worker's files.
+        return await asyncio.to_thread(self.render, accept)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
-        """Return the metrics in the format the scraper accepts, and its content type."""
+        """Render the registry (what is pending not included: `scrape` publishes it first)."""
         if self.multiprocess_dir is not None:
             self._publish_pool()
             sweep_dead_workers(self.multiprocess_dir)
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
 
-    async def _sample_pool(self) -> None:
+    async def _publish_often(self) -> None:
         while True:
+            self.publish()
             self._publish_pool()
-            await asyncio.sleep(POOL_SAMPLE_S)
+            await asyncio.sleep(PUBLISH_S)
 
     def _publish_pool(self) -> None:
         if self.pool_gauges is None or self._pool is None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
@@ -60,7 +58,5 @@ async def metrics(request: Request, principal: PrincipalDep) -> Response:
     # who has no key: the server is theirs.
     if principal.key_id is not None and not principal.admin:
         raise Forbidden("/metrics needs an admin key (create one with `chatd keys create --admin`)")
-    # On a thread: with several workers a scrape reads and adds up every worker's files.
-    render = state(request).metrics.render
-    body, content_type = await asyncio.to_thread(render, request.headers.get("accept"))
+    body, content_type = await state(request).metrics.scrape(request.headers.get("accept"))
     return Response(body, media_type=content_type)
