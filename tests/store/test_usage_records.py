@@ -308,3 +308,65 @@ async def test_a_turn_streaming_when_its_session_goes_is_counted_once_by_its_rep
         )
     after = total(await store.usage_report(everything()))
     assert (after.turns, after.usage, after.cost_micro_usd) == (2, Usage(12, 14), 200)
+
+
+async def test_turns_finished_before_costs_were_kept_count_as_unpriced(tmp_path: Path) -> None:
+    # A database at 0006 (no costs, no usage records) with a finished turn, then upgraded.
+    from alembic import command
+
+    from chatd.store import create_database
+    from chatd.store.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db = create_database(url)
+    try:
+        await db.write(lambda conn: command.upgrade(alembic_config(conn), "0006"))
+        old = SqlStore(db)
+        await add_turn_without_cost(old)
+    finally:
+        await db.dispose()
+    store = await open_store(url)
+    try:
+        (turn,) = await store.list_turns(ALICE, "s")
+        assert turn.cost_micro_usd is None
+        info = await store.get_session(ALICE, "s")
+        assert info is not None
+        assert info.cost_micro_usd == 0
+        (line,) = await store.usage_report(everything())
+        assert (line.turns, line.unpriced, line.cost_micro_usd) == (1, 1, 0)
+        assert line.usage == Usage(10, 20)
+    finally:
+        await store.close()
+
+
+async def add_turn_without_cost(store: SqlStore) -> None:
+    """Store a finished turn as chatd did before it kept costs (no cost column written)."""
+    from sqlalchemy import insert
+
+    from chatd.store.tables import sessions, turns
+
+    now = datetime.now(UTC)
+
+    def work(conn: Any) -> None:
+        pk = conn.execute(
+            insert(sessions)
+            .values(user_id=ALICE, session_id="s", created_at=now, updated_at=now)
+            .returning(sessions.c.id)
+        ).scalar_one()
+        old_columns = {c.name for c in turns.c} - {"cost_micro_usd"}
+        row = {
+            "id": "t1",
+            "session_pk": pk,
+            "seq": 1,
+            "state": "complete",
+            "input_tokens": 10,
+            "output_tokens": 20,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "usage_estimated": False,
+            "created_at": now,
+        }
+        conn.execute(insert(turns), row)
+        assert set(row) <= old_columns
+
+    await store.db.write(work)
