@@ -69,10 +69,10 @@ class PriceTable:
                 return self.prices[entry]
         return None
 
-    def usd(self, model: str, usage: Usage) -> float | None:
-        """Return what a call cost in USD, or None when the model has no price."""
+    def priced(self, model: str, usage: Usage) -> int | None:
+        """Return what a call cost in micro-dollars, or None when the model has no price."""
         price = self.find(model)
-        return None if price is None else price.micro_usd(usage) / MICRO
+        return None if price is None else price.micro_usd(usage)
 
     def micro_usd(self, model: str, usage: Usage) -> int:
         """Return what a call cost in micro-dollars; 0, and a warning once, for unknown models."""

@@ -45,14 +45,29 @@ def estimate_request_tokens(request: ChatRequest) -> int:
     return system + sum(estimate_message_tokens(m) for m in request.messages)
 
 
-def estimate_usage(request: ChatRequest, output_chars: int) -> Usage:
-    """Estimate a call's usage, marked so: its request (tools too) in, output_chars out."""
-    tools = sum(
-        estimate_text_tokens(t.name + t.description + json.dumps(dict(t.input_schema)))
-        for t in request.tools
+def estimate_fixed_tokens(request: ChatRequest) -> int:
+    """Estimate the prompt's tokens outside its messages: system, summary and tools."""
+    total = estimate_text_tokens(request.system) if request.system else 0
+    if request.summary:
+        total += estimate_text_tokens(request.summary)
+    for tool in request.tools:
+        total += estimate_text_tokens(
+            tool.name + tool.description + json.dumps(dict(tool.input_schema))
+        )
+    return total
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """Estimate everything a request's prompt holds: messages, system, summary and tools."""
+    return estimate_fixed_tokens(request) + sum(
+        estimate_message_tokens(m) for m in request.messages
     )
+
+
+def estimate_usage(request: ChatRequest, output_chars: int) -> Usage:
+    """Estimate a call's usage, marked so: its whole prompt in, output_chars out."""
     return Usage(
-        input_tokens=estimate_request_tokens(request) + tools,
+        input_tokens=estimate_prompt_tokens(request),
         output_tokens=(output_chars + 3) // 4,
         estimated=True,
     )

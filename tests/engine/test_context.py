@@ -20,9 +20,9 @@ from chatd.engine.context import (
     plan_view,
     policy_for,
 )
-from chatd.engine.meter import MARGIN, TokenMeter, derive_tokens, fixed_estimate
+from chatd.engine.meter import MARGIN, TokenMeter, derive_tokens
 from chatd.store.rows import read_back
-from chatd.tokens import estimate_message_tokens
+from chatd.tokens import estimate_fixed_tokens, estimate_message_tokens
 from chatd.types import ChatRequest, Message, Role, ToolCallPart, ToolResultPart, ToolSpec
 
 # --- building conversations ---------------------------------------------------------------------
@@ -525,12 +525,12 @@ def test_observed_size_calibrates_the_next_estimate() -> None:
     tool = ToolSpec("calculate", "Evaluate arithmetic.", {"type": "object"})
     messages = (Message.user("x" * 400), Message.assistant("y" * 200), Message.user("z" * 40))
     request = ChatRequest("m", messages, 100, system="s" * 300, tools=(tool,))
-    guess = fixed_estimate(request) + sum(tokens_of(messages))
+    guess = estimate_fixed_tokens(request) + sum(tokens_of(messages))
 
     for reported in (guess * 3, guess // 2):
         meter = TokenMeter()
         meter.observe("p", "m", request, reported)
-        estimate = meter.estimate("p", "m", fixed_estimate(request)) + sum(
+        estimate = meter.estimate("p", "m", estimate_fixed_tokens(request)) + sum(
             meter.sizes("p", "m", [], messages)
         )
         assert reported <= estimate <= reported * (1 + MARGIN) + 1 + len(messages)

@@ -9,11 +9,10 @@ on top: a prompt that would not fit is cut before it is sent, not after the prov
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chatd.tokens import estimate_message_tokens, estimate_text_tokens
+from chatd.tokens import estimate_message_tokens, estimate_prompt_tokens
 from chatd.types import ChatRequest, Message
 
 # Estimated parts are counted this much larger: what a calibrated estimate may still be off by.
@@ -50,17 +49,6 @@ def _request_key(request: ChatRequest) -> str:
 def _known_window(model: str) -> int | None:
     best = max((p for p in KNOWN_WINDOWS if model.startswith(p)), key=len, default=None)
     return None if best is None else KNOWN_WINDOWS[best]
-
-
-def fixed_estimate(request: ChatRequest) -> int:
-    """Estimate the prompt's tokens outside its messages: system, summary and tools."""
-    total = estimate_text_tokens(request.system) if request.system else 0
-    if request.summary:
-        total += estimate_text_tokens(request.summary)
-    for tool in request.tools:
-        schema = json.dumps(dict(tool.input_schema))
-        total += estimate_text_tokens(tool.name + tool.description + schema)
-    return total
 
 
 @dataclass
@@ -103,9 +91,7 @@ class TokenMeter:
         old = self._ratio.get(key)
         if seen is not None:
             request, reported = seen
-            guess = fixed_estimate(request) + sum(
-                estimate_message_tokens(m) for m in request.messages
-            )
+            guess = estimate_prompt_tokens(request)
             if guess > 0 and reported > 0:
                 ratio = reported / guess
                 old = ratio if old is None else old + SMOOTHING * (ratio - old)

@@ -25,6 +25,7 @@ from chatd.errors import (
     TurnStopped,
     UpstreamError,
 )
+from chatd.prices import MICRO
 from chatd.providers.base import Provider, count_request_tokens
 from chatd.providers.retry import RetryTally, stream_with_retries
 from chatd.tokens import CallUsage
@@ -82,7 +83,7 @@ class UsageSink(Protocol):
         ...
 
 
-_STATE_FOR_STOP = {
+STATE_FOR_STOP = {
     StopReason.MAX_TOKENS: TurnState.TRUNCATED,
     StopReason.CONTEXT_WINDOW_EXCEEDED: TurnState.TRUNCATED,
     StopReason.REFUSAL: TurnState.REFUSED,
@@ -154,6 +155,8 @@ class Progress:
     # How the turn ended (a TurnState value), once it did, and the class of its error.
     ended: str | None = None
     error: str | None = None
+    # What this run's calls cost in micro-dollars (None: no price), once its finish priced them.
+    cost: int | None = None
 
     def end_call(self, *, worked: bool) -> None:
         """Add the usage of the call in flight: as reported, else estimated (see CallUsage)."""
@@ -302,7 +305,7 @@ class TurnRun:
             return
         stop = self.progress.stop or StopReason.UNKNOWN
         try:
-            end = await self._finish(_STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
+            end = await self._finish(STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
         except Exception as exc:
             if not isinstance(exc, ChatdError):
                 await self._finish_quietly(TurnState.FAILED, _describe(exc))
@@ -329,7 +332,10 @@ class TurnRun:
         if not self.observers:
             return
         progress, base = self.progress, self.base
-        prices = self.config.prices
+        # Priced once: a turn that reached its finish was priced there.
+        cost = (
+            progress.cost if progress.ended else _micro_usd(self.config, base.model, progress.usage)
+        )
         state = "discarded" if self.discarded is not None else progress.ended or "failed"
         report = CallReport(
             kind="turn" if self.continuing is None else "continuation",
@@ -338,7 +344,7 @@ class TurnRun:
             model=base.model,
             state=state,
             usage=progress.usage,
-            cost_usd=None if prices is None else prices.usd(base.model, progress.usage),
+            cost_usd=None if cost is None else cost / MICRO,
             latency_ms=progress.ms_since_start(),
             ttft_ms=progress.ttft,
             retries=progress.tally.retries,
@@ -353,11 +359,7 @@ class TurnRun:
         )
         if self.config.log_content:
             report = replace(report, prompt=self._prompt(), reply=self._reply())
-        for observe in self.observers:
-            try:
-                observe(report)
-            except Exception:
-                log.exception("a report observer failed on turn %s", self.turn_id)
+        tell(self.observers, report)
 
     def _prompt(self) -> str | None:
         """Return the user's message of this turn (a continuation has none)."""
@@ -525,7 +527,7 @@ class TurnRun:
         progress.ended = state.value
         messages, stop, usage = progress.messages, progress.stop, progress.usage
         latency, ttft, tokens = progress.ms_since_start(), progress.ttft, self.view.tokens()
-        cost = _micro_usd(self.config, self.base.model, usage)
+        cost = progress.cost = _micro_usd(self.config, self.base.model, usage)
         if earlier is not None:
             # The stored turn is the whole reply: its totals cover both parts.
             state, error, messages, stop = _continued(earlier, state, error, messages, stop)
@@ -604,8 +606,16 @@ def _continued(
 
 def _micro_usd(config: EngineConfig, model: str, usage: Usage) -> int | None:
     """Return what usage of this model costs in micro-dollars; None when it has no price."""
-    price = None if config.prices is None else config.prices.find(model)
-    return None if price is None else price.micro_usd(usage)
+    return None if config.prices is None else config.prices.priced(model, usage)
+
+
+def tell(observers: Sequence[ReportSink], report: CallReport) -> None:
+    """Hand a report to every observer; one that fails is logged, not passed on."""
+    for observe in observers:
+        try:
+            observe(report)
+        except Exception:
+            log.exception("a report observer failed (%s %s)", report.kind, report.turn_id or "")
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,9 +16,10 @@ from chatd.engine.context import ContextPolicy, policy_for
 from chatd.engine.leases import LeaseKeeper
 from chatd.engine.meter import TokenMeter
 from chatd.engine.ports import PendingTurn, Store
-from chatd.engine.run import TurnRun, TurnWrapper, UsageSink
+from chatd.engine.run import STATE_FOR_STOP, TurnRun, TurnWrapper, UsageSink, tell
 from chatd.engine.view import TurnView
 from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
+from chatd.prices import MICRO
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryTally, stream_with_retries
 from chatd.tokens import CallUsage
@@ -43,6 +44,7 @@ from chatd.types import (
     TurnPlan,
     TurnRecord,
     TurnStarted,
+    TurnState,
     Usage,
 )
 
@@ -438,7 +440,7 @@ class ChatService:
                 if said is not None and isinstance(event, TextDelta):
                     said.append(event.text)
                 yield event
-            worked, state = True, _COMPLETION_STATES.get(stop, "complete")
+            worked, state = True, STATE_FOR_STOP.get(stop, TurnState.COMPLETE).value
         except (GeneratorExit, asyncio.CancelledError):
             # The caller left while the upstream worked on the request: that is charged too.
             worked, state = True, "interrupted"
@@ -450,6 +452,7 @@ class ChatService:
             total = call.total(worked=worked)
             if self.observers:
                 prices = self.config.prices
+                cost = None if prices is None else prices.priced(request.model, total)
                 report = CallReport(
                     kind="completion",
                     user_id=opts.user_id,
@@ -457,7 +460,7 @@ class ChatService:
                     model=request.model,
                     state=state,
                     usage=total,
-                    cost_usd=None if prices is None else prices.usd(request.model, total),
+                    cost_usd=None if cost is None else cost / MICRO,
                     latency_ms=(time.monotonic() - started) * 1000,
                     ttft_ms=ttft,
                     retries=tally.retries,
@@ -468,16 +471,9 @@ class ChatService:
                 )
                 if said is not None:
                     report = replace(report, prompt=_last_user_text(messages), reply="".join(said))
-                self._tell(report)
+                tell(self.observers, report)
             if opts.usage_sink is not None and total != Usage():
                 await opts.usage_sink(total, request.model)
-
-    def _tell(self, report: CallReport) -> None:
-        for observe in self.observers:
-            try:
-                observe(report)
-            except Exception:
-                log.exception("a report observer failed")
 
     async def reply(
         self, session_id: str, text: str, options: TurnOptions | None = None
@@ -487,14 +483,6 @@ class ChatService:
             if isinstance(event, TurnEnded):
                 return event
         raise ChatdError("the turn ended without a final event")  # unreachable by construction
-
-
-# A completion's state in its report, from how the model stopped.
-_COMPLETION_STATES = {
-    StopReason.MAX_TOKENS: "truncated",
-    StopReason.CONTEXT_WINDOW_EXCEEDED: "truncated",
-    StopReason.REFUSAL: "refused",
-}
 
 
 def _last_user_text(messages: Sequence[Message]) -> str | None:

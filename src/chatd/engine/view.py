@@ -7,10 +7,11 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from chatd.engine.context import ContextPolicy, ViewPlan, is_turn_start, plan_view
-from chatd.engine.meter import TokenMeter, derive_tokens, fixed_estimate
+from chatd.engine.meter import TokenMeter, derive_tokens
 from chatd.engine.summarize import SummaryConfig
 from chatd.errors import ContextOverflow
-from chatd.tokens import CallUsage, estimate_message_tokens
+from chatd.providers.base import token_count
+from chatd.tokens import CallUsage, estimate_fixed_tokens, estimate_message_tokens
 from chatd.types import (
     ChatRequest,
     ContextChanged,
@@ -47,7 +48,7 @@ class TurnView:
 
     def _fixed(self, provider: str, base: ChatRequest) -> int:
         request = replace(base, summary=self.summary)
-        return self.meter.estimate(provider, base.model, fixed_estimate(request))
+        return self.meter.estimate(provider, base.model, estimate_fixed_tokens(request))
 
     def plan(self, provider: str, base: ChatRequest, messages: Sequence[Message]) -> ViewPlan:
         """Return where the policy moves the view to (0: it stays), and whether it summarises."""
@@ -160,9 +161,6 @@ class TurnView:
         return TurnTokens(_stored(user), tuple(_stored(n) for n in reply), _stored(context))
 
 
-# Sizes are stored as 32-bit integers; an upstream's absurd numbers must not fail the turn.
-_INT32_MAX = 2**31 - 1
-
-
 def _stored(tokens: int | None) -> int | None:
-    return None if tokens is None else min(tokens, _INT32_MAX)
+    # Stored as 32-bit integers, as any count an upstream reports.
+    return None if tokens is None else token_count(tokens)
