@@ -43,6 +43,9 @@ ROUTES = (
     Route("/", GET_HEAD, public=True),
     Route("/healthz", GET_HEAD, public=True),
     Route("/readyz", GET_HEAD, public=True),
+    # The chat page's entry (a browser asking / for HTML is sent here); its assets are public
+    # by prefix, below.
+    Route("/ui", GET_HEAD, public=True),
     Route("/chat", POST, metered=True, hot=True),
     Route("/chat-stream", POST, metered=True, hot=True),
     Route("/chat/{session_id}", POST, metered=True, hot=True),
@@ -51,6 +54,9 @@ ROUTES = (
     Route("/v1/chat/completions", POST, metered=True, large_body=True, hot=True),
     Route("/v1/sessions/import", POST, large_body=True),
 )
+
+# The chat page and its assets: the page asks for the key itself, so it must load without one.
+PUBLIC_PREFIXES = ("/ui/",)
 
 # The first area whose prefix a path starts with gives its error shape; the compatibility
 # routes (and any other path) keep FastAPI's `{"detail": ...}`.
@@ -89,7 +95,9 @@ assert not any("{" in p for p in _PUBLIC), "public paths are looked up by exact 
 def is_public(method: str, path: str) -> bool:
     """Tell whether a request needs no key."""
     methods = _PUBLIC.get(path)
-    return methods is not None and method in methods
+    if methods is None:
+        return method in GET_HEAD and path.startswith(PUBLIC_PREFIXES)
+    return method in methods
 
 
 def is_metered(method: str, path: str) -> bool:
