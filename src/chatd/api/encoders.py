@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from chatd.api.errors import error_type, retry_after
-from chatd.api.views import tool_call_out, usage_out
+from chatd.api.views import tool_call_out, usage_out, usd
 from chatd.errors import ChatdError
 from chatd.types import (
     ContextChanged,
@@ -148,6 +148,7 @@ def sse_chunk(event: TurnEvent) -> bytes | None:
             "stop_reason": event.stop_reason.value,
             "usage": usage_out(event.usage).model_dump(),
             "truncated": event.truncated,
+            "cost_usd": None if event.cost_micro_usd is None else usd(event.cost_micro_usd),
         },
     )
 

@@ -33,7 +33,7 @@ EVENTS = ["message_start", "delta", "tool_call", "tool_result", "usage", "messag
 SSE_DOC = """Server-sent events, each `event: NAME` with a JSON `data:` line:
 `message_start` {session_id, turn_id}, `delta` {text}, `tool_call` {id, name, input},
 `tool_result` {tool_call_id, content, is_error}, `usage` {input_tokens, output_tokens, ...},
-then exactly one of `message_end` {turn_id, state, stop_reason, usage, truncated} or
+then exactly one of `message_end` {turn_id, state, stop_reason, usage, truncated, cost_usd} or
 `error` {type, message, retry_after?}. Lines starting with `:` are keep-alive pings."""
 SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
