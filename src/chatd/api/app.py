@@ -22,6 +22,7 @@ from chatd.api.requests import RequestLog, framework_tracing_off, watch
 from chatd.api.responses import StreamHandoff
 from chatd.api.routes import admin, compat, health, messages, sessions
 from chatd.api.state import attach, state
+from chatd.api.web import add_page
 from chatd.config import Settings
 from chatd.keys import KeyLimits
 from chatd.prices import load_prices
@@ -128,6 +129,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     for module in (messages, openai, sessions, compat, admin, health):
         app.include_router(module.router)
     add_docs(app)
+    add_page(app)
     # Added innermost first: CORS sees a request first, the body cap last, then the hot
     # routes are taken, then streams are run past the framework's frames.
     app.add_middleware(StreamHandoff)

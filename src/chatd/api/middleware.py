@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatd.api.errors import error_response
 from chatd.api.metrics import Metrics
 from chatd.api.table import LARGE_BODY_PATHS
+from chatd.api.web import PAGE, PAGE_CSP
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -89,8 +90,10 @@ _SECURITY = [
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-# The interactive docs load their own scripts and styles; everything else is data.
+# The interactive docs load their own scripts and styles, the chat page its own (a policy of
+# its own); everything else is data.
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_PAGE_CSP = (b"content-security-policy", PAGE_CSP.encode())
 _DOCS = "/docs"  # a prefix: the page's scripts and styles are served under it
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -112,7 +115,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
-        csp = not scope["path"].startswith(_DOCS)
+        path: str = scope["path"]
+        csp = None if path.startswith(_DOCS) else _PAGE_CSP if path.startswith(PAGE) else _CSP
         status = 0
 
         async def send_with_headers(message: Message) -> None:
@@ -120,8 +124,8 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 headers.extend(_SECURITY)
-                if csp:
-                    headers.append(_CSP)
+                if csp is not None:
+                    headers.append(csp)
                 message["headers"] = headers
                 status = message["status"]
             await send(message)

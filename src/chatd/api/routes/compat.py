@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse
 
 from chatd.api.deps import (
     Caller,
@@ -42,6 +43,7 @@ from chatd.api.schemas import (
     StatusOut,
 )
 from chatd.api.views import history, strip_controls
+from chatd.api.web import page_url, wants_page
 from chatd.engine import TurnOptions
 from chatd.runtime import Runtime
 
@@ -59,9 +61,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 STREAM_ERRORS: dict[int | str, dict[str, Any]] = {k: v for k, v in ERRORS.items() if int(k) < 429}
 
 
-@router.get("/")
-async def root() -> ServiceStatus:
-    """Answer that the service is up."""
+@router.get(
+    "/",
+    response_model=ServiceStatus,
+    responses={307: {"description": "a browser (Accept: text/html) is sent to the chat page"}},
+)
+async def root(request: Request) -> ServiceStatus | RedirectResponse:
+    """Answer that the service is up; send a browser to the chat page at /ui/."""
+    if wants_page(request):
+        return RedirectResponse(page_url(request), status_code=307)
     return ServiceStatus(status="ok", service="chatd")
 
 
