@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, sync_playwright
 
 from chatd.api.app import create_app
 from chatd.api.state import state
@@ -160,3 +162,99 @@ def start_server(_fake_upstream_server: FakeUpstream) -> ServerStarter:
         return running(make_settings(db, **overrides), provider_env(_fake_upstream_server))
 
     return start
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Where the browser tests leave their screenshots for a person to look at.
+SCREENSHOTS = Path(
+    os.environ.get("CHATD_SCREENSHOTS", Path(__file__).parents[2] / "test-results" / "screenshots")
+)
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: Path) -> Iterator[Browser]:
+    """Yield the system's headless Chromium for the whole run."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        launched.close()
+
+
+@dataclass
+class PageLog:
+    """What a page did that a test may forbid: errors, console lines, dialogs, requests."""
+
+    origin: str
+    errors: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def elsewhere(self) -> list[str]:
+        """Return the requests that went anywhere but chatd."""
+        return [u for u in self.requests if not u.startswith(self.origin + "/")]
+
+    def watch(self, page: Page) -> Page:
+        """Record the page's errors, console warnings, dialogs and requests."""
+
+        def console(message: ConsoleMessage) -> None:
+            if message.type in ("error", "warning"):
+                self.console.append(f"{message.type}: {message.text}")
+
+        def dialog(box: Dialog) -> None:
+            self.dialogs.append(f"{box.type}: {box.message}")
+            box.dismiss()
+
+        def request(asked: Request) -> None:
+            self.requests.append(asked.url)
+
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", console)
+        page.on("dialog", dialog)
+        page.on("request", request)
+        return page
+
+
+PageOpener = Callable[..., tuple[Page, PageLog]]
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[PageOpener]:
+    """Return open(server, path="/ui/", **context options): a watched page, closed after."""
+    contexts: list[Any] = []
+
+    def open_(server: Server, path: str = "/ui/", **options: Any) -> tuple[Page, PageLog]:
+        context = browser.new_context(**options)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        log = PageLog(server.url)
+        log.watch(page)
+        page.goto(server.url + path)
+        return page, log
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot() -> Callable[[Page, str], Path]:
+    """Return shot(page, name): save a full-page PNG under test-results/screenshots."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def shot(page: Page, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=path, full_page=True)
+        return path
+
+    return shot

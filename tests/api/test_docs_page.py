@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, Route, sync_playwright
+from playwright.sync_api import Browser, Route
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CONTENT_TYPES = {
     ".js": "text/javascript",
     ".css": "text/css",
@@ -84,17 +74,6 @@ def test_docs_assets_need_a_key_as_the_docs_do(make_server: Any, make_key: Any) 
         for path in ("/docs", "/openapi.json", "/docs/static/swagger-ui.css"):
             assert http.get(path).status_code == 401, path
             assert http.get(path, headers={"x-api-key": key}).status_code == 200, path
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: Path) -> Iterator[Browser]:
-    """Yield the system's headless Chromium for the module."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 def test_docs_render_in_chromium_without_internet(
