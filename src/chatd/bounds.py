@@ -24,6 +24,8 @@ MAX_KEY_LIMIT = INT32_MAX
 MAX_BUDGET_USD = 1e9
 # A key's lifetime: expiry dates stay far from year 9999.
 MAX_KEY_DAYS = 36_500
+# A session's title, in characters once trimmed.
+MAX_TITLE_CHARS = 200
 
 _INT64 = range(-(2**63), 2**63)
 

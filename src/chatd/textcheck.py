@@ -12,6 +12,9 @@ import re
 from typing import Any
 
 NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
+NO_CONTROLS = "must not contain control characters (newlines and tabs included)"
+# C0 and C1 control characters and DEL: what one line of text (a title) may not hold.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 # A JSON escape of a surrogate, paired or not: the only way one can reach a decoded body.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -21,6 +24,11 @@ Path = tuple[str | int, ...]
 def may_hold_surrogates(raw: bytes) -> bool:
     """Tell whether a JSON text might decode to a lone surrogate (a cheap test on its bytes)."""
     return b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
+
+
+def has_controls(text: str) -> bool:
+    """Tell whether text holds a control character, newline and tab included."""
+    return _CONTROLS.search(text) is not None
 
 
 def encodable(text: str) -> bool:

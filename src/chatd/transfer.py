@@ -9,11 +9,17 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_LATENCY_MS, MAX_TOKENS, MAX_TURN_TOKENS
+from chatd.bounds import (
+    MAX_CONTEXT_LIMIT,
+    MAX_LATENCY_MS,
+    MAX_TITLE_CHARS,
+    MAX_TOKENS,
+    MAX_TURN_TOKENS,
+)
 from chatd.engine.ports import SessionWriter
 from chatd.errors import InputError
 from chatd.store.codec import message_from_dict, message_to_dict
-from chatd.textcheck import NOT_UNICODE, unencodable_at
+from chatd.textcheck import NO_CONTROLS, NOT_UNICODE, has_controls, unencodable_at
 from chatd.textcheck import where as place
 from chatd.types import (
     GenerationParams,
@@ -76,6 +82,8 @@ class _Turn(_Strict):
 class _Doc(_Strict):
     format: Literal["chatd.session/1"]
     session_id: str
+    # Absent in documents from before sessions had titles.
+    title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
     system_prompt: str | None = None
     provider: str | None = None
     params: _Params = Field(default_factory=lambda: _Params())
@@ -91,6 +99,7 @@ class SessionExport:
     provider: str | None
     params: GenerationParams
     turns: tuple[TurnRecord, ...]
+    title: str | None = None
 
 
 def export_doc(info: SessionInfo, turns: Sequence[TurnRecord]) -> dict[str, Any]:
@@ -99,6 +108,7 @@ def export_doc(info: SessionInfo, turns: Sequence[TurnRecord]) -> dict[str, Any]
     return {
         "format": FORMAT,
         "session_id": info.id,
+        "title": info.title,
         "system_prompt": info.system_prompt,
         "provider": info.provider,
         "params": {
@@ -179,7 +189,13 @@ def parse_doc(data: Any) -> SessionExport:
         context_policy=p.context_policy,
         context_limit=p.context_limit,
     )
-    return SessionExport(doc.session_id, doc.system_prompt, doc.provider, params, tuple(turns))
+    # Trimmed and checked as the API's title is.
+    title = None if doc.title is None else doc.title.strip()
+    if title is not None and has_controls(title):
+        raise InputError(f"not a valid chatd session file: title: {NO_CONTROLS}")
+    return SessionExport(
+        doc.session_id, doc.system_prompt, doc.provider, params, tuple(turns), title or None
+    )
 
 
 async def restore(
@@ -193,4 +209,5 @@ async def restore(
         params=saved.params,
         provider=saved.provider,
         turns=saved.turns,
+        title=saved.title,
     )

@@ -330,6 +330,8 @@ class SessionInfo:
     fold: ContextFold = field(default_factory=lambda: ContextFold())
     # What its turns cost, in micro-dollars (turns of a model with no price count 0).
     cost_micro_usd: int = 0
+    # What it is called in a list: set by its user, or taken from its first message.
+    title: str | None = None
 
     @property
     def settings(self) -> SessionSettings:

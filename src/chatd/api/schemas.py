@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_TOKENS
+from chatd.bounds import MAX_CONTEXT_LIMIT, MAX_TITLE_CHARS, MAX_TOKENS
+from chatd.textcheck import NO_CONTROLS, has_controls
 from chatd.types import ContextPolicyName, StopReason, TurnState, UsageGrouping
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -33,6 +34,25 @@ ModelName = Annotated[
 ProviderName = Annotated[str, Field(min_length=1, max_length=64, examples=["anthropic"])]
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 Temperature = Annotated[float, Field(ge=0, le=2)]
+
+
+def _no_controls(text: str) -> str:
+    if has_controls(text):
+        raise ValueError(NO_CONTROLS)
+    return text
+
+
+# A session's title: one line of at most MAX_TITLE_CHARS characters once trimmed; "" clears it.
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS),
+    AfterValidator(_no_controls),
+    Field(
+        description='what the session is called in a list; "" clears it. One line: control '
+        "characters are refused",
+        examples=["Trip to Lisbon"],
+    ),
+]
 StopList = Annotated[
     list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=8)
 ]
@@ -172,6 +192,7 @@ class ContextSettings(Strict):
 class SessionUpdate(Strict):
     """Settings a session can be created or updated with (PATCH takes these alone)."""
 
+    title: Title | None = None
     system_prompt: SystemPrompt | None = None
     model: ModelName | None = None
     provider: ProviderName | None = None
@@ -201,6 +222,9 @@ class SessionOut(BaseModel):
     """A session and its settings."""
 
     id: str
+    title: str | None = Field(
+        description="set by its user, else the first line of its first message (null: none yet)"
+    )
     system_prompt: str | None
     model: str | None
     provider: str | None

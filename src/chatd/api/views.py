@@ -69,6 +69,7 @@ def session_out(info: SessionInfo) -> SessionOut:
     p = info.params
     return SessionOut(
         id=info.id,
+        title=info.title,
         system_prompt=info.system_prompt,
         model=p.model,
         provider=info.provider,

@@ -75,7 +75,9 @@ class PendingTurn(Protocol):
         its newest message is still the one the open read saw (else SessionBusy: the history
         is stale), with the turn's system prompt if it brought one; turns of the session whose
         lease ran out are marked interrupted; a failed or interrupted turn's idempotency key
-        moves to this one. Any race (another process's too) is SessionBusy. Ends the hold.
+        moves to this one; the session's first turn (none before it) gives a session without a
+        title its title, from the user message. Any race (another process's too) is
+        SessionBusy. Ends the hold.
         """
         ...
 
@@ -248,6 +250,7 @@ class SessionWriter(Protocol):
         system_prompt: str | None = None,
         params: GenerationParams | None = None,
         provider: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
         """Return the session, creating it with these settings if it is new."""
         ...
@@ -260,8 +263,12 @@ class SessionWriter(Protocol):
         system_prompt: str | None = None,
         params: GenerationParams | None = None,
         provider: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Change the given settings (None leaves one as it is); NotFound if missing."""
+        """Change the given settings (None leaves one as it is); NotFound if missing.
+
+        A title of "" clears the session's title.
+        """
         ...
 
     async def reset_session(self, user_id: str, session_id: str) -> int | None:
@@ -285,6 +292,7 @@ class SessionWriter(Protocol):
         params: GenerationParams,
         provider: str | None,
         turns: Sequence[TurnRecord],
+        title: str | None = None,
     ) -> SessionInfo:
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         ...

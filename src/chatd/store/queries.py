@@ -79,6 +79,12 @@ TOUCH_SESSION = Direct(
     update(sessions).where(sessions.c.id == bindparam("pk")).values(updated_at=bindparam("now"))
 )
 DELETE_SESSION = delete(sessions).where(THIS_SESSION)
+# A session's first turn names it, unless its user already did. Parameters: pk, title.
+TITLE_IF_NONE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("pk"), sessions.c.title.is_(None))
+    .values(title=bindparam("title"))
+)
 
 # The messages of complete and truncated turns, newest first, of one session by pk: ordered by
 # turn, then message, so a turn's messages stay together whatever the timing.

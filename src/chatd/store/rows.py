@@ -36,6 +36,9 @@ UNFINISHED_TURN: Mapping[str, Any] = {
 }
 
 
+# The longest title a session takes from its first message.
+TITLE_FROM_MESSAGE = 80
+
 LEASE_EXPIRED = "the process running this turn stopped before it finished (its lease ran out)"
 CONTINUATION_EXPIRED = (
     "the process continuing this reply stopped before it finished (its lease ran out); "
@@ -58,6 +61,19 @@ def not_continuable(session_id: str, state: TurnState | None) -> NothingToContin
         f"the last reply in session {session_id!r} is {state.value}, not truncated: "
         "only a reply cut short by max_tokens can be continued"
     )
+
+
+def title_from(message: Message) -> str | None:
+    """Return the title a session takes from its first message: its first line, made short.
+
+    The first line with any text, its whitespace collapsed, cut to TITLE_FROM_MESSAGE
+    characters (the last one then "…"); None if the message has no text.
+    """
+    line = next((n for n in message.text.splitlines() if n.strip()), "")
+    title = " ".join(line.split())
+    if len(title) > TITLE_FROM_MESSAGE:
+        title = title[: TITLE_FROM_MESSAGE - 1].rstrip() + "…"
+    return title or None
 
 
 def utc_now() -> datetime:
@@ -192,6 +208,7 @@ def session_info(row: Mapping[Any, Any]) -> SessionInfo:
         turn_count=row["turn_count"],
         fold=session_fold(row),
         cost_micro_usd=int(row["cost_micro_usd"]),
+        title=row["title"],
     )
 
 

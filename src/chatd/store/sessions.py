@@ -33,6 +33,7 @@ from chatd.store.rows import (
     session_info,
     session_settings,
     settings_values,
+    title_from,
     turn_record,
     utc_now,
 )
@@ -207,12 +208,15 @@ class _Pending(_Opened):
         }
         record = turn_record(turn, session_id, (user_message,))
 
+        # The session's first turn names it, unless its user already did.
+        title = title_from(user_message) if draft.last_turn == 0 else None
+
         def write(conn: Connection) -> _Begun:
             pk = draft.pk
             if pk is None:
                 # Created here, in the turn's transaction: a refused turn leaves no session.
                 assert self._create is not None
-                values = _session_row(self._user_id, session_id, self._create, now)
+                values = _session_row(self._user_id, session_id, self._create, now, title)
                 pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
             else:
                 claim = {"pk": pk, "now": now, "last_message": draft.last_message}
@@ -227,6 +231,8 @@ class _Pending(_Opened):
                     conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
                 if draft.release is not None:
                     conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
+                if title is not None:
+                    conn.execute(q.TITLE_IF_NONE, {"pk": pk, "title": title})
             row = {**turn, "session_pk": pk}
             q.INSERT_TURN.execute(conn, row)
             seq = draft.last_message + 1
@@ -321,14 +327,15 @@ class SqlStore:
         system_prompt: str | None = None,
         params: GenerationParams | None = None,
         provider: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
         """Return the session, creating it with these settings if it is new."""
         found = await self.get_session(user_id, session_id)
         if found is not None:
             return found
-        params, now = params or GenerationParams(), utc_now()
+        params, now, title = params or GenerationParams(), utc_now(), title or None
         row = _session_row(
-            user_id, session_id, SessionSettings(system_prompt, params, provider), now
+            user_id, session_id, SessionSettings(system_prompt, params, provider), now, title
         )
         try:
             await self.db.write(lambda conn: conn.execute(q.INSERT_SESSION, row))
@@ -338,7 +345,9 @@ class SqlStore:
             if created is None:
                 raise
             return created
-        return SessionInfo(session_id, user_id, system_prompt, params, provider, now, now, 0)
+        return SessionInfo(
+            session_id, user_id, system_prompt, params, provider, now, now, 0, title=title
+        )
 
     async def update_session(
         self,
@@ -348,12 +357,15 @@ class SqlStore:
         system_prompt: str | None = None,
         params: GenerationParams | None = None,
         provider: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Change the given settings (None leaves one as it is); NotFound if missing."""
+        """Change the given settings (None leaves one as it is, a title "" clears it)."""
         given = {"system_prompt": system_prompt, "provider": provider}
         if params is not None:
             given.update(param_values(params))
-        values = {k: v for k, v in given.items() if v is not None}
+        values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if title is not None:
+            values["title"] = title or None
         key = _key(user_id, session_id)
         # Built per call (the columns vary); literal keys, as bound names may not shadow columns.
         statement = (
@@ -660,11 +672,12 @@ class SqlStore:
         params: GenerationParams,
         provider: str | None,
         turns: Sequence[TurnRecord],
+        title: str | None = None,
     ) -> SessionInfo:
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
-        now = utc_now()
+        now, title = utc_now(), title or None
         session = _session_row(
-            user_id, session_id, SessionSettings(system_prompt, params, provider), now
+            user_id, session_id, SessionSettings(system_prompt, params, provider), now, title
         )
 
         def work(conn: Connection) -> None:
@@ -679,7 +692,9 @@ class SqlStore:
         except exc.IntegrityError:
             raise AlreadyExists(f"session {session_id!r} already exists") from None
         count = sum(1 for t in turns if t.state.in_context)
-        return SessionInfo(session_id, user_id, system_prompt, params, provider, now, now, count)
+        return SessionInfo(
+            session_id, user_id, system_prompt, params, provider, now, now, count, title=title
+        )
 
     async def page_sessions(
         self, user_id: str, *, limit: int, after: str | None = None
@@ -760,12 +775,17 @@ def _key(user_id: str, session_id: str) -> dict[str, Any]:
 
 
 def _session_row(
-    user_id: str, session_id: str, settings: SessionSettings, now: datetime
+    user_id: str,
+    session_id: str,
+    settings: SessionSettings,
+    now: datetime,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """Return the sessions row of a new session."""
     return {
         **_key(user_id, session_id),
         **settings_values(settings),
+        "title": title,
         "created_at": now,
         "updated_at": now,
     }

@@ -97,6 +97,8 @@ sessions = Table(
     # turns before it (None: they are dropped). Changed only with a context_folds row.
     Column("context_from", Integer),
     Column("context_summary", Text),
+    # What the session is called in a list: its user's, or its first message's first line.
+    Column("title", Text),
     _utc("created_at"),
     _utc("updated_at"),
     UniqueConstraint("user_id", "session_id"),

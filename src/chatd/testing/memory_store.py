@@ -11,7 +11,13 @@ from uuid import uuid4
 from chatd.errors import AlreadyExists, IdempotencyConflict, NotFound
 from chatd.store.codec import message_from_dict, message_to_dict
 from chatd.store.paging import parse_session_cursor, session_cursor
-from chatd.store.rows import CONTINUATION_EXPIRED, LEASE_EXPIRED, busy, not_continuable
+from chatd.store.rows import (
+    CONTINUATION_EXPIRED,
+    LEASE_EXPIRED,
+    busy,
+    not_continuable,
+    title_from,
+)
 from chatd.store.usage import call_record
 from chatd.types import (
     CallReport,
@@ -69,13 +75,15 @@ class MemoryStore:
         system_prompt: str | None = None,
         params: GenerationParams | None = None,
         provider: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
         """Return the session, creating it with these settings if it is new."""
         key = (user_id, session_id)
         if key not in self._sessions:
             now = _now()
+            params = params or GenerationParams()
             info = SessionInfo(
-                session_id, user_id, system_prompt, params or GenerationParams(), provider, now, now
+                session_id, user_id, system_prompt, params, provider, now, now, title=title or None
             )
             self._sessions[key] = _Session(info)
         return _info(self._sessions[key])
@@ -88,8 +96,9 @@ class MemoryStore:
         system_prompt: str | None = None,
         params: GenerationParams | None = None,
         provider: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Change the given settings (None leaves one as it is); NotFound if missing."""
+        """Change the given settings (None leaves one as it is, a title "" clears it)."""
         session = self._get(user_id, session_id)
         info = session.info
         session.info = replace(
@@ -97,6 +106,7 @@ class MemoryStore:
             system_prompt=info.system_prompt if system_prompt is None else system_prompt,
             provider=info.provider if provider is None else provider,
             params=info.params if params is None else params.over(info.params),
+            title=info.title if title is None else title or None,
             updated_at=_now(),
         )
         return _info(session)
@@ -312,12 +322,15 @@ class MemoryStore:
         params: GenerationParams,
         provider: str | None,
         turns: Sequence[TurnRecord],
+        title: str | None = None,
     ) -> SessionInfo:
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         if (user_id, session_id) in self._sessions:
             raise AlreadyExists(f"session {session_id!r} already exists")
         now = _now()
-        info = SessionInfo(session_id, user_id, system_prompt, params, provider, now, now)
+        info = SessionInfo(
+            session_id, user_id, system_prompt, params, provider, now, now, title=title or None
+        )
         session = _Session(info)
         for seq, t in enumerate(turns, start=1):
             state = TurnState.INTERRUPTED if t.state is TurnState.STREAMING else t.state
@@ -534,7 +547,11 @@ class _Pending:
         if self._idempotency_key is not None:
             session.keys[self._idempotency_key] = turn.id
         prompt = session.info.system_prompt if self._prompt is None else self._prompt
-        session.info = replace(session.info, system_prompt=prompt, updated_at=now)
+        title = session.info.title
+        if seq == 1 and title is None:
+            # The session's first turn names it, unless its user already did.
+            title = title_from(self._message)
+        session.info = replace(session.info, system_prompt=prompt, title=title, updated_at=now)
         return turn
 
     def abandon(self) -> None:

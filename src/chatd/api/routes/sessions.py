@@ -70,7 +70,7 @@ def _prompt(text: str | None) -> str | None:
 
 @router.post("/sessions", status_code=201, responses=_errors(400, 409, 413, 422))
 async def create_session(body: SessionCreate, runtime: RuntimeDep, user: CurrentUser) -> SessionOut:
-    """Create a session with its system prompt, model and generation settings."""
+    """Create a session with its title, system prompt, model and generation settings."""
     provider, model = resolve_model(runtime, body.model, body.provider)
     session_id = body.id or uuid4().hex
     store = runtime.store
@@ -82,6 +82,7 @@ async def create_session(body: SessionCreate, runtime: RuntimeDep, user: Current
         system_prompt=_prompt(body.system_prompt),
         params=_params(body, model, runtime),
         provider=provider,
+        title=body.title,
     )
     return session_out(info)
 
@@ -113,7 +114,7 @@ async def get_session(session_id: SessionPath, store: StoreDep, user: CurrentUse
 async def update_session(
     session_id: SessionPath, body: SessionUpdate, runtime: RuntimeDep, user: CurrentUser
 ) -> SessionOut:
-    """Change the given settings; fields left out stay as they are."""
+    """Change the given settings; fields left out stay as they are (a title "" clears it)."""
     provider, model = resolve_model(runtime, body.model, body.provider)
     info = await runtime.store.update_session(
         user,
@@ -121,6 +122,7 @@ async def update_session(
         system_prompt=_prompt(body.system_prompt),
         params=_params(body, model, runtime),
         provider=provider,
+        title=body.title,
     )
     return session_out(info)
 
