@@ -258,3 +258,34 @@ def screenshot() -> Callable[[Page, str], Path]:
         return path
 
     return shot
+
+
+def import_session(server: Server, session_id: str, exchanges: list[tuple[str, str]]) -> None:
+    """Store a session with these user/assistant exchanges, as an import does."""
+    doc = {
+        "format": "chatd.session/1",
+        "session_id": session_id,
+        "turns": [
+            {
+                "state": "complete",
+                "stop_reason": "end_turn",
+                "model": "test-model",
+                "provider": "anthropic",
+                "usage": {"input_tokens": 12, "output_tokens": 34},
+                "created_at": "2026-01-01T00:00:00+00:00",
+                "messages": [
+                    {"role": "user", "parts": [{"type": "text", "text": user}]},
+                    {"role": "assistant", "parts": [{"type": "text", "text": reply}]},
+                ],
+            }
+            for user, reply in exchanges
+        ],
+    }
+    answer = httpx.post(f"{server.url}/v1/sessions/import", json=doc)
+    assert answer.status_code == 201, answer.text
+
+
+@pytest.fixture(scope="session")
+def imported() -> Callable[[Server, str, list[tuple[str, str]]], None]:
+    """Return import_session(server, id, [(user, reply), ...]): a stored conversation."""
+    return import_session

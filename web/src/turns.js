@@ -108,7 +108,7 @@ export class TurnView {
       if (error) badge.append(element("span", "why", " " + error));
       this.foot.append(badge);
     }
-    if (usage) {
+    if (usage && usage.input_tokens + usage.output_tokens > 0) {
       const meter = element("span", "usage", tokens(usage));
       const price = money(cost);
       if (price) meter.append(element("span", "turn-cost", " · " + price));
