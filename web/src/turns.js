@@ -6,6 +6,8 @@ const STATES = {
   interrupted: "Stopped. This reply is not part of what the model remembers.",
   failed: "Failed. Nothing of it is part of what the model remembers.",
   refused: "The model declined to answer.",
+  // Still running (its stream was lost, or another tab sent it): the stored turn ends on its own.
+  streaming: "Still being written. Reload to see the rest.",
 };
 
 export function element(tag, className, text) {
