@@ -12,6 +12,7 @@ ChatdError                      500  anything we did not foresee
 ├── AlreadyExists               409  importing over an existing session
 ├── SessionBusy                 409  a turn is already in flight on this session
 ├── NothingToContinue           409  continuing a session whose last reply is not truncated
+├── NothingToRegenerate         409  regenerating the last reply of a session with no turns
 ├── TurnDiscarded               409  the session was deleted or reset while its reply streamed
 ├── TurnStopped                 503  the server stopped the turn (shutting down)
 ├── StoreUnavailable            503  the database cannot be reached
@@ -109,6 +110,12 @@ class SessionBusy(ChatdError):
 
 class NothingToContinue(ChatdError):
     """A continuation was asked for, but the session's newest turn is not a truncated reply."""
+
+    status = 409
+
+
+class NothingToRegenerate(ChatdError):
+    """The last reply was to be regenerated, but the session has no turn yet."""
 
     status = 409
 

@@ -23,6 +23,7 @@ def test_what_the_middleware_reads() -> None:
     assert is_metered("POST", "/v1/sessions/a/messages")
     assert not is_metered("GET", "/v1/sessions/a/messages")
     assert is_metered("POST", "/v1/sessions/a/continue")
+    assert is_metered("POST", "/v1/sessions/a/regenerate")
     assert not is_metered("POST", "/chat/")
     assert family("/v1/chat/completions") == family("/v1/models/x") == "openai"
     assert family("/v1/sessions") == "v1"

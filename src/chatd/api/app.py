@@ -20,7 +20,7 @@ from chatd.api.middleware import BodyLimit, SecurityHeaders
 from chatd.api.openai import routes as openai
 from chatd.api.requests import RequestLog, framework_tracing_off, watch
 from chatd.api.responses import StreamHandoff
-from chatd.api.routes import admin, compat, health, messages, sessions
+from chatd.api.routes import admin, compat, health, messages, regenerate, sessions
 from chatd.api.state import attach, state
 from chatd.api.web import add_page
 from chatd.config import Settings
@@ -126,7 +126,7 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None) -> F
     errors.install(app)
     # Routers are matched in this order, route by route: the hot routes first, so a send tries
     # no other route before its own. The docs keep their reading order through the tags.
-    for module in (messages, openai, sessions, compat, admin, health):
+    for module in (messages, regenerate, openai, sessions, compat, admin, health):
         app.include_router(module.router)
     add_docs(app)
     add_page(app)

@@ -362,6 +362,19 @@ class ContinueIn(Strict):
     temperature: Temperature | None = None
 
 
+class RegenerateIn(Strict):
+    """How to ask again for the last reply; the new one comes as JSON, or as SSE with stream."""
+
+    stream: bool = False
+    model: ModelName | None = Field(
+        default=None, description="the model to ask this time; the session's by default"
+    )
+    max_tokens: MaxTokens | None = Field(
+        default=None, description="most output tokens for the new reply; the session's by default"
+    )
+    temperature: Temperature | None = None
+
+
 class ReplyOut(BaseModel):
     """How a turn ended."""
 

@@ -51,6 +51,7 @@ ROUTES = (
     Route("/chat/{session_id}", POST, metered=True, hot=True),
     Route("/v1/sessions/{session_id}/messages", POST, metered=True, hot=True),
     Route("/v1/sessions/{session_id}/continue", POST, metered=True),
+    Route("/v1/sessions/{session_id}/regenerate", POST, metered=True),
     Route("/v1/chat/completions", POST, metered=True, large_body=True, hot=True),
     Route("/v1/sessions/import", POST, large_body=True),
 )

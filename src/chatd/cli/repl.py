@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import orjson
 
 from chatd.engine import ChatService, TurnOptions
-from chatd.errors import ChatdError, InputError, NotFound, NothingToContinue
+from chatd.errors import ChatdError, InputError, NotFound, NothingToContinue, NothingToRegenerate
 from chatd.transfer import export_doc, parse_doc, restore
 from chatd.types import (
     ContextChanged,
@@ -26,7 +26,9 @@ from chatd.types import (
     TurnState,
 )
 
-HELP = "commands: /quit /reset /history /continue /save FILE /load FILE /system TEXT /help"
+HELP = (
+    "commands: /quit /reset /history /continue /regenerate /save FILE /load FILE /system TEXT /help"
+)
 # A first word of a slash and letters is a command (known or not); "/usr/bin/env …" is a message.
 _COMMAND = re.compile(r"/[A-Za-z]+")
 # What a terminal would act on rather than show: C0 and C1 controls but tab and newline (ESC
@@ -117,13 +119,18 @@ class Repl:
         events = self.service.continue_turn(self.session_id, self.options)
         self._show(events, "[stopped: the reply so far is kept, truncated; /continue goes on]")
 
+    def regenerate_reply(self) -> None:
+        """Ask again for the last reply, which the new one replaces, printing it as it streams."""
+        events = self.service.regenerate(self.session_id, self.options)
+        self._show(events, "[stopped: the partial reply is kept as an interrupted turn]")
+
     def _show(self, events: AsyncIterator[TurnEvent], stopped: str) -> None:
         try:
             self.runner.run(self._stream(events))
         except KeyboardInterrupt:
             self._end_line()
             self.say(stopped)
-        except (NotFound, NothingToContinue) as exc:
+        except (NotFound, NothingToContinue, NothingToRegenerate) as exc:
             # Nothing was asked of the model: a command that does not apply, not a failed turn.
             self.say(f"error: {exc.message}")
         except ChatdError as exc:
@@ -179,6 +186,8 @@ class Repl:
                 self.runner.run(self._history())
             elif name == "/continue":
                 self.continue_reply()
+            elif name == "/regenerate":
+                self.regenerate_reply()
             elif name == "/save" and arg:
                 doc = self.runner.run(self._export())
                 Path(arg).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

@@ -10,6 +10,7 @@ from chatd.engine.config import DisconnectPolicy, EngineConfig
 from chatd.engine.ports import (
     KeyStore,
     LeaseStore,
+    PendingRegeneration,
     PendingTurn,
     SessionReader,
     SessionStore,
@@ -36,6 +37,7 @@ __all__ = [
     "EngineConfig",
     "KeyStore",
     "LeaseStore",
+    "PendingRegeneration",
     "PendingTurn",
     "ProviderSource",
     "SessionReader",

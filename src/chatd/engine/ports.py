@@ -103,6 +103,25 @@ class PendingContinuation(PendingTurn, Protocol):
         ...
 
 
+class PendingRegeneration(PendingTurn, Protocol):
+    """The newest turn read to be replaced: what `TurnStore.open_regeneration` hands the engine.
+
+    `turn_id` is the new turn's id; `history` and `context` end before the replaced turn.
+    `commit` replaces it in one transaction, only if nothing was added to the session since
+    the read and the turn is not streaming (else SessionBusy): turns whose lease ran out are
+    marked as the sweep marks them; the replaced turn is deleted with its messages, its usage
+    moved to the usage records as a reset's; the new turn is stored in its place (its seq,
+    streaming, holding a lease) with the same user message and idempotency key, and context
+    view changes recorded for the replaced turn are recorded for it. The session's view is
+    left as it is: it never starts after the replaced turn.
+    """
+
+    @property
+    def turn(self) -> TurnRecord:
+        """Return the turn to replace, as the open read it: its messages, state and usage."""
+        ...
+
+
 class TurnStore(Protocol):
     """The engine's port: a turn opened, committed and finished; every call scoped to one user."""
 
@@ -143,6 +162,17 @@ class TurnStore(Protocol):
         flight or being opened in this process; NothingToContinue unless its newest turn is
         truncated (a continuation whose process died counts as truncated: the commit's sweep
         makes it so). `history_until` is read as open_turn reads it.
+        """
+        ...
+
+    async def open_regeneration(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> PendingRegeneration:
+        """Read what replacing the session's newest turn needs: the turn, settings, history.
+
+        Nothing is written. NotFound without the session; SessionBusy if a turn on it is in
+        flight or being opened in this process; NothingToRegenerate if it has no turn. The
+        history is what came before the newest turn, read as open_turn reads it.
         """
         ...
 

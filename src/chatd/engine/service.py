@@ -246,6 +246,40 @@ class ChatService:
             async for event in events:
                 yield event
 
+    async def regenerate(
+        self, session_id: str, options: TurnOptions | None = None
+    ) -> AsyncIterator[TurnEvent]:
+        """Run the session's last turn again in its place, yielding the events a turn yields.
+
+        The new turn asks the model again with the last turn's user message (whatever that
+        turn's state) and the history before it, with the session's settings and these options
+        as a send's. Its commit replaces the last turn in the same transaction that stores it:
+        the old turn leaves the message list and the model's context, its usage stays counted
+        (moved to the usage records). What is refused before that (SessionBusy, NotFound,
+        NothingToRegenerate when the session has no turn, a bad model...) changes nothing.
+        """
+        opts = options or TurnOptions()
+        cfg = self.config
+        check_session_id(session_id)
+        check_max_tokens(opts.params.max_tokens, cfg.max_tokens_ceiling)
+        pending = await self.store.open_regeneration(
+            opts.user_id, session_id, history_until=cfg.policy.history_cut()
+        )
+        message = pending.turn.messages[0]
+        try:
+            provider, base, policy = self._prepare(pending.settings, opts)
+            history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
+            run = self._run(pending.turn_id, provider, base, policy, history, opts)
+            run.session_id = session_id
+            run.messages = [*history.messages, message]
+            record, runner = await self._launch(run, pending, TurnPlan(base.model, provider.name))
+        except BaseException:
+            pending.abandon()
+            raise
+        async with aclosing(self._stream(session_id, opts, run, runner, record)) as events:
+            async for event in events:
+                yield event
+
     def _run(
         self,
         turn_id: str,

@@ -215,6 +215,13 @@ CLEAR_FOLD = (
     .values(context_from=None, context_summary=None)
 )
 DELETE_SESSION_FOLDS = delete(context_folds).where(context_folds.c.session_pk == bindparam("pk"))
+# A regenerated turn takes the place of the turn it replaces in the view's history too
+# (parameters old, new): the view it moved to is the one its replacement starts from.
+MOVE_FOLDS = (
+    update(context_folds)
+    .where(context_folds.c.turn_id == bindparam("old"))
+    .values(turn_id=bindparam("new"))
+)
 
 # Parameter: pk.
 DELETE_SESSION_MESSAGES = delete(messages).where(messages.c.session_pk == bindparam("pk"))

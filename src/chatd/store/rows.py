@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from chatd.errors import NothingToContinue, SessionBusy
+from chatd.errors import NothingToContinue, NothingToRegenerate, SessionBusy
 from chatd.store.codec import parts_from_list, parts_to_list
 from chatd.types import (
     ContextFold,
@@ -74,6 +74,11 @@ def title_from(message: Message) -> str | None:
     if len(title) > TITLE_FROM_MESSAGE:
         title = title[: TITLE_FROM_MESSAGE - 1].rstrip() + "…"
     return title or None
+
+
+def nothing_to_regenerate(session_id: str) -> NothingToRegenerate:
+    """Describe a session with no turn whose reply could be regenerated."""
+    return NothingToRegenerate(f"session {session_id!r} has no reply to regenerate yet")
 
 
 def utc_now() -> datetime:

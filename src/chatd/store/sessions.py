@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -27,6 +27,7 @@ from chatd.store.rows import (
     message,
     message_values,
     not_continuable,
+    nothing_to_regenerate,
     param_values,
     read_back,
     session_fold,
@@ -38,7 +39,13 @@ from chatd.store.rows import (
     utc_now,
 )
 from chatd.store.tables import sessions
-from chatd.store.usage import UsageLedger, move_turns, report_lines, report_statement
+from chatd.store.usage import (
+    UsageLedger,
+    move_turn,
+    move_turns,
+    report_lines,
+    report_statement,
+)
 from chatd.types import (
     CallReport,
     ContextFold,
@@ -101,6 +108,8 @@ class _Draft:
     rows: list[Sequence[Any]]
     # Whether decoded and rows hold the whole history.
     whole: bool
+    # Only turns before this seq are in the history (a regeneration's: not the turn replaced).
+    below: int | None = None
 
 
 class _Opened:
@@ -152,7 +161,7 @@ class _Opened:
         values = {"pk": pk, "first_turn": draft.fold.first_turn}
 
         def rest(conn: Connection) -> None:
-            rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
+            rows = _context_rows(conn, values, draft.below)
             _take(islice(rows, seen, None), taken, until)
 
         await self._store.db.read(rest)
@@ -302,6 +311,78 @@ class _Continuation(_Opened):
             self.abandon()
         self._store._remember(begun)
         return begun.record
+
+
+class _Regeneration(_Opened):
+    """The newest turn SqlStore read to replace: the engine plans, launches, then commits."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        user_id: str,
+        session_id: str,
+        draft: _Draft,
+        turn: TurnRecord,
+        key: str | None,
+        *,
+        now: datetime,
+        hinted: bool,
+    ) -> None:
+        super().__init__(store, user_id, session_id, draft, now=now, hinted=hinted)
+        self.turn = turn
+        self._key = key
+
+    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        """Replace the turn with a new one, streaming, in one transaction; SessionBusy if stale."""
+        if not self._open:
+            raise RuntimeError("this turn was already committed or abandoned")
+        draft, now, session_id, old = self._draft, self._now, self._session_id, self.turn
+        pk = draft.pk
+        assert pk is not None
+        user_message = old.messages[0]
+        turn = {
+            "id": self.turn_id,
+            "session_pk": pk,
+            # In the replaced turn's place: a view starting at it starts at this one.
+            "seq": old.seq,
+            "state": q.STREAMING,
+            "model": plan.model,
+            "provider": plan.provider,
+            "created_at": now,
+            "lease_until": now + timedelta(seconds=lease_s),
+            # A retried send with the replaced turn's key gets this reply.
+            "idempotency_key": self._key,
+            **UNFINISHED_TURN,
+        }
+        record = turn_record(turn, session_id, (user_message,))
+        owner = (self._user_id, session_id)
+
+        def write(conn: Connection) -> _Begun:
+            # Nothing added to the session since the read: the turn is still its newest.
+            claim = {"pk": pk, "now": now, "last_message": draft.last_message}
+            if q.CLAIM_SESSION.execute(conn, claim) != 1:
+                raise busy(session_id)
+            if draft.streaming:
+                # A process that died running the turn frees it here (marked as the sweep does).
+                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+            # Its usage stays counted, moved to the usage records; its messages go with it.
+            if not move_turn(conn, old.id, pk, owner, now):
+                raise busy(session_id)
+            conn.execute(q.MOVE_FOLDS, {"old": old.id, "new": self.turn_id})
+            q.INSERT_TURN.execute(conn, turn)
+            seq = draft.last_message + 1
+            values = message_values(self.turn_id, pk, seq, user_message, now)
+            q.INSERT_MESSAGES.execute(conn, values)
+            return _Begun(pk, seq + 1, turn, record)
+
+        try:
+            self._store._remember(await self._store.db.write(write))
+        except exc.IntegrityError:
+            # One streaming turn per session: another began on this session just now.
+            raise busy(session_id) from None
+        finally:
+            self.abandon()
+        return record
 
 
 class SqlStore:
@@ -527,6 +608,50 @@ class SqlStore:
             draft,
             record,
             row,
+            now=now,
+            hinted=history_until is not None,
+        )
+
+    async def open_regeneration(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> _Regeneration:
+        """Read the session's newest turn (to replace), its settings and the history before it."""
+        beginning = (user_id, session_id)
+        if beginning in self._beginning:
+            raise busy(session_id)
+        now, key = utc_now(), _key(user_id, session_id)
+
+        def read(conn: Connection) -> tuple[_Draft, TurnRecord, str | None]:
+            head = q.BEGIN_HEAD.first(conn, key)
+            if head is None:
+                raise NotFound(f"no session {session_id!r}")
+            until = head["streaming_until"]
+            if until is not None and until >= now:
+                raise busy(session_id)
+            row = conn.execute(q.NEWEST_TURN, {"pk": head["id"]}).one_or_none()
+            if row is None:
+                raise nothing_to_regenerate(session_id)
+            rows = conn.execute(q.TURN_MESSAGES, {"turn_id": row.id})
+            messages = tuple(message(r.role, r.parts) for r in rows)
+            if not messages or messages[0].role is not Role.USER:
+                raise nothing_to_regenerate(session_id)
+            record = turn_record(row._mapping, session_id, messages)
+            draft = _draft(conn, head, session_settings(head), None, history_until, row.seq)
+            return draft, record, row.idempotency_key
+
+        self._beginning.add(beginning)
+        try:
+            draft, record, idempotency_key = await self.db.read(read)
+        except BaseException:
+            self._beginning.discard(beginning)
+            raise
+        return _Regeneration(
+            self,
+            user_id,
+            session_id,
+            draft,
+            record,
+            idempotency_key,
             now=now,
             hinted=history_until is not None,
         )
@@ -809,11 +934,15 @@ def _draft(
     settings: SessionSettings,
     release: str | None,
     history_until: HistoryCut | None,
+    below: int | None = None,
 ) -> _Draft:
-    """Read the newest history of the session `head` (BEGIN_HEAD's row) into a draft."""
+    """Read the newest history of the session `head` (BEGIN_HEAD's row) into a draft.
+
+    With `below`, only the turns before that seq are its history.
+    """
     pk, fold = head["id"], session_fold(head)
     values = {"pk": pk, "first_turn": fold.first_turn}
-    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
+    rows = _context_rows(conn, values, below)
     decoded: list[_Decoded] = []
     if history_until is not None:
         # As far back as the hint says, whatever the history's length, in this read.
@@ -827,8 +956,40 @@ def _draft(
     last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
     streaming = head["streaming_until"] is not None
     return _Draft(
-        pk, last_turn, last_message, streaming, release, settings, fold, decoded, newest, whole
+        pk,
+        last_turn,
+        last_message,
+        streaming,
+        release,
+        settings,
+        fold,
+        decoded,
+        newest,
+        whole,
+        below,
     )
+
+
+def _context_rows(
+    conn: Connection, values: Mapping[str, Any], below: int | None
+) -> Iterator[Sequence[Any]]:
+    """Yield CONTEXT_MESSAGES_NEWEST's rows, only those of turns before `below` if given."""
+    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
+    if below is None:
+        return rows
+    return _before(rows, below)
+
+
+def _before(rows: Iterator[Sequence[Any]], below: int) -> Iterator[Sequence[Any]]:
+    try:
+        for row in rows:
+            if row[3] < below:
+                yield row
+    finally:
+        # However the reading ends, the statement is done with (see Direct.rows).
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
 
 
 def _finish_head(conn: Connection, turn_id: str) -> _Begun:

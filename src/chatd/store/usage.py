@@ -1,11 +1,12 @@
 """Usage over time: the usage records that outlive sessions, and reports over them and turns.
 
 Three things keep a user's totals from ever dropping. Each stored turn holds its usage and cost.
-When turns go (a session deleted, reset or pruned), their usage moves to `usage_records` in the
-same transaction: the turns are deleted with RETURNING, so exactly the rows that go are counted,
-at their final values even when a finish raced the delete, and their sums go in one row per
-session, provider, model and UTC day. And every stateless call (and any turn discarded while it
-ran, whose row was gone before it could store its usage) is written there by `UsageLedger`.
+When turns go (a session deleted, reset or pruned, or a last turn replaced by a regenerated
+one), their usage moves to `usage_records` in the same transaction: the turns are deleted with
+RETURNING, so exactly the rows that go are counted, at their final values even when a finish
+raced the delete, and their sums go in one row per session, provider, model and UTC day. And
+every stateless call (and any turn discarded while it ran, whose row was gone before it could
+store its usage) is written there by `UsageLedger`.
 
 `UsageLedger` writes after the call, never in its way: the engine tells it a finished call's
 report (an observer: quick, never raises), it queues the row and one writer task takes whatever
@@ -100,6 +101,12 @@ _GONE = (
     turns.c.state,
 )
 DELETE_TURNS = delete(turns).where(turns.c.session_pk == bindparam("pk")).returning(*_GONE)
+# One turn deleted, unless it is streaming. Parameter: turn_id.
+DELETE_TURN = (
+    delete(turns)
+    .where(turns.c.id == bindparam("turn_id"), turns.c.state != literal_column(f"'{STREAMING}'"))
+    .returning(*_GONE)
+)
 # The same for several sessions. Parameter: pks (a list).
 DELETE_TURNS_OF = (
     delete(turns).where(turns.c.session_pk.in_(bindparam("pks", expanding=True))).returning(*_GONE)
@@ -286,6 +293,21 @@ def move_turns(conn: Connection, pks: Mapping[int, tuple[str, str]], now: dateti
     if records:
         conn.execute(INSERT_RECORDS, records)
     return len(gone)
+
+
+def move_turn(
+    conn: Connection, turn_id: str, pk: int, owner: tuple[str, str], now: datetime
+) -> bool:
+    """Delete one finished turn of session `pk`, moving its usage to usage_records.
+
+    `owner` is the session's (user id, session id). False if the turn is not there, or is
+    streaming (then nothing is deleted).
+    """
+    gone = conn.execute(DELETE_TURN, {"turn_id": turn_id}).all()
+    records = moved_records(gone, {pk: owner}, now)
+    if records:
+        conn.execute(INSERT_RECORDS, records)
+    return bool(gone)
 
 
 def call_record(report: CallReport, now: datetime) -> dict[str, Any] | None:

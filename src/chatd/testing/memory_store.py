@@ -16,6 +16,7 @@ from chatd.store.rows import (
     LEASE_EXPIRED,
     busy,
     not_continuable,
+    nothing_to_regenerate,
     title_from,
 )
 from chatd.store.usage import call_record
@@ -27,6 +28,7 @@ from chatd.types import (
     History,
     HistoryCut,
     Message,
+    Role,
     SessionInfo,
     SessionSettings,
     StopReason,
@@ -173,6 +175,23 @@ class MemoryStore:
             raise not_continuable(session_id, None if newest is None else newest.state)
         self._beginning.add(key)
         return _Continuation(self, key, found, newest)
+
+    async def open_regeneration(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> _Regeneration:
+        """Read the newest turn to replace; errors as SqlStore's say."""
+        key = (user_id, session_id)
+        if key in self._beginning:
+            raise busy(session_id)
+        found = self._get(user_id, session_id)
+        self._expire(found.turns, _now())
+        if any(t.state is TurnState.STREAMING for t in found.turns):
+            raise busy(session_id)
+        newest = found.turns[-1] if found.turns else None
+        if newest is None or not newest.messages or newest.messages[0].role is not Role.USER:
+            raise nothing_to_regenerate(session_id)
+        self._beginning.add(key)
+        return _Regeneration(self, key, found, newest)
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
         """Extend these turns' leases; return the ids renewed (those still streaming)."""
@@ -465,6 +484,8 @@ class _Pending:
         # What the commit checks is unchanged: no turn began or ended since the read.
         self._stamp = None if found is None else _stamp(found)
         self._open = True
+        # Only turns before this seq are in the history (a regeneration's: not the one replaced).
+        self._below: int | None = None
 
     async def history(
         self, until: HistoryCut | None, *, same_as_hint: bool = False
@@ -481,7 +502,9 @@ class _Pending:
         rows = [
             (_copy(m), t.seq, t.tokens[i] if i < len(t.tokens) else None, t.id)
             for t in session.turns
-            if t.state.in_context and t.seq >= fold.first_turn
+            if t.state.in_context
+            and t.seq >= fold.first_turn
+            and (self._below is None or t.seq < self._below)
             for i, m in enumerate(t.messages)
         ]
         taken: list[tuple[Message, int, int | None, str]] = []
@@ -589,6 +612,54 @@ class _Continuation(_Pending):
         turn = replace(newest, state=TurnState.STREAMING, stop_reason=stop)
         session.turns[-1] = turn
         store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        session.info = replace(session.info, updated_at=now)
+        return turn
+
+
+class _Regeneration(_Pending):
+    """The newest turn MemoryStore read to replace: committed in one step, or abandoned."""
+
+    def __init__(
+        self, store: MemoryStore, key: tuple[str, str], found: _Session, turn: TurnRecord
+    ) -> None:
+        super().__init__(store, key, turn.messages[0], found.info.settings, found, None, None)
+        self.turn = turn
+        self._below = turn.seq
+
+    async def _commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
+        store, (user_id, session_id) = self._store, self._key
+        session = store._sessions.get(self._key)
+        now = _now()
+        if session is None or session is not self._found or _stamp(session) != self._stamp:
+            raise busy(session_id)
+        store._expire(session.turns, now)
+        if any(t.state is TurnState.STREAMING for t in session.turns):
+            raise busy(session_id)
+        old = session.turns[-1]
+        if old.id != self.turn.id:
+            raise busy(session_id)
+        # Its usage stays counted, as SqlStore moves it to the usage records.
+        store._keep_usage(user_id, session_id, [old])
+        session.turns.pop()
+        store._turn_owner.pop(old.id, None)
+        session.context_tokens.pop(old.id, None)
+        turn = TurnRecord(
+            id=self.turn_id,
+            session_id=session_id,
+            seq=old.seq,
+            state=TurnState.STREAMING,
+            messages=(_copy(self._message),),
+            stop_reason=None,
+            usage=Usage(),
+            model=plan.model,
+            provider=plan.provider,
+            created_at=now,
+        )
+        session.turns.append(turn)
+        store._turn_owner[turn.id] = self._key
+        store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        # A retried send with the replaced turn's key gets this reply.
+        session.keys = {k: turn.id if t == old.id else t for k, t in session.keys.items()}
         session.info = replace(session.info, updated_at=now)
         return turn
 
