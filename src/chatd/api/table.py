@@ -43,9 +43,6 @@ ROUTES = (
     Route("/", GET_HEAD, public=True),
     Route("/healthz", GET_HEAD, public=True),
     Route("/readyz", GET_HEAD, public=True),
-    # The chat page's entry (a browser asking / for HTML is sent here); its assets are public
-    # by prefix, below.
-    Route("/ui", GET_HEAD, public=True),
     Route("/chat", POST, metered=True, hot=True),
     Route("/chat-stream", POST, metered=True, hot=True),
     Route("/chat/{session_id}", POST, metered=True, hot=True),
@@ -56,8 +53,9 @@ ROUTES = (
     Route("/v1/sessions/import", POST, large_body=True),
 )
 
-# The chat page and its assets: the page asks for the key itself, so it must load without one.
-PUBLIC_PREFIXES = ("/ui/",)
+# The chat page (/ui, sent on to /ui/) and its files: it asks for the key itself, so it loads
+# without one. Not in ROUTES: it is static files, outside the API's schema.
+PUBLIC_PAGE = "/ui"
 
 # The first area whose prefix a path starts with gives its error shape; the compatibility
 # routes (and any other path) keep FastAPI's `{"detail": ...}`.
@@ -97,7 +95,8 @@ def is_public(method: str, path: str) -> bool:
     """Tell whether a request needs no key."""
     methods = _PUBLIC.get(path)
     if methods is None:
-        return method in GET_HEAD and path.startswith(PUBLIC_PREFIXES)
+        page = path == PUBLIC_PAGE or path.startswith(PUBLIC_PAGE + "/")
+        return page and method in GET_HEAD
     return method in methods
 
 
