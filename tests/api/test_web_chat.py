@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -424,3 +425,28 @@ def test_the_page_works_at_phone_width_and_in_dark_mode(
     expect(page.locator(".turn")).to_have_count(2)
     assert not log.errors
     assert not log.console
+
+
+def test_leaving_a_reply_mid_stream_does_not_stop_it(make_server: Any, open_page: Any) -> None:
+    server = make_server()
+    page, log = open_page(server)
+    send(page, "an earlier chat")
+    last_turn_ends(page)
+    earlier = session_of(page)
+    page.click("#new-chat")
+    send(page, f"{SLOW} keep going while I look elsewhere")
+    expect(page.locator(".turn .bubble.markdown").last).not_to_be_empty()
+    busy = session_of(page)
+    page.locator(f'#sessions .session[data-id="{earlier}"] .session-link').click()
+    expect(page.locator(".turn .msg.user")).to_have_text(["an earlier chat"])
+    expect(page.locator("#send")).to_be_visible()
+    # The reply went on being written and was stored whole; going back shows it.
+    page.locator(f'#sessions .session[data-id="{busy}"] .session-link').click()
+    expect(page.locator(".turn .msg.user")).to_contain_text("keep going")
+    deadline = time.monotonic() + 20
+    while turns(server, busy)[0]["state"] == "streaming" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    page.reload()
+    last_turn_ends(page)
+    assert [t["state"] for t in turns(server, busy)] == ["complete"]
+    assert not log.errors

@@ -131,8 +131,17 @@ class Page {
     else history.replaceState(null, "", target);
   }
 
+  // Stop reading the reply in flight (to look at another session): it still finishes and is
+  // stored, since a reader leaving does not stop a turn; the stop button does.
+  detach() {
+    if (!this.live) return;
+    this.live.controller.abort();
+    this.live = null;
+    this.busy(false);
+  }
+
   newChat(push) {
-    if (this.live) return;
+    this.detach();
     this.session = null;
     this.views = [];
     this.url(null, push);
@@ -144,7 +153,7 @@ class Page {
   }
 
   async open(id, push) {
-    if (this.live) return;
+    this.detach();
     this.clearNotice();
     try {
       const [session, turns] = await Promise.all([this.api.session(id), this.api.turns(id)]);
@@ -328,6 +337,7 @@ class Page {
       );
       if (!ended) view.fail("the connection closed before the reply ended");
     } catch (error) {
+      if (this.live?.controller !== controller) return false; // the reader moved on
       if (!started) {
         // Refused: nothing was stored, so the page shows what is stored, as it was.
         this.live = null;
@@ -338,6 +348,7 @@ class Page {
       }
       view.fail(error.name === "AbortError" ? "stopped" : error.message);
     }
+    if (this.live?.controller !== controller) return true;
     this.live = null;
     this.busy(false);
     await this.refresh(id);
@@ -382,7 +393,6 @@ class Page {
     $("send").hidden = on;
     $("stop").hidden = !on;
     $("stop").disabled = false;
-    $("new-chat").disabled = on;
   }
 
   pendingSettings() {
