@@ -314,6 +314,12 @@ class SessionSettings:
     provider: str | None = None
 
 
+# How a session list is ordered: by creation, oldest first (then id), or most recently active
+# first (updated_at, which moves at every turn's start and finish and every update; then id,
+# both descending).
+SessionOrder = Literal["created", "recent"]
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """A conversation's settings and size."""

@@ -21,6 +21,7 @@ from chatd.types import (
     HistoryCut,
     Message,
     SessionInfo,
+    SessionOrder,
     SessionSettings,
     StopReason,
     TurnPlan,
@@ -232,11 +233,18 @@ class SessionReader(Protocol):
         ...
 
     async def page_sessions(
-        self, user_id: str, *, limit: int, after: str | None = None
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        order: SessionOrder = "created",
     ) -> tuple[Sequence[SessionInfo], str | None]:
-        """Return up to limit sessions, oldest first, after the cursor, and the next cursor.
+        """Return up to limit sessions in this order after the cursor, and the next cursor.
 
-        The next cursor is None on the last page; InputError if `after` is not a cursor.
+        created: oldest first, by (created_at, id); recent: most recently active first, by
+        (updated_at, id) descending. The next cursor is None on the last page; InputError if
+        `after` is not a cursor, or was made for the other order.
         """
         ...
 

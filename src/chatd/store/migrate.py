@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration shipped; tests/store keeps it equal to the migrations folder's head.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 
 # Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent upgrades.

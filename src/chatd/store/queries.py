@@ -300,6 +300,25 @@ PAGE_SESSIONS_AFTER = PAGE_SESSIONS.where(
         ),
     )
 )
+# Most recently active first: (updated_at, session_id) descending, on the index
+# ix_sessions_user_id_updated_at read backwards. Parameters as above, after_at an updated_at.
+PAGE_SESSIONS_RECENT = (
+    select(sessions, _turn_count, _session_cost)
+    .where(sessions.c.user_id == bindparam("user_id"))
+    .order_by(sessions.c.updated_at.desc(), sessions.c.session_id.desc())
+    .limit(bindparam("limit"))
+)
+PAGE_SESSIONS_RECENT_AFTER = PAGE_SESSIONS_RECENT.where(
+    # Implied by the or_, but only so does PostgreSQL start the index scan at the cursor.
+    sessions.c.updated_at <= bindparam("after_at"),
+    or_(
+        sessions.c.updated_at < bindparam("after_at"),
+        and_(
+            sessions.c.updated_at == bindparam("after_at"),
+            sessions.c.session_id < bindparam("after_id"),
+        ),
+    ),
+)
 # Parameters: user_id, session_id, after_seq, limit.
 PAGE_TURNS = LIST_TURNS.where(turns.c.seq > bindparam("after_seq")).limit(bindparam("limit"))
 # Parameter: turn_ids (a list).

@@ -56,6 +56,7 @@ from chatd.types import (
     Message,
     Role,
     SessionInfo,
+    SessionOrder,
     SessionSettings,
     StopReason,
     TurnPlan,
@@ -66,6 +67,12 @@ from chatd.types import (
     UsageLine,
     UsageQuery,
 )
+
+# Each order's statements: its first page, and its pages after a cursor.
+_SESSION_PAGES = {
+    "created": (q.PAGE_SESSIONS, q.PAGE_SESSIONS_AFTER),
+    "recent": (q.PAGE_SESSIONS_RECENT, q.PAGE_SESSIONS_RECENT_AFTER),
+}
 
 # A history message decoded, with its row (role, parts, tokens, turn seq, turn context_tokens).
 _Decoded = tuple[Message, Sequence[Any]]
@@ -822,17 +829,23 @@ class SqlStore:
         )
 
     async def page_sessions(
-        self, user_id: str, *, limit: int, after: str | None = None
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        order: SessionOrder = "created",
     ) -> tuple[Sequence[SessionInfo], str | None]:
-        """Return up to limit sessions, oldest first, after the cursor, and the next cursor."""
+        """Return up to limit sessions in this order after the cursor, and the next cursor."""
         values: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
-        statement = q.PAGE_SESSIONS
+        first, later = _SESSION_PAGES[order]
+        statement = first
         if after is not None:
-            values["after_at"], values["after_id"] = parse_session_cursor(after)
-            statement = q.PAGE_SESSIONS_AFTER
+            values["after_at"], values["after_id"] = parse_session_cursor(after, order)
+            statement = later
         rows = await self.db.read(lambda conn: conn.execute(statement, values).all())
         page = [session_info(r._mapping) for r in rows[:limit]]
-        return page, session_cursor(page[-1]) if len(rows) > limit else None
+        return page, session_cursor(page[-1], order) if len(rows) > limit else None
 
     async def page_turns(
         self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0

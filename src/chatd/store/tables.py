@@ -103,6 +103,8 @@ sessions = Table(
     _utc("updated_at"),
     UniqueConstraint("user_id", "session_id"),
     Index("ix_sessions_updated_at", "updated_at"),
+    # A user's sessions most recently active first (GET /v1/sessions?order=recent).
+    Index("ix_sessions_user_id_updated_at", "user_id", "updated_at", "session_id"),
 )
 
 # One user message and what came back, with how it ended.

@@ -30,6 +30,7 @@ from chatd.types import (
     Message,
     Role,
     SessionInfo,
+    SessionOrder,
     SessionSettings,
     StopReason,
     TurnPlan,
@@ -367,18 +368,26 @@ class MemoryStore:
         return _info(session)
 
     async def page_sessions(
-        self, user_id: str, *, limit: int, after: str | None = None
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        order: SessionOrder = "created",
     ) -> tuple[Sequence[SessionInfo], str | None]:
-        """Return up to limit sessions, oldest first, after the cursor, and the next cursor."""
-        mine = sorted(
-            (s.info for (user, _), s in self._sessions.items() if user == user_id),
-            key=lambda i: (i.created_at, i.id),
-        )
-        if after is not None:
-            start = parse_session_cursor(after)
-            mine = [i for i in mine if (i.created_at, i.id) > start]
+        """Return up to limit sessions in this order after the cursor, and the next cursor."""
+        mine = [s.info for (user, _), s in self._sessions.items() if user == user_id]
+        start = None if after is None else parse_session_cursor(after, order)
+        if order == "created":
+            mine.sort(key=lambda i: (i.created_at, i.id))
+            if start is not None:
+                mine = [i for i in mine if (i.created_at, i.id) > start]
+        else:
+            mine.sort(key=lambda i: (i.updated_at, i.id), reverse=True)
+            if start is not None:
+                mine = [i for i in mine if (i.updated_at, i.id) < start]
         page = [_info(self._sessions[(user_id, i.id)]) for i in mine[:limit]]
-        return page, session_cursor(page[-1]) if len(mine) > limit else None
+        return page, session_cursor(page[-1], order) if len(mine) > limit else None
 
     async def page_turns(
         self, user_id: str, session_id: str, *, limit: int, after_seq: int = 0

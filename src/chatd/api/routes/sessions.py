@@ -39,7 +39,7 @@ from chatd.engine import check_max_tokens, check_session_id
 from chatd.errors import AlreadyExists, Forbidden, NotFound
 from chatd.runtime import Runtime
 from chatd.transfer import export_doc, parse_doc, restore
-from chatd.types import GenerationParams, UsageGrouping, UsageQuery
+from chatd.types import GenerationParams, SessionOrder, UsageGrouping, UsageQuery
 
 router = APIRouter(prefix="/v1", tags=["sessions"], route_class=CheckedRoute)
 
@@ -93,11 +93,27 @@ async def list_sessions(
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=512, description="next_cursor of a page")
+        str | None,
+        Query(max_length=512, description="next_cursor of a page listed in the same order"),
     ] = None,
+    order: Annotated[
+        SessionOrder,
+        Query(
+            description="created: oldest first (by created_at, then id); recent: most recently"
+            " active first (by updated_at, then id, both descending)"
+        ),
+    ] = "created",
 ) -> SessionPage:
-    """List the caller's sessions, oldest first, a page at a time."""
-    page, next_cursor = await store.page_sessions(user, limit=limit, after=cursor)
+    """List the caller's sessions a page at a time, oldest first or most recently active first.
+
+    order=created (the default) lists by creation, oldest first; order=recent by updated_at,
+    which moves when a turn starts or finishes and when the session is updated, newest first.
+    A cursor pages on in the order it was made for: given with the other order it is a 422.
+    Paging order=recent follows a moving key: a session that becomes active while the pages are
+    read jumps to the front, so later pages skip it if it was not yet listed (a new first page
+    shows it).
+    """
+    page, next_cursor = await store.page_sessions(user, limit=limit, after=cursor, order=order)
     return SessionPage(data=[session_out(s) for s in page], next_cursor=next_cursor)
 
 
