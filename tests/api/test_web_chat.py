@@ -347,8 +347,14 @@ def test_the_sidebar_pages_through_many_sessions(make_server: Any, open_page: An
     for i in range(35):
         created = httpx.post(f"{server.url}/v1/sessions", json={"id": f"s{i:02d}"})
         assert created.status_code == 201
+    httpx.patch(f"{server.url}/v1/sessions/s05", json={"title": "touched last"})
     page, _ = open_page(server)
     expect(page.locator("#sessions .session")).to_have_count(30)
+    # Most recently active first: the one just renamed, then the newest.
+    ids = page.locator("#sessions .session").evaluate_all(
+        "(items) => items.map((i) => i.dataset.id)"
+    )
+    assert ids[:3] == ["s05", "s34", "s33"]
     page.click("#more-sessions")
     expect(page.locator("#sessions .session")).to_have_count(35)
     expect(page.locator("#more-sessions")).to_be_hidden()
