@@ -456,3 +456,27 @@ def test_leaving_a_reply_mid_stream_does_not_stop_it(make_server: Any, open_page
     last_turn_ends(page)
     assert [t["state"] for t in turns(server, busy)] == ["complete"]
     assert not log.errors
+
+
+def test_the_settings_panel_clears_and_deletes_after_asking_again(
+    make_server: Any, open_page: Any
+) -> None:
+    server = make_server()
+    page, log = open_page(server)
+    send(page, "something to clear")
+    last_turn_ends(page)
+    sid = session_of(page)
+    page.click("#toggle-settings")
+    page.click("#reset-session")
+    expect(page.locator("#reset-session")).to_have_text("Click again to clear")
+    assert len(turns(server, sid)) == 1
+    page.click("#reset-session")
+    expect(page.locator(".turn")).to_have_count(0)
+    assert turns(server, sid) == []
+    page.click("#delete-session")
+    expect(page.locator("#delete-session")).to_have_text("Click again to delete")
+    page.click("#delete-session")
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator(f'#sessions .session[data-id="{sid}"]')).to_have_count(0)
+    assert httpx.get(f"{server.url}/v1/sessions/{sid}").status_code == 404
+    assert not log.dialogs

@@ -1,5 +1,6 @@
 // The chat page: sign-in, the sidebar, the conversation, the composer.
 import { Api, ApiError } from "./api.js";
+import { Settings } from "./settings.js";
 import { Sidebar, titleOf } from "./sidebar.js";
 import { TurnView, element, money } from "./turns.js";
 
@@ -24,6 +25,20 @@ class Page {
       },
       failed: (error) => this.notify(error),
     });
+    this.settings = new Settings(this.api, {
+      session: () => (this.live ? null : this.session),
+      saved: (s) => {
+        this.session = s;
+        this.showSession(s);
+        this.sidebar.touch(s);
+      },
+      reset: () => this.open(this.session.id, false),
+      deleted: (id) => {
+        this.sidebar.find(id)?.remove();
+        this.newChat(true);
+      },
+      failed: (error) => this.notify(error),
+    });
   }
 
   async start() {
@@ -44,7 +59,7 @@ class Page {
       return;
     }
     this.enter();
-    this.loadModels();
+    this.settings.loadModels();
     if (id) await this.open(id, false);
     else this.newChat(false);
   }
@@ -96,17 +111,6 @@ class Page {
     $("stop").addEventListener("click", () => this.stop());
     $("toggle-sidebar").addEventListener("click", () => this.drawer(!document.body.classList.contains("drawer")));
     $("scrim").addEventListener("click", () => this.drawer(false));
-    $("toggle-settings").addEventListener("click", () => {
-      const form = $("settings");
-      form.hidden = !form.hidden;
-      $("toggle-settings").setAttribute("aria-expanded", String(!form.hidden));
-    });
-    $("settings").addEventListener("submit", (event) => {
-      event.preventDefault();
-      this.saveSettings();
-    });
-    $("reset-session").addEventListener("click", () => this.resetSession());
-    $("delete-session").addEventListener("click", () => this.deleteSession());
     window.addEventListener("popstate", () => {
       const id = new URLSearchParams(location.search).get("session");
       if (id) this.open(id, false);
@@ -176,36 +180,7 @@ class Page {
     $("session-title").textContent = session ? titleOf(session) : "New chat";
     document.title = session ? `${titleOf(session)} · chatd` : "chatd";
     $("session-cost").textContent = session ? money(session.cost_usd) : "";
-    $("set-title").value = session?.title ?? "";
-    $("set-system").value = session?.system_prompt ?? "";
-    const model = session?.model ? (session.provider ? `${session.provider}/${session.model}` : session.model) : "";
-    this.chooseModel(model);
-    $("set-policy").value = session?.context?.policy ?? "";
-    $("set-limit").value = session?.context?.limit ?? "";
-    $("reset-session").disabled = !session;
-    $("delete-session").disabled = !session;
-  }
-
-  chooseModel(model) {
-    const select = $("set-model");
-    if (model && ![...select.options].some((o) => o.value === model)) {
-      select.append(new Option(model, model));
-    }
-    select.value = model;
-  }
-
-  async loadModels() {
-    try {
-      const models = await this.api.models();
-      const select = $("set-model");
-      const chosen = select.value;
-      for (const id of models) {
-        if (![...select.options].some((o) => o.value === id)) select.append(new Option(id, id));
-      }
-      select.value = chosen;
-    } catch {
-      // The model list is a convenience; the server default still works.
-    }
+    this.settings.show(session);
   }
 
   // Draw the conversation from the turn views; regenerate and continue go on the last.
@@ -266,7 +241,7 @@ class Page {
     this.clearNotice();
     if (!this.session) {
       try {
-        this.session = await this.api.createSession(this.pendingSettings());
+        this.session = await this.api.createSession(this.settings.values());
       } catch (error) {
         this.notify(error);
         return;
@@ -393,84 +368,6 @@ class Page {
     $("send").hidden = on;
     $("stop").hidden = !on;
     $("stop").disabled = false;
-  }
-
-  pendingSettings() {
-    const settings = {};
-    const title = $("set-title").value.trim();
-    if (title) settings.title = title;
-    const system = $("set-system").value;
-    if (system.trim()) settings.system_prompt = system;
-    const model = $("set-model").value;
-    if (model) settings.model = model;
-    const policy = $("set-policy").value;
-    if (policy) {
-      settings.context = { policy };
-      const limit = Number.parseInt($("set-limit").value, 10);
-      if (limit > 0) settings.context.limit = limit;
-    }
-    return settings;
-  }
-
-  async saveSettings() {
-    const shown = $("settings-error");
-    shown.hidden = true;
-    if (!this.session) {
-      // Applied when the first message creates the session.
-      $("settings").hidden = true;
-      return;
-    }
-    const settings = this.pendingSettings();
-    if (!settings.title) settings.title = "";
-    if (!("system_prompt" in settings)) settings.system_prompt = "";
-    try {
-      this.session = await this.api.updateSession(this.session.id, settings);
-      this.showSession(this.session);
-      this.sidebar.touch(this.session);
-      $("settings").hidden = true;
-      $("toggle-settings").setAttribute("aria-expanded", "false");
-    } catch (error) {
-      shown.textContent = error.message;
-      shown.hidden = false;
-    }
-  }
-
-  async resetSession() {
-    if (!this.session || this.live) return;
-    const button = $("reset-session");
-    if (button.dataset.armed !== "1") {
-      button.dataset.armed = "1";
-      button.textContent = "Click again to clear";
-      return;
-    }
-    button.dataset.armed = "";
-    button.textContent = "Clear conversation";
-    try {
-      await this.api.resetSession(this.session.id);
-      await this.open(this.session.id, false);
-    } catch (error) {
-      this.notify(error);
-    }
-  }
-
-  async deleteSession() {
-    if (!this.session || this.live) return;
-    const button = $("delete-session");
-    if (button.dataset.armed !== "1") {
-      button.dataset.armed = "1";
-      button.textContent = "Click again to delete";
-      return;
-    }
-    button.dataset.armed = "";
-    button.textContent = "Delete session";
-    try {
-      await this.api.deleteSession(this.session.id);
-      this.sidebar.find(this.session.id)?.remove();
-      this.newChat(true);
-      $("settings").hidden = true;
-    } catch (error) {
-      this.notify(error);
-    }
   }
 
   clearNotice() {
