@@ -200,19 +200,40 @@ class TurnStore(Protocol):
         """
         ...
 
+    async def request_stop(self, user_id: str, session_id: str, why: str) -> str | None:
+        """Ask whichever process runs the session's turn in flight to stop it; return its id.
+
+        Marks the streaming turn whose lease is live with `why` as its error: from then on
+        its lease is not renewed, and the process running it learns at its next renewal
+        (`LeaseStore.stop_requested`) and ends it. The turn stays streaming until then.
+        NotFound without the session; None when no turn is in flight on it.
+        """
+        ...
+
+    async def turn_state(self, turn_id: str) -> TurnState | None:
+        """Return the turn's state now, or None if it is no longer stored."""
+        ...
+
 
 class LeaseStore(Protocol):
     """Streaming turns' leases: renewed by the process running them, expired by the sweep."""
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
-        """Extend these turns' leases; return the ids renewed (those still streaming)."""
+        """Extend these turns' leases; return the ids renewed (those still streaming).
+
+        A turn asked to stop (`TurnStore.request_stop`) is not renewed.
+        """
+        ...
+
+    async def stop_requested(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are streaming with a stop asked for."""
         ...
 
     async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
         """Return the ids of these turns that are still stored, in any state.
 
-        A held turn missing from a renewal is either taken by a sweep (still stored) or gone
-        with its session (deleted or reset): this tells which.
+        A held turn missing from a renewal (and not asked to stop) is either taken by a sweep
+        (still stored) or gone with its session (deleted or reset): this tells which.
         """
         ...
 

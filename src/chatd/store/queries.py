@@ -179,6 +179,8 @@ CLAIM_CONTINUATION = Direct(
         state=literal_column(f"'{STREAMING}'"),
         lease_until=bindparam("until"),
         stop_reason=func.coalesce(turns.c.stop_reason, StopReason.MAX_TOKENS.value),
+        # A streaming turn's error is a stop asked for (REQUEST_STOP): an earlier note goes.
+        error=None,
     )
 )
 
@@ -247,13 +249,37 @@ EXPIRE_LEASES = update(turns).where(_expired).values(_interrupt)
 EXPIRE_SESSION_LEASES = (
     update(turns).where(turns.c.session_pk == bindparam("pk"), _expired).values(_interrupt)
 )
-# Parameters: turn_ids (a list), until.
+# A streaming turn with an error is one asked to stop: the error says why it is to end.
+_STOP_ASKED = turns.c.error.is_not(None)
+# Parameters: turn_ids (a list), until. A turn asked to stop is not renewed: its process
+# learns from the renewal's answer, and a process that died lets the lease run out.
 RENEW_LEASES = (
     update(turns)
-    .where(turns.c.id.in_(bindparam("turn_ids", expanding=True)), IS_STREAMING)
+    .where(
+        turns.c.id.in_(bindparam("turn_ids", expanding=True)),
+        IS_STREAMING,
+        turns.c.error.is_(None),
+    )
     .values(lease_until=bindparam("until"))
     .returning(turns.c.id)
 )
+# Parameter: turn_ids (a list).
+STOP_REQUESTED = select(turns.c.id).where(
+    turns.c.id.in_(bindparam("turn_ids", expanding=True)), IS_STREAMING, _STOP_ASKED
+)
+# Parameters: pk, now, why. The session's turn in flight (its lease live) is asked to stop.
+REQUEST_STOP = (
+    update(turns)
+    .where(
+        turns.c.session_pk == bindparam("pk"),
+        IS_STREAMING,
+        turns.c.lease_until >= bindparam("now"),
+    )
+    .values(error=bindparam("why"))
+    .returning(turns.c.id)
+)
+# Parameter: turn_id.
+TURN_STATE = select(turns.c.state).where(turns.c.id == bindparam("turn_id"))
 
 # Parameter: turn_ids (a list).
 EXISTING_TURNS = select(turns.c.id).where(turns.c.id.in_(bindparam("turn_ids", expanding=True)))

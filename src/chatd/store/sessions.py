@@ -305,7 +305,7 @@ class _Continuation(_Opened):
                 conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
             if q.CLAIM_CONTINUATION.execute(conn, {"turn_id": turn.id, "until": until}) != 1:
                 raise busy(session_id)
-            row = {**self._row, "state": q.STREAMING, "lease_until": until}
+            row = {**self._row, "state": q.STREAMING, "lease_until": until, "error": None}
             record = replace(turn, state=TurnState.STREAMING)
             return _Begun(pk, draft.last_message + 1, row, record)
 
@@ -690,6 +690,33 @@ class SqlStore:
         """Mark every streaming turn whose lease ran out as interrupted; return how many."""
         values = {"now": utc_now()}
         return await self.db.write(lambda conn: conn.execute(q.EXPIRE_LEASES, values).rowcount)
+
+    async def stop_requested(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are streaming with a stop asked for."""
+        if not turn_ids:
+            return set()
+        values = {"turn_ids": list(turn_ids)}
+        rows = await self.db.read(lambda conn: conn.execute(q.STOP_REQUESTED, values).all())
+        return {r.id for r in rows}
+
+    async def request_stop(self, user_id: str, session_id: str, why: str) -> str | None:
+        """Mark the session's turn in flight to be stopped; return its id (None: no such turn)."""
+
+        def work(conn: Connection) -> str | None:
+            pk = conn.scalar(q.SESSION_PK, _key(user_id, session_id))
+            if pk is None:
+                raise NotFound(f"no session {session_id!r}")
+            values = {"pk": pk, "now": utc_now(), "why": why}
+            turn_id: str | None = conn.execute(q.REQUEST_STOP, values).scalar()
+            return turn_id
+
+        return await self.db.write(work)
+
+    async def turn_state(self, turn_id: str) -> TurnState | None:
+        """Return the turn's state now, or None if it is no longer stored."""
+        values = {"turn_id": turn_id}
+        state = await self.db.read(lambda conn: conn.scalar(q.TURN_STATE, values))
+        return None if state is None else TurnState(state)
 
     async def finish_turn(
         self,

@@ -195,11 +195,43 @@ class MemoryStore:
         return _Regeneration(self, key, found, newest)
 
     async def renew_leases(self, turn_ids: Sequence[str], lease_s: float) -> set[str]:
-        """Extend these turns' leases; return the ids renewed (those still streaming)."""
+        """Extend these turns' leases; return the ids renewed (streaming, not asked to stop)."""
         until = _now() + timedelta(seconds=lease_s)
-        kept = {t for t in turn_ids if t in self._leases}
+        asked = await self.stop_requested(turn_ids)
+        kept = {t for t in turn_ids if t in self._leases and t not in asked}
         self._leases.update(dict.fromkeys(kept, until))
         return kept
+
+    async def stop_requested(self, turn_ids: Sequence[str]) -> set[str]:
+        """Return the ids of these turns that are streaming with a stop asked for."""
+        asked: set[str] = set()
+        for turn_id in turn_ids:
+            try:
+                session, index = self._in_flight(turn_id)
+            except NotFound:
+                continue
+            if session.turns[index].error is not None:
+                asked.add(turn_id)
+        return asked
+
+    async def request_stop(self, user_id: str, session_id: str, why: str) -> str | None:
+        """Mark the session's turn in flight to be stopped (its error says why); return its id."""
+        session = self._get(user_id, session_id)
+        now = _now()
+        for index, turn in enumerate(session.turns):
+            until = self._leases.get(turn.id)
+            if turn.state is TurnState.STREAMING and until is not None and until >= now:
+                session.turns[index] = replace(turn, error=why)
+                return turn.id
+        return None
+
+    async def turn_state(self, turn_id: str) -> TurnState | None:
+        """Return the turn's state now, or None if it is no longer stored."""
+        owner = self._turn_owner.get(turn_id)
+        session = None if owner is None else self._sessions.get(owner)
+        if session is None:
+            return None
+        return next((t.state for t in session.turns if t.id == turn_id), None)
 
     async def existing_turns(self, turn_ids: Sequence[str]) -> set[str]:
         """Return the ids of these turns that are still stored, in any state."""
@@ -618,7 +650,8 @@ class _Continuation(_Pending):
             raise busy(session_id)
         # Its stop reason stays (set if an imported turn had none): the sweep reads it.
         stop = newest.stop_reason or StopReason.MAX_TOKENS
-        turn = replace(newest, state=TurnState.STREAMING, stop_reason=stop)
+        # A streaming turn's error is a stop asked for: an earlier note goes.
+        turn = replace(newest, state=TurnState.STREAMING, stop_reason=stop, error=None)
         session.turns[-1] = turn
         store._leases[turn.id] = now + timedelta(seconds=lease_s)
         session.info = replace(session.info, updated_at=now)
