@@ -13,8 +13,10 @@ ChatdError                      500  anything we did not foresee
 ├── SessionBusy                 409  a turn is already in flight on this session
 ├── NothingToContinue           409  continuing a session whose last reply is not truncated
 ├── NothingToRegenerate         409  regenerating the last reply of a session with no turns
+├── NothingToStop               409  stopping a session with no turn in flight
 ├── TurnDiscarded               409  the session was deleted or reset while its reply streamed
 ├── TurnStopped                 503  the server stopped the turn (shutting down)
+│   └── TurnStoppedOnRequest    409  a user asked to stop it (POST /v1/sessions/{id}/stop)
 ├── StoreUnavailable            503  the database cannot be reached
 └── UpstreamError               502  the model provider misbehaved
     ├── UpstreamAuthError       502  the provider refused our key
@@ -120,6 +122,12 @@ class NothingToRegenerate(ChatdError):
     status = 409
 
 
+class NothingToStop(ChatdError):
+    """A stop was asked for, but no turn is in flight on the session (or it just finished)."""
+
+    status = 409
+
+
 class TurnDiscarded(ChatdError):
     """The turn's session was deleted or reset while the reply streamed; nothing of it is kept."""
 
@@ -130,6 +138,12 @@ class TurnStopped(ChatdError):
     """The server stopped a turn before it finished, e.g. while shutting down."""
 
     status = 503
+
+
+class TurnStoppedOnRequest(TurnStopped):
+    """A user asked to stop the turn; it is kept, interrupted, with what it said so far."""
+
+    status = 409
 
 
 class StoreUnavailable(ChatdError):

@@ -5,22 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 from chatd.engine.ports import LeaseStore
 from chatd.errors import StoreUnavailable
 
 log = logging.getLogger("chatd.engine")
 
-# Called for a turn whose lease was lost: with False when another process's sweep marked it
-# interrupted, with True when it is gone with its session (deleted or reset).
-OnLost = Callable[[bool], None]
+# Why a held turn's lease was not renewed: "stopped", a stop was asked for (by any process);
+# "gone", it went with its session (deleted or reset); "taken", another process's sweep
+# marked it interrupted (or why could not be read).
+Lost = Literal["stopped", "gone", "taken"]
+# Called for a turn whose lease was not renewed, with why.
+OnLost = Callable[[Lost], None]
 
 
 class LeaseKeeper:
     """Renew held turns' leases every lease/3, in one statement; tell a turn it lost its lease.
 
-    A turn missing from the renewal was either interrupted by another process's sweep or
-    deleted with its session (by any process): one more read, only then, tells which.
+    A turn missing from the renewal was asked to stop, interrupted by another process's sweep
+    or deleted with its session (by any process): a read or two, only then, tells which.
     """
 
     def __init__(self, store: LeaseStore, lease_s: float) -> None:
@@ -61,13 +65,19 @@ class LeaseKeeper:
             missing = [t for t in held if t not in kept and t in self._held]
             if not missing:
                 continue
+            why: dict[str, Lost] = {}
             try:
-                gone = set(missing) - await self.store.existing_turns(missing)
+                stopped = await self.store.stop_requested(missing)
+                why = dict.fromkeys(stopped, "stopped")
+                rest = [t for t in missing if t not in stopped]
+                if rest:
+                    kept_rows = await self.store.existing_turns(rest)
+                    why |= {t: "gone" for t in rest if t not in kept_rows}
             except StoreUnavailable:
                 # Lost either way; only the reason given to the reader is less precise.
-                gone = set()
+                pass
             for turn_id in missing:
                 on_lost = self._held.pop(turn_id, None)
                 if on_lost is not None:
-                    # Stop spending tokens on a turn that is no longer this process's to finish.
-                    on_lost(turn_id in gone)
+                    # Stop spending tokens on a turn that is no longer this process's to run.
+                    on_lost(why.get(turn_id, "taken"))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatd.engine.config import EngineConfig
-from chatd.engine.leases import LeaseKeeper
+from chatd.engine.leases import LeaseKeeper, Lost
 from chatd.engine.ports import TurnStore
 from chatd.engine.summarize import summary_request, write_summary
 from chatd.engine.view import TurnView
@@ -23,6 +23,7 @@ from chatd.errors import (
     ToolRoundsExceeded,
     TurnDiscarded,
     TurnStopped,
+    TurnStoppedOnRequest,
     UpstreamError,
 )
 from chatd.prices import MICRO
@@ -69,6 +70,8 @@ LEASE_LOST = (
     "this turn's lease ran out (the database was unreachable for too long), "
     "so it was recorded as interrupted"
 )
+# Why a turn stopped by a user's request ends (its stored error, and what its reader is told).
+STOPPED = "the reply was stopped on request"
 
 
 # Wraps a turn's run, the coroutine its task runs (e.g. in a tracing span); None: run as is.
@@ -209,6 +212,12 @@ class TurnRun:
     discarded: TurnDiscarded | None = None
     # Set while its session is being deleted or reset: a finish that finds its row gone says so.
     doomed: TurnDiscarded | None = None
+    # Set when a user asked to stop it (`stop`): it ends interrupted, with what it said so far.
+    stopped: bool = False
+    # Set once the run is past its rounds, storing how it ended: too late to stop it.
+    ending: bool = False
+    # The state its end was stored in, once it was (None: not stored, or not yet).
+    stored_state: TurnState | None = None
     usage_sink: UsageSink | None = None
     # The truncated turn this run continues (its messages, usage, stop reason), if it does.
     continuing: TurnRecord | None = None
@@ -240,9 +249,13 @@ class TurnRun:
         self.seq = seq
         runner = self._runner
 
-        def lost(gone: bool) -> None:
-            if gone:
+        def lost(why: Lost) -> None:
+            if why == "gone":
                 self.discard(TurnDiscarded(SESSION_GONE))
+                return
+            if why == "stopped":
+                # Asked in another process (or this one's store): stopped as if asked here.
+                self.stop()
                 return
             self.lost_lease = True
             if runner is not None:
@@ -262,6 +275,20 @@ class TurnRun:
         if self._runner is not None:
             self._runner.cancel()
 
+    def stop(self) -> bool:
+        """Stop the turn at a user's request: the model call ends, it is stored interrupted.
+
+        What it said so far is kept and its usage charged; its reader gets TurnStoppedOnRequest.
+        False when it is too late: the run is already storing its end (or was discarded).
+        """
+        if self.stopped:
+            return True
+        if self.ending or self.discarded is not None or self._runner is None:
+            return False
+        self.stopped = True
+        self._runner.cancel()
+        return True
+
     async def run(self) -> None:
         """Call the model (and tools) to the end, store the turn, then post TurnEnded.
 
@@ -279,6 +306,7 @@ class TurnRun:
                 if self.is_stored:
                     self.leases.release(self.turn_id)
         except asyncio.CancelledError:
+            self.ending = True
             if not self.is_stored:
                 raise
             if self.discarded is not None:
@@ -286,14 +314,21 @@ class TurnRun:
                 self.progress.end_call(worked=True)
                 await self._report_usage()
                 raise
-            why = LEASE_LOST if self.lost_lease else "the reply was stopped before it finished"
+            ended: ChatdError
+            if self.lost_lease:
+                ended = StoreUnavailable(LEASE_LOST)
+            elif self.stopped:
+                ended = TurnStoppedOnRequest(STOPPED)
+            else:
+                ended = TurnStopped("the reply was stopped before it finished")
             self.progress.end_call(worked=True)
-            await self._finish_quietly(TurnState.INTERRUPTED, why)
+            await self._finish_quietly(TurnState.INTERRUPTED, ended.message)
             await self._report_usage()
             # Whoever still listens learns why the reply ends here.
-            self.outbox.put(StoreUnavailable(why) if self.lost_lease else TurnStopped(why))
+            self.outbox.put(ended)
             raise
         except Exception as exc:
+            self.ending = True
             if not self.is_stored:
                 await self._stored
                 self.leases.release(self.turn_id)
@@ -303,6 +338,7 @@ class TurnRun:
             await self._report_usage()
             self.outbox.put(exc)
             return
+        self.ending = True
         stop = self.progress.stop or StopReason.UNKNOWN
         try:
             end = await self._finish(STATE_FOR_STOP.get(stop, TurnState.COMPLETE))
@@ -564,6 +600,7 @@ class TurnRun:
             raise StoreUnavailable(
                 "the turn's lease ran out before its reply could be stored"
             ) from None
+        self.stored_state = state
         reply = messages if earlier is None else (*earlier.messages, *messages)
         text = "".join(m.text for m in reply if m.role is Role.ASSISTANT)
         end = stop or StopReason.UNKNOWN

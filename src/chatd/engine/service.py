@@ -16,9 +16,18 @@ from chatd.engine.context import ContextPolicy, policy_for
 from chatd.engine.leases import LeaseKeeper
 from chatd.engine.meter import TokenMeter
 from chatd.engine.ports import PendingTurn, Store
-from chatd.engine.run import STATE_FOR_STOP, TurnRun, TurnWrapper, UsageSink, tell
+from chatd.engine.run import STATE_FOR_STOP, STOPPED, TurnRun, TurnWrapper, UsageSink, tell
 from chatd.engine.view import TurnView
-from chatd.errors import ChatdError, ConfigError, InputError, InputTooLarge, TurnDiscarded
+from chatd.errors import (
+    ChatdError,
+    ConfigError,
+    InputError,
+    InputTooLarge,
+    NotFound,
+    NothingToStop,
+    StoreUnavailable,
+    TurnDiscarded,
+)
 from chatd.prices import MICRO
 from chatd.providers.base import Provider
 from chatd.providers.retry import RetryTally, stream_with_retries
@@ -395,6 +404,64 @@ class ChatService:
         await self._discard(user_id, session_id, why)
         return removed
 
+    async def stop_turn(self, user_id: str, session_id: str) -> TurnStopResult:
+        """Stop the session's turn in flight, wherever it runs, and return how it was stored.
+
+        Returns once the turn's end is stored (interrupted, with what it said so far; a
+        stopped continuation leaves its turn truncated), so the session takes the next send
+        at once. In this process the model call is cancelled now; a turn another process runs
+        is marked in the store, and that process stops it at its next lease renewal (within a
+        third of a lease; if it died, its lease runs out first). NotFound without the session
+        (or not the caller's); NothingToStop when no turn is in flight, or it was already
+        ending on its own.
+        """
+        check_session_id(session_id)
+        found = self._live.get((user_id, session_id))
+        if found is not None:
+            run, task = found
+            stopping = run.stop()
+            # Stopped or ending on its own, its end is stored when its task is done.
+            await asyncio.wait({task})
+            if stopping:
+                return self._stopped(session_id, run.turn_id, run.stored_state)
+        # Not here (or it just ended here): ask whichever process runs a turn on it.
+        turn_id = await self.store.request_stop(user_id, session_id, STOPPED)
+        if turn_id is None:
+            raise NothingToStop(f"no turn is in flight on session {session_id!r}")
+        return self._stopped(session_id, turn_id, await self._stored_end(turn_id))
+
+    def _stopped(self, session_id: str, turn_id: str, state: TurnState | None) -> TurnStopResult:
+        if state is None:
+            raise StoreUnavailable(
+                "the turn was stopped but its end could not be stored; "
+                "it is marked interrupted once its lease runs out"
+            )
+        if state not in STOPPED_STATES:
+            raise NothingToStop(
+                f"the turn on session {session_id!r} had just ended ({state.value})"
+            )
+        return TurnStopResult(session_id, turn_id, state)
+
+    async def _stored_end(self, turn_id: str) -> TurnState | None:
+        """Wait for a turn asked to stop to be stored ended by the process running it."""
+        lease = self.config.lease_s
+        # That process learns at its next renewal (every lease/3); one that died never does,
+        # and its lease, no longer renewed, runs out within a lease.
+        deadline = time.monotonic() + lease * 1.25 + 1
+        pause = min(max(lease / 30, 0.02), 0.25)
+        while True:
+            state = await self.store.turn_state(turn_id)
+            if state is None:
+                raise NotFound("the turn is gone: its session was deleted or reset meanwhile")
+            if state is not TurnState.STREAMING:
+                return state
+            if time.monotonic() > deadline:
+                # Its process is gone (its lease ran out): mark it as the sweep would.
+                await self.store.expire_leases()
+                state = await self.store.turn_state(turn_id)
+                return None if state is TurnState.STREAMING else state
+            await asyncio.sleep(pause)
+
     @contextmanager
     def _dooming(self, user_id: str, session_id: str, why: TurnDiscarded) -> Iterator[None]:
         # A turn finishing while its rows are being deleted must say why they are gone.
@@ -528,6 +595,19 @@ def _discarded(how: str) -> TurnDiscarded:
     return TurnDiscarded(
         f"the session was {how} while the reply was streaming, so the reply was not kept"
     )
+
+
+# How a stopped turn is stored: interrupted, or truncated as it was for a continuation.
+STOPPED_STATES = (TurnState.INTERRUPTED, TurnState.TRUNCATED)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStopResult:
+    """A turn stopped at a user's request, and the state its end was stored in."""
+
+    session_id: str
+    turn_id: str
+    state: TurnState
 
 
 class _Prepared(NamedTuple):
