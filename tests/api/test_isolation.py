@@ -30,6 +30,7 @@ NOT_FOUND_MATRIX = [
     ("GET", "/v1/sessions/{sid}/export", None),
     ("POST", "/v1/sessions/{sid}/continue", None),
     ("POST", "/v1/sessions/{sid}/regenerate", None),
+    ("POST", "/v1/sessions/{sid}/stop", None),
     ("POST", "/v1/sessions/{sid}/reset", None),
     ("DELETE", "/v1/sessions/{sid}", None),
 ]

@@ -400,6 +400,18 @@ class ResetV1Out(BaseModel):
     previous_turns: int = Field(description="completed exchanges before the reset")
 
 
+class StopOut(BaseModel):
+    """A turn stopped on request, its end stored: the session takes the next send at once."""
+
+    session_id: str
+    turn_id: str
+    state: Literal["interrupted", "truncated"] = Field(
+        description="how the turn is stored: interrupted, with what it said so far (outside "
+        "the model's context); a stopped continuation leaves its reply truncated, as it was",
+        examples=["interrupted"],
+    )
+
+
 class UsageTotalsOut(UsageOut):
     """Usage summed: the tokens, and how many turns they were spent in."""
 

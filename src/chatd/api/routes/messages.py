@@ -1,4 +1,4 @@
-"""/v1 messages of a session: list every turn with its state; send one (JSON or SSE)."""
+"""/v1 messages of a session: list every turn with its state; send one (JSON or SSE); stop one."""
 
 from __future__ import annotations
 
@@ -20,12 +20,19 @@ from chatd.api.deps import (
 from chatd.api.encoders import encode, sse_chunk, sse_failure, started
 from chatd.api.responses import SSE_HEADERS, EventStream, event_schema
 from chatd.api.routing import CheckedRoute
-from chatd.api.schemas import ContinueIn, ErrorOut, ReplyOut, SendIn, TurnPage
+from chatd.api.schemas import ContinueIn, ErrorOut, ReplyOut, SendIn, StopOut, TurnPage
 from chatd.api.views import reply_out, turn_out
 from chatd.engine import TurnOptions
 from chatd.errors import ChatdError
 from chatd.runtime import Runtime
-from chatd.types import GenerationParams, ToolCallEvent, ToolCallPart, TurnEnded, TurnEvent
+from chatd.types import (
+    GenerationParams,
+    ToolCallEvent,
+    ToolCallPart,
+    TurnEnded,
+    TurnEvent,
+    TurnState,
+)
 
 router = APIRouter(prefix="/v1", tags=["messages"], route_class=CheckedRoute)
 
@@ -161,6 +168,37 @@ async def continue_reply(
     events = runtime.service.continue_turn(session_id, options)
     stream = asked.stream or "text/event-stream" in request.headers.get("accept", "")
     return await answer(runtime, session_id, events, stream)
+
+
+STOP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in {
+        404: "no such session",
+        409: "no turn is in flight on the session, or it just ended (`nothing_to_stop`)",
+        422: "bad session id",
+        503: "the turn was stopped but its end could not be stored; Retry-After",
+    }.items()
+}
+
+
+@router.post("/sessions/{session_id}/stop", responses=STOP_RESPONSES)
+async def stop_turn(session_id: SessionPath, runtime: RuntimeDep, user: CurrentUser) -> StopOut:
+    """Stop the session's turn in flight, wherever it runs; answer once its end is stored.
+
+    Its model call ends; the turn is stored interrupted with what it said so far (outside the
+    model's context) and its usage is charged. A stream reading it ends with one `error`
+    event of type `turn_stopped_on_request` (a send waiting for JSON gets that error, 409).
+    The session takes the next send as soon as this answers. A turn another instance runs
+    stops at that instance's next lease renewal (every third of `CHATD_TURN_LEASE_S`), and
+    this answers then. A client that merely disconnects does not stop a turn: this does.
+    """
+    stopped = await runtime.service.stop_turn(user, session_id)
+    truncated = stopped.state is TurnState.TRUNCATED
+    return StopOut(
+        session_id=stopped.session_id,
+        turn_id=stopped.turn_id,
+        state="truncated" if truncated else "interrupted",
+    )
 
 
 async def answer(
