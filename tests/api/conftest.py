@@ -178,9 +178,13 @@ SCREENSHOTS = Path(
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: Path) -> Iterator[Browser]:
-    """Yield the system's headless Chromium for the whole run."""
+    """Yield the system's headless Chromium for one test module.
+
+    Not for the whole run: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and the async tests after it need the thread's loop to themselves.
+    """
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=chromium, args=CHROMIUM_ARGS, headless=True

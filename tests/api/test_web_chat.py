@@ -137,6 +137,8 @@ def test_stop_mid_stream_leaves_an_interrupted_turn(make_server: Any, open_page:
     page.click("#stop")
     last_turn_ends(page, "interrupted")
     expect(page.locator(".turn .state.interrupted")).to_contain_text("Stopped")
+    # Asked for, so not reported as an error.
+    expect(page.locator("#notice")).to_be_hidden()
     expect(page.locator("#send")).to_be_visible()
     (stored,) = turns(server, session_of(page))
     assert stored["state"] == "interrupted"

@@ -305,7 +305,10 @@ class Page {
           } else if (name === "error") {
             ended = true;
             view.fail(data.message);
-            this.notify(new ApiError(0, data.type, data.message, data.retry_after ?? null));
+            // A stop the user asked for is no error to report: the turn shows it was stopped.
+            if (data.type !== "turn_stopped_on_request") {
+              this.notify(new ApiError(0, data.type, data.message, data.retry_after ?? null));
+            }
           }
         },
         controller.signal,
