@@ -194,11 +194,19 @@ class ChatService:
             for event in (TurnStarted(session_id, opened.id), *_replay(opened)):
                 yield event
             return
-        pending = opened
+        async with aclosing(self._ask(session_id, opened, message, opts)) as events:
+            async for event in events:
+                yield event
+
+    async def _ask(
+        self, session_id: str, pending: PendingTurn, message: Message, opts: TurnOptions
+    ) -> AsyncGenerator[TurnEvent]:
+        """Ask the model `message` after the pending turn's history: steps 2 to 5 of a turn."""
         try:
             # 2. Plan from the session's settings: what this refuses leaves nothing stored.
             provider, base, policy = self._prepare(pending.settings, opts)
-            history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
+            same = policy == self.config.policy
+            history = await pending.context(policy.history_cut(), same_as_hint=same)
             run = self._run(pending.turn_id, provider, base, policy, history, opts)
             run.session_id = session_id
             run.messages = [*history.messages, message]
@@ -275,17 +283,7 @@ class ChatService:
             opts.user_id, session_id, history_until=cfg.policy.history_cut()
         )
         message = pending.turn.messages[0]
-        try:
-            provider, base, policy = self._prepare(pending.settings, opts)
-            history = await pending.context(policy.history_cut(), same_as_hint=policy == cfg.policy)
-            run = self._run(pending.turn_id, provider, base, policy, history, opts)
-            run.session_id = session_id
-            run.messages = [*history.messages, message]
-            record, runner = await self._launch(run, pending, TurnPlan(base.model, provider.name))
-        except BaseException:
-            pending.abandon()
-            raise
-        async with aclosing(self._stream(session_id, opts, run, runner, record)) as events:
+        async with aclosing(self._ask(session_id, pending, message, opts)) as events:
             async for event in events:
                 yield event
 
