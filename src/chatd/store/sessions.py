@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -180,6 +180,37 @@ class _Opened:
             self._open = False
             self._store._beginning.discard((self._user_id, self._session_id))
 
+    def _claim(self, conn: Connection, pk: int, prompt: str | None = None) -> None:
+        """Claim the session in the commit's transaction; SessionBusy if the read is stale."""
+        draft, now = self._draft, self._now
+        # Nothing added to the session since the read.
+        claim = {"pk": pk, "now": now, "last_message": draft.last_message}
+        if prompt is None:
+            claimed = q.CLAIM_SESSION.execute(conn, claim)
+        else:
+            claimed = q.CLAIM_SESSION_PROMPT.execute(conn, {**claim, "prompt": prompt})
+        if claimed != 1:
+            raise busy(self._session_id)
+        if draft.streaming:
+            # Its process may have died: an expired lease frees the session (marked as the
+            # sweep marks it).
+            conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+
+    async def _begin(self, write: Callable[[Connection], _Begun]) -> _Begun:
+        """Run the commit's write once, then let the session go; SessionBusy on a race."""
+        if not self._open:
+            raise RuntimeError("this turn was already committed or abandoned")
+        try:
+            begun = await self._store.db.write(write)
+        except exc.IntegrityError:
+            # One streaming turn per session (a partial unique index), unique seqs and keys:
+            # another turn is in flight or began on this session just now.
+            raise busy(self._session_id) from None
+        finally:
+            self.abandon()
+        self._store._remember(begun)
+        return begun
+
 
 class _Pending(_Opened):
     """A turn SqlStore read but has not written: the engine plans, launches, then commits."""
@@ -206,8 +237,6 @@ class _Pending(_Opened):
 
     async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         """Write the turn and its user message in one transaction; SessionBusy if stale."""
-        if not self._open:
-            raise RuntimeError("this turn was already committed or abandoned")
         draft, now, session_id = self._draft, self._now, self._session_id
         turn_id, user_message, prompt = self.turn_id, self._message, self._prompt
         turn = {
@@ -235,16 +264,7 @@ class _Pending(_Opened):
                 values = _session_row(self._user_id, session_id, self._create, now, title)
                 pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
             else:
-                claim = {"pk": pk, "now": now, "last_message": draft.last_message}
-                if prompt is None:
-                    claimed = q.CLAIM_SESSION.execute(conn, claim)
-                else:
-                    claimed = q.CLAIM_SESSION_PROMPT.execute(conn, {**claim, "prompt": prompt})
-                if claimed != 1:
-                    raise busy(session_id)
-                if draft.streaming:
-                    # Its process may have died: an expired lease frees the session for this turn.
-                    conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+                self._claim(conn, pk, prompt)
                 if draft.release is not None:
                     conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
                 if title is not None:
@@ -255,15 +275,7 @@ class _Pending(_Opened):
             q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
             return _Begun(pk, seq + 1, row, record)
 
-        try:
-            self._store._remember(await self._store.db.write(write))
-        except exc.IntegrityError:
-            # One streaming turn per session (a partial unique index), unique seqs and keys:
-            # another turn is in flight or began on this session just now.
-            raise busy(session_id) from None
-        finally:
-            self.abandon()
-        return record
+        return (await self._begin(write)).record
 
 
 class _Continuation(_Opened):
@@ -288,8 +300,6 @@ class _Continuation(_Opened):
 
     async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         """Make the turn stream again, holding a lease; SessionBusy if the read is stale."""
-        if not self._open:
-            raise RuntimeError("this turn was already committed or abandoned")
         draft, now, session_id, turn = self._draft, self._now, self._session_id, self.turn
         pk = draft.pk
         assert pk is not None
@@ -297,27 +307,14 @@ class _Continuation(_Opened):
 
         def write(conn: Connection) -> _Begun:
             # Nothing added to the session since the read: the turn is still its newest.
-            claim = {"pk": pk, "now": now, "last_message": draft.last_message}
-            if q.CLAIM_SESSION.execute(conn, claim) != 1:
-                raise busy(session_id)
-            if draft.streaming:
-                # A process that died continuing this turn (or running another) frees it here.
-                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+            self._claim(conn, pk)
             if q.CLAIM_CONTINUATION.execute(conn, {"turn_id": turn.id, "until": until}) != 1:
                 raise busy(session_id)
             row = {**self._row, "state": q.STREAMING, "lease_until": until, "error": None}
             record = replace(turn, state=TurnState.STREAMING)
             return _Begun(pk, draft.last_message + 1, row, record)
 
-        try:
-            begun = await self._store.db.write(write)
-        except exc.IntegrityError:
-            # One streaming turn per session: another began on this session just now.
-            raise busy(session_id) from None
-        finally:
-            self.abandon()
-        self._store._remember(begun)
-        return begun.record
+        return (await self._begin(write)).record
 
 
 class _Regeneration(_Opened):
@@ -341,8 +338,6 @@ class _Regeneration(_Opened):
 
     async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         """Replace the turn with a new one, streaming, in one transaction; SessionBusy if stale."""
-        if not self._open:
-            raise RuntimeError("this turn was already committed or abandoned")
         draft, now, session_id, old = self._draft, self._now, self._session_id, self.turn
         pk = draft.pk
         assert pk is not None
@@ -366,12 +361,7 @@ class _Regeneration(_Opened):
 
         def write(conn: Connection) -> _Begun:
             # Nothing added to the session since the read: the turn is still its newest.
-            claim = {"pk": pk, "now": now, "last_message": draft.last_message}
-            if q.CLAIM_SESSION.execute(conn, claim) != 1:
-                raise busy(session_id)
-            if draft.streaming:
-                # A process that died running the turn frees it here (marked as the sweep does).
-                conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
+            self._claim(conn, pk)
             # Its usage stays counted, moved to the usage records; its messages go with it.
             if not move_turn(conn, old.id, pk, owner, now):
                 raise busy(session_id)
@@ -382,14 +372,7 @@ class _Regeneration(_Opened):
             q.INSERT_MESSAGES.execute(conn, values)
             return _Begun(pk, seq + 1, turn, record)
 
-        try:
-            self._store._remember(await self._store.db.write(write))
-        except exc.IntegrityError:
-            # One streaming turn per session: another began on this session just now.
-            raise busy(session_id) from None
-        finally:
-            self.abandon()
-        return record
+        return (await self._begin(write)).record
 
 
 class SqlStore:
