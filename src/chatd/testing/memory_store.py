@@ -160,10 +160,10 @@ class MemoryStore:
         self._beginning.add(key)
         return _Pending(self, key, user_message, settings, found, idempotency_key, system_prompt)
 
-    async def open_continuation(
-        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
-    ) -> _Continuation:
-        """Read the truncated newest turn to continue; errors as SqlStore's say."""
+    def _newest(
+        self, user_id: str, session_id: str
+    ) -> tuple[tuple[str, str], _Session, TurnRecord | None]:
+        """Read a session with no turn in flight, and its newest turn; SessionBusy if one is."""
         key = (user_id, session_id)
         if key in self._beginning:
             raise busy(session_id)
@@ -171,7 +171,13 @@ class MemoryStore:
         self._expire(found.turns, _now())
         if any(t.state is TurnState.STREAMING for t in found.turns):
             raise busy(session_id)
-        newest = found.turns[-1] if found.turns else None
+        return key, found, found.turns[-1] if found.turns else None
+
+    async def open_continuation(
+        self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
+    ) -> _Continuation:
+        """Read the truncated newest turn to continue; errors as SqlStore's say."""
+        key, found, newest = self._newest(user_id, session_id)
         if newest is None or newest.state is not TurnState.TRUNCATED:
             raise not_continuable(session_id, None if newest is None else newest.state)
         self._beginning.add(key)
@@ -181,14 +187,7 @@ class MemoryStore:
         self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
     ) -> _Regeneration:
         """Read the newest turn to replace; errors as SqlStore's say."""
-        key = (user_id, session_id)
-        if key in self._beginning:
-            raise busy(session_id)
-        found = self._get(user_id, session_id)
-        self._expire(found.turns, _now())
-        if any(t.state is TurnState.STREAMING for t in found.turns):
-            raise busy(session_id)
-        newest = found.turns[-1] if found.turns else None
+        key, found, newest = self._newest(user_id, session_id)
         if newest is None or not newest.messages or newest.messages[0].role is not Role.USER:
             raise nothing_to_regenerate(session_id)
         self._beginning.add(key)
