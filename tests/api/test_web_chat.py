@@ -71,6 +71,9 @@ def test_a_reply_streams_in_as_it_is_written(
     send(page, f"Tell me about streams {SLOW}")
     reply = page.locator(".turn .bubble.markdown").last
     expect(page.locator(".turn").last).to_have_attribute("data-state", "streaming")
+    # The new session is named after its first message at once, in the top bar and sidebar.
+    expect(page.locator("#session-title")).to_have_text(f"Tell me about streams {SLOW}")
+    expect(page.locator("#sessions .session-link")).to_have_text([f"Tell me about streams {SLOW}"])
     expect(reply).not_to_be_empty()
     partial = reply.inner_text()
     expect(page.locator("#stop")).to_be_visible()

@@ -251,6 +251,13 @@ class Page {
       this.sidebar.mark(this.session.id);
       this.showSession(this.session);
     }
+    if (!this.session.title && !this.views.length) {
+      // What the server will name it from this message, shown while the reply comes.
+      const line = text.split("\n").find((l) => l.trim()) ?? "";
+      const named = { ...this.session, title: line.trim().replace(/\s+/g, " ").slice(0, 80) };
+      this.showSession(named);
+      this.sidebar.touch(named);
+    }
     input.value = "";
     this.fit();
     const ok = await this.run("messages", { content: text }, null, text);
