@@ -65,6 +65,14 @@ def test_list_on_a_narrow_terminal_folds_ids_rather_than_cutting_them(
     assert "".join(row.split("│")[1].strip() for row in rows) == LONG_ID
 
 
+def test_list_on_a_terminal_shows_titles_as_plain_text(
+    env: dict[str, str], chatd: Run, terminal: Terminal
+) -> None:
+    chatd(env, "chat", "--session", "named", stdin="[bold]How[/bold] do I boil an egg?\n")
+    shown = terminal({**env, "COLUMNS": "160"}, "sessions", "list")
+    assert "[bold]How[/bold] do I boil an egg?" in shown
+
+
 def test_import_refuses_a_malformed_file_and_changes_nothing(
     env: dict[str, str], tmp_path: Path, chatd: Run
 ) -> None:

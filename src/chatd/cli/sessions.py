@@ -40,13 +40,17 @@ def list_sessions(user: User = DEFAULT_USER) -> None:
     # Imported here, not at the top: `chatd serve` imports this module and never prints a table.
     from rich.console import Console
     from rich.table import Column, Table
+    from rich.text import Text
 
     # An id is what export and delete take: on a narrow terminal it folds, never cut to "…".
     session = Column("session", overflow="fold")
-    table = Table(session, "turns", "created", "last active")
+    title = Column("title", overflow="fold")
+    table = Table(session, title, "turns", "created", "last active")
     for s in sessions:
         table.add_row(
             s.id,
+            # A user's text: shown as it is, never read as Rich markup.
+            Text(s.title or ""),
             str(s.turn_count),
             f"{s.created_at:%Y-%m-%d %H:%M}",
             f"{s.updated_at:%Y-%m-%d %H:%M}",
