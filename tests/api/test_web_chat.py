@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -164,6 +165,7 @@ def test_a_rate_limited_send_says_when_the_limit_resets(make_server: Any, open_p
     expect(notice).to_be_visible()
     expect(notice).to_have_attribute("data-kind", "rate-limit")
     expect(notice).to_contain_text("Rate limit reached. You can send again at")
+    expect(notice).to_contain_text(re.compile(r"\(in (\d+ s|\d+ min|\d+ h \d+ min)\)"))
     reset_at = notice.get_attribute("data-reset-at")
     assert reset_at is not None
     assert reset_at.endswith("Z")

@@ -6,6 +6,20 @@ import { TurnView, element, money } from "./turns.js";
 
 const $ = (id) => document.getElementById(id);
 
+// A time of day, with the day too when it is not today (a daily quota resets at midnight UTC).
+function clock(at) {
+  const time = { hour: "2-digit", minute: "2-digit", second: "2-digit" };
+  if (at.toDateString() === new Date().toDateString()) return at.toLocaleTimeString([], time);
+  return at.toLocaleString([], { weekday: "short", ...time });
+}
+
+function duration(seconds) {
+  if (seconds < 90) return `${seconds} s`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 90) return `${minutes} min`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
 class Page {
   constructor() {
     this.api = new Api();
@@ -397,9 +411,8 @@ class Page {
     let text = error.message || String(error);
     if (error.retryAfter !== null && error.retryAfter !== undefined) {
       const at = new Date(Date.now() + error.retryAfter * 1000);
-      const when = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
       const lead = box.dataset.kind === "rate-limit" ? "Rate limit reached." : "Try again later.";
-      text = `${lead} You can send again at ${when} (in ${error.retryAfter} s). ${text}`;
+      text = `${lead} You can send again at ${clock(at)} (in ${duration(error.retryAfter)}). ${text}`;
       box.dataset.resetAt = at.toISOString();
     }
     box.append(element("span", "", text));
