@@ -279,6 +279,12 @@ def test_enter_sends_and_shift_enter_starts_a_new_line(make_server: Any, open_pa
     last_turn_ends(page)
     expect(page.locator(".turn .msg.user")).to_have_text(["line one\nline two"])
     expect(page.locator("#input")).to_have_value("")
+    # Escape stops a reply as it streams.
+    page.keyboard.type(f"{SLOW} a long one")
+    page.keyboard.press("Enter")
+    expect(page.locator(".turn .bubble.markdown").last).not_to_be_empty()
+    page.keyboard.press("Escape")
+    last_turn_ends(page, "interrupted")
 
 
 def test_copy_puts_the_reply_on_the_clipboard(make_server: Any, open_page: Any) -> None:
