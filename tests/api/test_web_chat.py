@@ -493,3 +493,33 @@ def test_the_settings_panel_clears_and_deletes_after_asking_again(
     expect(page.locator(f'#sessions .session[data-id="{sid}"]')).to_have_count(0)
     assert httpx.get(f"{server.url}/v1/sessions/{sid}").status_code == 404
     assert not log.dialogs
+
+
+def test_after_a_reply_only_the_new_turn_is_read_back(
+    make_server: Any, open_page: Any, imported: Any
+) -> None:
+    server = make_server()
+    imported(server, "long", [(f"question {i}", f"answer {i}") for i in range(1, 4)])
+    page, log = open_page(server, "/ui/?session=long")
+    expect(page.locator(".turn")).to_have_count(3)
+    send(page, "question 4")
+    last_turn_ends(page)
+    replaced = page.locator(".turn").last.get_attribute("data-turn-id") or ""
+    page.click(".turn:last-child .regenerate")
+    expect(page.locator(".turn").last).not_to_have_attribute("data-turn-id", replaced)
+    last_turn_ends(page)
+
+    def reads() -> list[str]:
+        return [u for u in log.requests if "/v1/sessions/long/messages?" in u]
+
+    deadline = time.monotonic() + 10
+    while len(reads()) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(300)  # and no read more
+    seen = reads()
+    # The page's first read, then after each of the two replies the turns past the third.
+    assert len(seen) == 3
+    assert "cursor" not in seen[0]
+    assert all("cursor=3" in u for u in seen[1:])
+    expect(page.locator(".turn .msg.user")).to_have_text([f"question {i}" for i in range(1, 5)])
+    expect(page.locator(".turn")).to_have_count(4)

@@ -104,9 +104,10 @@ export class Api {
     return this.call("POST", `../v1/sessions/${encodeURIComponent(id)}/stop`);
   }
 
-  async turns(id) {
+  // The session's turns after seq `after` (all of them by default), oldest first.
+  async turns(id, after = 0) {
     const turns = [];
-    let cursor = null;
+    let cursor = after ? String(after) : null;
     // A long conversation comes a page at a time; a bound keeps a huge one from hanging the tab.
     for (let page = 0; page < 50; page++) {
       const query = new URLSearchParams({ limit: "200" });

@@ -304,6 +304,7 @@ class Page {
     this.paint();
     let started = false;
     let ended = false;
+    let moved = false;
     try {
       await this.api.stream(
         id,
@@ -319,6 +320,7 @@ class Page {
           } else if (name === "tool_call") {
             view.tool(data.name);
           } else if (name === "context") {
+            moved = true;
             this.contextNote(data);
           } else if (name === "message_end") {
             ended = true;
@@ -350,17 +352,20 @@ class Page {
     if (this.live?.controller !== controller) return true;
     this.live = null;
     this.busy(false);
-    await this.refresh(id);
+    // Only this turn changed, unless the context moved (older turns left the model's view).
+    const kept = moved ? [] : this.views.slice(0, -1);
+    await this.refresh(id, kept);
     return true;
   }
 
-  // Read back what the server stored: the turns' final states, costs and the session's title.
-  async refresh(id) {
+  // Read back what the server stored after the `kept` turns: final states, costs, the title.
+  async refresh(id, kept = []) {
+    const after = kept.at(-1)?.seq ?? 0;
     try {
-      const [session, turns] = await Promise.all([this.api.session(id), this.api.turns(id)]);
+      const [session, turns] = await Promise.all([this.api.session(id), this.api.turns(id, after)]);
       if (this.session?.id !== id) return;
       this.session = session;
-      this.views = turns.map((t) => TurnView.stored(t));
+      this.views = [...kept, ...turns.map((t) => TurnView.stored(t))];
       this.showSession(session);
       this.sidebar.touch(session);
     } catch (error) {

@@ -64,6 +64,7 @@ export class TurnView {
   static stored(turn) {
     const { user, reply, tools } = partsOf(turn);
     const view = new TurnView(user);
+    view.seq = turn.seq;
     view.root.dataset.turnId = turn.id;
     for (const name of tools) view.tool(name);
     view.text = reply;
