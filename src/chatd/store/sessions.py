@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
-from uuid import uuid4
 
 from sqlalchemy import Connection, exc, text, update
 
@@ -18,9 +17,20 @@ from chatd.errors import (
 )
 from chatd.store import queries as q
 from chatd.store.database import Database
+from chatd.store.opened import (
+    HISTORY_BATCH,
+    Begun,
+    Continuation,
+    Decoded,
+    Draft,
+    Pending,
+    Regeneration,
+    context_rows,
+    session_row,
+    take,
+)
 from chatd.store.paging import parse_session_cursor, session_cursor
 from chatd.store.rows import (
-    UNFINISHED_TURN,
     busy,
     final_values,
     imported_rows,
@@ -33,15 +43,12 @@ from chatd.store.rows import (
     session_fold,
     session_info,
     session_settings,
-    settings_values,
-    title_from,
     turn_record,
     utc_now,
 )
 from chatd.store.tables import sessions
 from chatd.store.usage import (
     UsageLedger,
-    move_turn,
     move_turns,
     report_lines,
     report_statement,
@@ -51,7 +58,6 @@ from chatd.types import (
     ContextFold,
     FoldRecord,
     GenerationParams,
-    History,
     HistoryCut,
     Message,
     Role,
@@ -59,7 +65,6 @@ from chatd.types import (
     SessionOrder,
     SessionSettings,
     StopReason,
-    TurnPlan,
     TurnRecord,
     TurnState,
     TurnTokens,
@@ -74,305 +79,10 @@ _SESSION_PAGES = {
     "recent": (q.PAGE_SESSIONS_RECENT, q.PAGE_SESSIONS_RECENT_AFTER),
 }
 
-# A history message decoded, with its row (role, parts, tokens, turn seq, turn context_tokens).
-_Decoded = tuple[Message, Sequence[Any]]
-
-# History rows fetched at a time: about what a short conversation holds.
-HISTORY_BATCH = 50
 # Sessions pruned per statement: far below any SQLite's limit on bound parameters.
 PRUNE_BATCH = 500
 # Turns begun here whose finish_turn can skip reading them back (beyond: it reads).
 BEGUN_KEPT = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class _Begun:
-    """A streaming turn as finish_turn needs it: where its reply's messages go, and its row."""
-
-    session_pk: int
-    next_message: int
-    row: Mapping[str, Any]
-    record: TurnRecord
-
-
-@dataclass(frozen=True, slots=True)
-class _Draft:
-    """What open_turn read: the session as it was, and the newest of its history's rows."""
-
-    pk: int | None  # None: the session is created by the commit
-    last_turn: int
-    last_message: int
-    streaming: bool  # a turn whose lease ran out is still marked streaming
-    release: str | None  # the failed turn whose idempotency key this turn takes over
-    settings: SessionSettings
-    fold: ContextFold
-    # The history's newest messages in the view, decoded as far back as open_turn's hint
-    # asked, each with its row...
-    decoded: list[_Decoded]
-    # ...then its next rows (role, parts, tokens, turn seq, turn context_tokens), not yet
-    # decoded: without a hint, all of them unless there are more than HISTORY_BATCH, then
-    # HISTORY_BATCH + 1.
-    rows: list[Sequence[Any]]
-    # Whether decoded and rows hold the whole history.
-    whole: bool
-    # Only turns before this seq are in the history (a regeneration's: not the turn replaced).
-    below: int | None = None
-
-
-class _Opened:
-    """What a turn's open read: its session's draft and history, held here until written."""
-
-    def __init__(
-        self,
-        store: SqlStore,
-        user_id: str,
-        session_id: str,
-        draft: _Draft,
-        *,
-        now: datetime,
-        hinted: bool,
-    ) -> None:
-        self.turn_id = uuid4().hex
-        self.settings = draft.settings
-        self._store = store
-        self._user_id = user_id
-        self._session_id = session_id
-        self._draft = draft
-        self._now = now
-        self._open = True
-        self._hinted = hinted
-
-    async def history(
-        self, until: HistoryCut | None, *, same_as_hint: bool = False
-    ) -> tuple[Message, ...]:
-        """Return the history before the turn, oldest first, decoded only as far as needed."""
-        return (await self.context(until, same_as_hint=same_as_hint)).messages
-
-    async def context(self, until: HistoryCut | None, *, same_as_hint: bool = False) -> History:
-        """Return the history in the view before the turn, with its sizes, as far as needed."""
-        draft = self._draft
-        if same_as_hint and self._hinted:
-            # The open applied this very cut while it read: its messages are the answer.
-            return _history_of(draft.decoded, draft.fold)
-        taken: list[_Decoded] = []
-        for d in draft.decoded:
-            taken.append(d)
-            if until is not None and until(d[0]):
-                return _history_of(taken, draft.fold)
-        if _take(draft.rows, taken, until) or draft.whole:
-            return _history_of(taken, draft.fold)
-        # Longer than the open's read: the rest, in a read of its own (a stale one is refused
-        # by the commit's claim).
-        seen, pk = len(draft.decoded) + len(draft.rows), draft.pk
-        assert pk is not None
-        values = {"pk": pk, "first_turn": draft.fold.first_turn}
-
-        def rest(conn: Connection) -> None:
-            rows = _context_rows(conn, values, draft.below)
-            _take(islice(rows, seen, None), taken, until)
-
-        await self._store.db.read(rest)
-        return _history_of(taken, draft.fold)
-
-    def abandon(self) -> None:
-        """Let the session go in this process; the turn is not (or is already) stored."""
-        if self._open:
-            self._open = False
-            self._store._beginning.discard((self._user_id, self._session_id))
-
-    def _claim(self, conn: Connection, pk: int, prompt: str | None = None) -> None:
-        """Claim the session in the commit's transaction; SessionBusy if the read is stale."""
-        draft, now = self._draft, self._now
-        # Nothing added to the session since the read.
-        claim = {"pk": pk, "now": now, "last_message": draft.last_message}
-        if prompt is None:
-            claimed = q.CLAIM_SESSION.execute(conn, claim)
-        else:
-            claimed = q.CLAIM_SESSION_PROMPT.execute(conn, {**claim, "prompt": prompt})
-        if claimed != 1:
-            raise busy(self._session_id)
-        if draft.streaming:
-            # Its process may have died: an expired lease frees the session (marked as the
-            # sweep marks it).
-            conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
-
-    async def _begin(self, write: Callable[[Connection], _Begun]) -> _Begun:
-        """Run the commit's write once, then let the session go; SessionBusy on a race."""
-        if not self._open:
-            raise RuntimeError("this turn was already committed or abandoned")
-        try:
-            begun = await self._store.db.write(write)
-        except exc.IntegrityError:
-            # One streaming turn per session (a partial unique index), unique seqs and keys:
-            # another turn is in flight or began on this session just now.
-            raise busy(self._session_id) from None
-        finally:
-            self.abandon()
-        self._store._remember(begun)
-        return begun
-
-
-class _Pending(_Opened):
-    """A turn SqlStore read but has not written: the engine plans, launches, then commits."""
-
-    def __init__(
-        self,
-        store: SqlStore,
-        user_id: str,
-        session_id: str,
-        user_message: Message,
-        draft: _Draft,
-        *,
-        create: SessionSettings | None,
-        idempotency_key: str | None,
-        system_prompt: str | None,
-        now: datetime,
-        hinted: bool,
-    ) -> None:
-        super().__init__(store, user_id, session_id, draft, now=now, hinted=hinted)
-        self._message = user_message
-        self._create = create
-        self._key = idempotency_key
-        self._prompt = system_prompt
-
-    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
-        """Write the turn and its user message in one transaction; SessionBusy if stale."""
-        draft, now, session_id = self._draft, self._now, self._session_id
-        turn_id, user_message, prompt = self.turn_id, self._message, self._prompt
-        turn = {
-            "id": turn_id,
-            "session_pk": draft.pk,
-            "seq": draft.last_turn + 1,
-            "state": q.STREAMING,
-            "model": plan.model,
-            "provider": plan.provider,
-            "created_at": now,
-            "lease_until": now + timedelta(seconds=lease_s),
-            "idempotency_key": self._key,
-            **UNFINISHED_TURN,
-        }
-        record = turn_record(turn, session_id, (user_message,))
-
-        # The session's first turn names it, unless its user already did.
-        title = title_from(user_message) if draft.last_turn == 0 else None
-
-        def write(conn: Connection) -> _Begun:
-            pk = draft.pk
-            if pk is None:
-                # Created here, in the turn's transaction: a refused turn leaves no session.
-                assert self._create is not None
-                values = _session_row(self._user_id, session_id, self._create, now, title)
-                pk = conn.execute(q.CREATE_SESSION, values).scalar_one()
-            else:
-                self._claim(conn, pk, prompt)
-                if draft.release is not None:
-                    conn.execute(q.RELEASE_KEY, {"turn_id": draft.release})
-                if title is not None:
-                    conn.execute(q.TITLE_IF_NONE, {"pk": pk, "title": title})
-            row = {**turn, "session_pk": pk}
-            q.INSERT_TURN.execute(conn, row)
-            seq = draft.last_message + 1
-            q.INSERT_MESSAGES.execute(conn, message_values(turn_id, pk, seq, user_message, now))
-            return _Begun(pk, seq + 1, row, record)
-
-        return (await self._begin(write)).record
-
-
-class _Continuation(_Opened):
-    """A truncated turn SqlStore read to continue: the engine plans, launches, then commits."""
-
-    def __init__(
-        self,
-        store: SqlStore,
-        user_id: str,
-        session_id: str,
-        draft: _Draft,
-        turn: TurnRecord,
-        row: Mapping[str, Any],
-        *,
-        now: datetime,
-        hinted: bool,
-    ) -> None:
-        super().__init__(store, user_id, session_id, draft, now=now, hinted=hinted)
-        self.turn_id = turn.id
-        self.turn = turn
-        self._row = row
-
-    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
-        """Make the turn stream again, holding a lease; SessionBusy if the read is stale."""
-        draft, now, session_id, turn = self._draft, self._now, self._session_id, self.turn
-        pk = draft.pk
-        assert pk is not None
-        until = now + timedelta(seconds=lease_s)
-
-        def write(conn: Connection) -> _Begun:
-            # Nothing added to the session since the read: the turn is still its newest.
-            self._claim(conn, pk)
-            if q.CLAIM_CONTINUATION.execute(conn, {"turn_id": turn.id, "until": until}) != 1:
-                raise busy(session_id)
-            row = {**self._row, "state": q.STREAMING, "lease_until": until, "error": None}
-            record = replace(turn, state=TurnState.STREAMING)
-            return _Begun(pk, draft.last_message + 1, row, record)
-
-        return (await self._begin(write)).record
-
-
-class _Regeneration(_Opened):
-    """The newest turn SqlStore read to replace: the engine plans, launches, then commits."""
-
-    def __init__(
-        self,
-        store: SqlStore,
-        user_id: str,
-        session_id: str,
-        draft: _Draft,
-        turn: TurnRecord,
-        key: str | None,
-        *,
-        now: datetime,
-        hinted: bool,
-    ) -> None:
-        super().__init__(store, user_id, session_id, draft, now=now, hinted=hinted)
-        self.turn = turn
-        self._key = key
-
-    async def commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
-        """Replace the turn with a new one, streaming, in one transaction; SessionBusy if stale."""
-        draft, now, session_id, old = self._draft, self._now, self._session_id, self.turn
-        pk = draft.pk
-        assert pk is not None
-        user_message = old.messages[0]
-        turn = {
-            "id": self.turn_id,
-            "session_pk": pk,
-            # In the replaced turn's place: a view starting at it starts at this one.
-            "seq": old.seq,
-            "state": q.STREAMING,
-            "model": plan.model,
-            "provider": plan.provider,
-            "created_at": now,
-            "lease_until": now + timedelta(seconds=lease_s),
-            # A retried send with the replaced turn's key gets this reply.
-            "idempotency_key": self._key,
-            **UNFINISHED_TURN,
-        }
-        record = turn_record(turn, session_id, (user_message,))
-        owner = (self._user_id, session_id)
-
-        def write(conn: Connection) -> _Begun:
-            # Nothing added to the session since the read: the turn is still its newest.
-            self._claim(conn, pk)
-            # Its usage stays counted, moved to the usage records; its messages go with it.
-            if not move_turn(conn, old.id, pk, owner, now):
-                raise busy(session_id)
-            conn.execute(q.MOVE_FOLDS, {"old": old.id, "new": self.turn_id})
-            q.INSERT_TURN.execute(conn, turn)
-            seq = draft.last_message + 1
-            values = message_values(self.turn_id, pk, seq, user_message, now)
-            q.INSERT_MESSAGES.execute(conn, values)
-            return _Begun(pk, seq + 1, turn, record)
-
-        return (await self._begin(write)).record
 
 
 class SqlStore:
@@ -382,7 +92,7 @@ class SqlStore:
         self.db = db
         # Stateless calls' usage, written after the calls (chatd.store.usage).
         self.ledger = UsageLedger(db)
-        self._begun: dict[str, _Begun] = {}
+        self._begun: dict[str, Begun] = {}
         # Sessions whose turn this process is beginning (between its read and its commit).
         self._beginning: set[tuple[str, str]] = set()
 
@@ -405,7 +115,7 @@ class SqlStore:
         if found is not None:
             return found
         params, now, title = params or GenerationParams(), utc_now(), title or None
-        row = _session_row(
+        row = session_row(
             user_id, session_id, SessionSettings(system_prompt, params, provider), now, title
         )
         try:
@@ -500,7 +210,7 @@ class SqlStore:
         idempotency_key: str | None = None,
         system_prompt: str | None = None,
         history_until: HistoryCut | None = None,
-    ) -> _Pending | TurnRecord:
+    ) -> Pending | TurnRecord:
         """Read the session's head, settings, idempotency key and newest history, in one read."""
         # A send that arrives while another to the same session is between its open and its
         # commit here would read the same history and launch its own model call, only for
@@ -512,12 +222,12 @@ class SqlStore:
         if create is not None and system_prompt is not None:
             create = replace(create, system_prompt=system_prompt)
 
-        def read(conn: Connection) -> _Draft | TurnRecord:
+        def read(conn: Connection) -> Draft | TurnRecord:
             head = q.BEGIN_HEAD.first(conn, key)
             if head is None:
                 if create is None:
                     raise NotFound(f"no session {session_id!r}")
-                return _Draft(None, 0, 0, False, None, create, ContextFold(), [], [], True)
+                return Draft(None, 0, 0, False, None, create, ContextFold(), [], [], True)
             settings = session_settings(head)
             if system_prompt is not None:
                 settings = replace(settings, system_prompt=system_prompt)
@@ -541,7 +251,7 @@ class SqlStore:
         if isinstance(draft, TurnRecord):
             self._beginning.discard(beginning)
             return draft
-        return _Pending(
+        return Pending(
             self,
             user_id,
             session_id,
@@ -556,14 +266,14 @@ class SqlStore:
 
     async def open_continuation(
         self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
-    ) -> _Continuation:
+    ) -> Continuation:
         """Read the session's truncated newest turn, its settings and history, in one read."""
         beginning = (user_id, session_id)
         if beginning in self._beginning:
             raise busy(session_id)
         now, key = utc_now(), _key(user_id, session_id)
 
-        def read(conn: Connection) -> tuple[_Draft, TurnRecord, dict[str, Any]]:
+        def read(conn: Connection) -> tuple[Draft, TurnRecord, dict[str, Any]]:
             head = q.BEGIN_HEAD.first(conn, key)
             if head is None:
                 raise NotFound(f"no session {session_id!r}")
@@ -591,7 +301,7 @@ class SqlStore:
         except BaseException:
             self._beginning.discard(beginning)
             raise
-        return _Continuation(
+        return Continuation(
             self,
             user_id,
             session_id,
@@ -604,14 +314,14 @@ class SqlStore:
 
     async def open_regeneration(
         self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
-    ) -> _Regeneration:
+    ) -> Regeneration:
         """Read the session's newest turn (to replace), its settings and the history before it."""
         beginning = (user_id, session_id)
         if beginning in self._beginning:
             raise busy(session_id)
         now, key = utc_now(), _key(user_id, session_id)
 
-        def read(conn: Connection) -> tuple[_Draft, TurnRecord, str | None]:
+        def read(conn: Connection) -> tuple[Draft, TurnRecord, str | None]:
             head = q.BEGIN_HEAD.first(conn, key)
             if head is None:
                 raise NotFound(f"no session {session_id!r}")
@@ -635,7 +345,7 @@ class SqlStore:
         except BaseException:
             self._beginning.discard(beginning)
             raise
-        return _Regeneration(
+        return Regeneration(
             self,
             user_id,
             session_id,
@@ -646,7 +356,7 @@ class SqlStore:
             hinted=history_until is not None,
         )
 
-    def _remember(self, begun: _Begun) -> None:
+    def _remember(self, begun: Begun) -> None:
         # What finish_turn would otherwise read back; bounded, as a turn whose task never ran
         # is never finished here (its lease runs out).
         if len(self._begun) >= BEGUN_KEPT:
@@ -818,7 +528,7 @@ class SqlStore:
     ) -> SessionInfo:
         """Create a session with these finished turns in one transaction; AlreadyExists if taken."""
         now, title = utc_now(), title or None
-        session = _session_row(
+        session = session_row(
             user_id, session_id, SessionSettings(system_prompt, params, provider), now, title
         )
 
@@ -922,23 +632,6 @@ def _key(user_id: str, session_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "session_id": session_id}
 
 
-def _session_row(
-    user_id: str,
-    session_id: str,
-    settings: SessionSettings,
-    now: datetime,
-    title: str | None = None,
-) -> dict[str, Any]:
-    """Return the sessions row of a new session."""
-    return {
-        **_key(user_id, session_id),
-        **settings_values(settings),
-        "title": title,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
 def _session(conn: Connection, user_id: str, session_id: str) -> SessionInfo | None:
     row = conn.execute(q.GET_SESSION, _key(user_id, session_id)).one_or_none()
     return None if row is None else session_info(row._mapping)
@@ -958,18 +651,18 @@ def _draft(
     release: str | None,
     history_until: HistoryCut | None,
     below: int | None = None,
-) -> _Draft:
+) -> Draft:
     """Read the newest history of the session `head` (BEGIN_HEAD's row) into a draft.
 
     With `below`, only the turns before that seq are its history.
     """
     pk, fold = head["id"], session_fold(head)
     values = {"pk": pk, "first_turn": fold.first_turn}
-    rows = _context_rows(conn, values, below)
-    decoded: list[_Decoded] = []
+    rows = context_rows(conn, values, below)
+    decoded: list[Decoded] = []
     if history_until is not None:
         # As far back as the hint says, whatever the history's length, in this read.
-        whole = not _take(rows, decoded, history_until)
+        whole = not take(rows, decoded, history_until)
         newest: list[Sequence[Any]] = []
     else:
         # The newest batch (and one more row: is there more?), decoded later only as far back
@@ -978,7 +671,7 @@ def _draft(
         whole = len(newest) <= HISTORY_BATCH
     last_turn, last_message = head["last_turn"] or 0, head["last_message"] or 0
     streaming = head["streaming_until"] is not None
-    return _Draft(
+    return Draft(
         pk,
         last_turn,
         last_message,
@@ -993,29 +686,7 @@ def _draft(
     )
 
 
-def _context_rows(
-    conn: Connection, values: Mapping[str, Any], below: int | None
-) -> Iterator[Sequence[Any]]:
-    """Yield CONTEXT_MESSAGES_NEWEST's rows, only those of turns before `below` if given."""
-    rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, values, HISTORY_BATCH)
-    if below is None:
-        return rows
-    return _before(rows, below)
-
-
-def _before(rows: Iterator[Sequence[Any]], below: int) -> Iterator[Sequence[Any]]:
-    try:
-        for row in rows:
-            if row[3] < below:
-                yield row
-    finally:
-        # However the reading ends, the statement is done with (see Direct.rows).
-        close = getattr(rows, "close", None)
-        if close is not None:
-            close()
-
-
-def _finish_head(conn: Connection, turn_id: str) -> _Begun:
+def _finish_head(conn: Connection, turn_id: str) -> Begun:
     """Read back a streaming turn that was begun elsewhere (another process, or forgotten)."""
     rows = conn.execute(q.FINISH_HEAD, {"turn_id": turn_id}).all()
     if not rows or rows[0].state != q.STREAMING:
@@ -1023,7 +694,7 @@ def _finish_head(conn: Connection, turn_id: str) -> _Begun:
     head = rows[0]
     earlier = tuple(message(r.role, r.parts) for r in rows if r.role is not None)
     record = turn_record(head._mapping, head.session_id, earlier)
-    return _Begun(head.session_pk, (head.last_message or 0) + 1, dict(head._mapping), record)
+    return Begun(head.session_pk, (head.last_message or 0) + 1, dict(head._mapping), record)
 
 
 def _replay(
@@ -1052,16 +723,6 @@ def _replay(
     return replace(turn_record(prior._mapping, session_id, messages), state=state)
 
 
-def _take(rows: Iterable[Sequence[Any]], taken: list[_Decoded], until: HistoryCut | None) -> bool:
-    """Decode history rows newest first into taken until `until` says enough; tell if it did."""
-    for row in rows:
-        m = message(row[0], row[1])
-        taken.append((m, row))
-        if until is not None and until(m):
-            return True
-    return False
-
-
 def _turn_with(row: Mapping[Any, Any], session_id: str, rows: Sequence[Any]) -> TurnRecord:
     """Build a turn from its row and its messages' rows (role, parts, tokens)."""
     messages = tuple([message(m.role, m.parts) for m in rows])
@@ -1069,27 +730,6 @@ def _turn_with(row: Mapping[Any, Any], session_id: str, rows: Sequence[Any]) -> 
     if tokens and tokens[0] is None:
         tokens[0] = row["user_tokens"]
     return turn_record(row, session_id, messages, tuple(tokens))
-
-
-def _tokens(message: Message, row: Sequence[Any]) -> int | None:
-    """Return a history message's tokens: its own, or its turn's user_tokens if it opens it."""
-    if row[2] is not None or message.role is not Role.USER or message.tool_results:
-        return row[2]  # type: ignore[no-any-return]
-    return row[5]  # type: ignore[no-any-return]
-
-
-def _history_of(newest_first: Sequence[_Decoded], fold: ContextFold) -> History:
-    """Return decoded history rows, newest first, as the History the engine plans from."""
-    if not newest_first:
-        return History(fold=fold)
-    oldest_first = newest_first[::-1]
-    return History(
-        messages=tuple([d[0] for d in oldest_first]),
-        turns=tuple([d[1][3] for d in oldest_first]),
-        tokens=tuple([_tokens(m, row) for m, row in oldest_first]),
-        context_tokens=newest_first[0][1][4],
-        fold=fold,
-    )
 
 
 def _store_fold(conn: Connection, pk: int, turn_id: str, record: FoldRecord, now: datetime) -> None:
