@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
     from sqlalchemy import Engine
 
-    from chatd.engine.service import ChatService, ProviderSource
+    from chatd.engine.options import ProviderSource
+    from chatd.engine.service import ChatService
 
 INSTALL = "pip install 'chatd[otel]'"
 # The modules `chatd serve` needs to export spans; the API alone is enough to make them.

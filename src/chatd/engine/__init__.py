@@ -7,6 +7,15 @@ caller). Nothing here imports `api`, `cli` or `store`.
 """
 
 from chatd.engine.config import DisconnectPolicy, EngineConfig
+from chatd.engine.options import (
+    CompletionOptions,
+    ProviderSource,
+    TurnOptions,
+    check_max_tokens,
+    check_model,
+    check_session_id,
+    clean_message,
+)
 from chatd.engine.ports import (
     KeyStore,
     LeaseStore,
@@ -19,16 +28,7 @@ from chatd.engine.ports import (
     TurnStore,
 )
 from chatd.engine.run import UsageSink
-from chatd.engine.service import (
-    ChatService,
-    CompletionOptions,
-    ProviderSource,
-    TurnOptions,
-    check_max_tokens,
-    check_model,
-    check_session_id,
-    clean_message,
-)
+from chatd.engine.service import ChatService
 
 __all__ = [
     "ChatService",
