@@ -168,6 +168,23 @@ class Opened:
             # sweep marks it).
             conn.execute(q.EXPIRE_SESSION_LEASES, {"pk": pk, "now": now})
 
+    def _new_turn(
+        self, pk: int | None, seq: int, plan: TurnPlan, lease_s: float, key: str | None
+    ) -> dict[str, Any]:
+        """Return the turns row of this turn, streaming under a lease from the read's time."""
+        return {
+            "id": self.turn_id,
+            "session_pk": pk,
+            "seq": seq,
+            "state": q.STREAMING,
+            "model": plan.model,
+            "provider": plan.provider,
+            "created_at": self._now,
+            "lease_until": self._now + timedelta(seconds=lease_s),
+            "idempotency_key": key,
+            **UNFINISHED_TURN,
+        }
+
     async def _begin(self, write: Callable[[Connection], Begun]) -> Begun:
         """Run the commit's write once, then let the session go; SessionBusy on a race."""
         if not self._open:
@@ -211,18 +228,7 @@ class Pending(Opened):
         """Write the turn and its user message in one transaction; SessionBusy if stale."""
         draft, now, session_id = self._draft, self._now, self._session_id
         turn_id, user_message, prompt = self.turn_id, self._message, self._prompt
-        turn = {
-            "id": turn_id,
-            "session_pk": draft.pk,
-            "seq": draft.last_turn + 1,
-            "state": q.STREAMING,
-            "model": plan.model,
-            "provider": plan.provider,
-            "created_at": now,
-            "lease_until": now + timedelta(seconds=lease_s),
-            "idempotency_key": self._key,
-            **UNFINISHED_TURN,
-        }
+        turn = self._new_turn(draft.pk, draft.last_turn + 1, plan, lease_s, self._key)
         record = turn_record(turn, session_id, (user_message,))
 
         # The session's first turn names it, unless its user already did.
@@ -314,20 +320,9 @@ class Regeneration(Opened):
         pk = draft.pk
         assert pk is not None
         user_message = old.messages[0]
-        turn = {
-            "id": self.turn_id,
-            "session_pk": pk,
-            # In the replaced turn's place: a view starting at it starts at this one.
-            "seq": old.seq,
-            "state": q.STREAMING,
-            "model": plan.model,
-            "provider": plan.provider,
-            "created_at": now,
-            "lease_until": now + timedelta(seconds=lease_s),
-            # A retried send with the replaced turn's key gets this reply.
-            "idempotency_key": self._key,
-            **UNFINISHED_TURN,
-        }
+        # In the replaced turn's place (a view starting at it starts at this one), with its
+        # key (a retried send with that key gets this reply).
+        turn = self._new_turn(pk, old.seq, plan, lease_s, self._key)
         record = turn_record(turn, session_id, (user_message,))
         owner = (self._user_id, session_id)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, exc, text, update
 
@@ -72,6 +72,8 @@ from chatd.types import (
     UsageLine,
     UsageQuery,
 )
+
+T = TypeVar("T")
 
 # Each order's statements: its first page, and its pages after a cursor.
 _SESSION_PAGES = {
@@ -212,12 +214,6 @@ class SqlStore:
         history_until: HistoryCut | None = None,
     ) -> Pending | TurnRecord:
         """Read the session's head, settings, idempotency key and newest history, in one read."""
-        # A send that arrives while another to the same session is between its open and its
-        # commit here would read the same history and launch its own model call, only for
-        # its write to be refused: refuse it now, before it costs anything.
-        beginning = (user_id, session_id)
-        if beginning in self._beginning:
-            raise busy(session_id)
         now, key = utc_now(), _key(user_id, session_id)
         if create is not None and system_prompt is not None:
             create = replace(create, system_prompt=system_prompt)
@@ -242,14 +238,9 @@ class SqlStore:
                 release = prior
             return _draft(conn, head, settings, release, history_until)
 
-        self._beginning.add(beginning)
-        try:
-            draft = await self.db.read(read)
-        except BaseException:
-            self._beginning.discard(beginning)
-            raise
+        draft = await self._open(user_id, session_id, read)
         if isinstance(draft, TurnRecord):
-            self._beginning.discard(beginning)
+            self._beginning.discard((user_id, session_id))
             return draft
         return Pending(
             self,
@@ -268,19 +259,10 @@ class SqlStore:
         self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
     ) -> Continuation:
         """Read the session's truncated newest turn, its settings and history, in one read."""
-        beginning = (user_id, session_id)
-        if beginning in self._beginning:
-            raise busy(session_id)
-        now, key = utc_now(), _key(user_id, session_id)
+        now = utc_now()
 
         def read(conn: Connection) -> tuple[Draft, TurnRecord, dict[str, Any]]:
-            head = q.BEGIN_HEAD.first(conn, key)
-            if head is None:
-                raise NotFound(f"no session {session_id!r}")
-            until = head["streaming_until"]
-            if until is not None and until >= now:
-                raise busy(session_id)
-            row = conn.execute(q.NEWEST_TURN, {"pk": head["id"]}).one_or_none()
+            head, row = _newest_turn(conn, user_id, session_id, now)
             if row is None:
                 raise not_continuable(session_id, None)
             state = TurnState(row.state)
@@ -295,12 +277,7 @@ class SqlStore:
             draft = _draft(conn, head, session_settings(head), None, history_until)
             return draft, record, dict(row._mapping)
 
-        self._beginning.add(beginning)
-        try:
-            draft, record, row = await self.db.read(read)
-        except BaseException:
-            self._beginning.discard(beginning)
-            raise
+        draft, record, row = await self._open(user_id, session_id, read)
         return Continuation(
             self,
             user_id,
@@ -316,19 +293,10 @@ class SqlStore:
         self, user_id: str, session_id: str, *, history_until: HistoryCut | None = None
     ) -> Regeneration:
         """Read the session's newest turn (to replace), its settings and the history before it."""
-        beginning = (user_id, session_id)
-        if beginning in self._beginning:
-            raise busy(session_id)
-        now, key = utc_now(), _key(user_id, session_id)
+        now = utc_now()
 
         def read(conn: Connection) -> tuple[Draft, TurnRecord, str | None]:
-            head = q.BEGIN_HEAD.first(conn, key)
-            if head is None:
-                raise NotFound(f"no session {session_id!r}")
-            until = head["streaming_until"]
-            if until is not None and until >= now:
-                raise busy(session_id)
-            row = conn.execute(q.NEWEST_TURN, {"pk": head["id"]}).one_or_none()
+            head, row = _newest_turn(conn, user_id, session_id, now)
             if row is None:
                 raise nothing_to_regenerate(session_id)
             rows = conn.execute(q.TURN_MESSAGES, {"turn_id": row.id})
@@ -339,12 +307,7 @@ class SqlStore:
             draft = _draft(conn, head, session_settings(head), None, history_until, row.seq)
             return draft, record, row.idempotency_key
 
-        self._beginning.add(beginning)
-        try:
-            draft, record, idempotency_key = await self.db.read(read)
-        except BaseException:
-            self._beginning.discard(beginning)
-            raise
+        draft, record, idempotency_key = await self._open(user_id, session_id, read)
         return Regeneration(
             self,
             user_id,
@@ -355,6 +318,24 @@ class SqlStore:
             now=now,
             hinted=history_until is not None,
         )
+
+    async def _open(self, user_id: str, session_id: str, read: Callable[[Connection], T]) -> T:
+        """Run an open's read, holding the session in this process; SessionBusy if it is held.
+
+        A send that arrives while another to the same session is between its open and its
+        commit here would read the same history and launch its own model call, only for its
+        write to be refused: it is refused now, before it costs anything. The pending turn
+        lets the session go when committed or abandoned; a read that fails lets it go here.
+        """
+        beginning = (user_id, session_id)
+        if beginning in self._beginning:
+            raise busy(session_id)
+        self._beginning.add(beginning)
+        try:
+            return await self.db.read(read)
+        except BaseException:
+            self._beginning.discard(beginning)
+            raise
 
     def _remember(self, begun: Begun) -> None:
         # What finish_turn would otherwise read back; bounded, as a turn whose task never ran
@@ -642,6 +623,20 @@ def _history(conn: Connection, pk: int, until: HistoryCut | None) -> tuple[Messa
     # Fetched a batch at a time (a row at a time costs more), decoded one at a time.
     rows = q.CONTEXT_MESSAGES_NEWEST.rows(conn, {"pk": pk, "first_turn": 0}, HISTORY_BATCH)
     return read_back((message(r[0], r[1]) for r in rows), until)
+
+
+def _newest_turn(conn: Connection, user_id: str, session_id: str, now: datetime) -> tuple[Any, Any]:
+    """Read a session's head and newest turn's row (None without turns); busy or missing raise.
+
+    SessionBusy while a turn on it holds a live lease; NotFound without the session.
+    """
+    head = q.BEGIN_HEAD.first(conn, _key(user_id, session_id))
+    if head is None:
+        raise NotFound(f"no session {session_id!r}")
+    until = head["streaming_until"]
+    if until is not None and until >= now:
+        raise busy(session_id)
+    return head, conn.execute(q.NEWEST_TURN, {"pk": head["id"]}).one_or_none()
 
 
 def _draft(

@@ -570,6 +570,27 @@ class _Pending:
         finally:
             self.abandon()
 
+    def _append(
+        self, session: _Session, seq: int, plan: TurnPlan, lease_s: float, now: datetime
+    ) -> TurnRecord:
+        """Add this turn to the session, streaming under a lease, and return it."""
+        turn = TurnRecord(
+            id=self.turn_id,
+            session_id=self._key[1],
+            seq=seq,
+            state=TurnState.STREAMING,
+            messages=(_copy(self._message),),
+            stop_reason=None,
+            usage=Usage(),
+            model=plan.model,
+            provider=plan.provider,
+            created_at=now,
+        )
+        session.turns.append(turn)
+        self._store._turn_owner[turn.id] = self._key
+        self._store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        return turn
+
     async def _commit(self, plan: TurnPlan, lease_s: float) -> TurnRecord:
         store, (user_id, session_id) = self._store, self._key
         session = store._sessions.get(self._key)
@@ -592,21 +613,7 @@ class _Pending:
         if any(t.state is TurnState.STREAMING for t in session.turns):
             raise busy(session_id)
         seq = session.turns[-1].seq + 1 if session.turns else 1
-        turn = TurnRecord(
-            id=self.turn_id,
-            session_id=session_id,
-            seq=seq,
-            state=TurnState.STREAMING,
-            messages=(_copy(self._message),),
-            stop_reason=None,
-            usage=Usage(),
-            model=plan.model,
-            provider=plan.provider,
-            created_at=now,
-        )
-        session.turns.append(turn)
-        store._turn_owner[turn.id] = self._key
-        store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        turn = self._append(session, seq, plan, lease_s, now)
         if self._idempotency_key is not None:
             session.keys[self._idempotency_key] = turn.id
         prompt = session.info.system_prompt if self._prompt is None else self._prompt
@@ -684,21 +691,7 @@ class _Regeneration(_Pending):
         session.turns.pop()
         store._turn_owner.pop(old.id, None)
         session.context_tokens.pop(old.id, None)
-        turn = TurnRecord(
-            id=self.turn_id,
-            session_id=session_id,
-            seq=old.seq,
-            state=TurnState.STREAMING,
-            messages=(_copy(self._message),),
-            stop_reason=None,
-            usage=Usage(),
-            model=plan.model,
-            provider=plan.provider,
-            created_at=now,
-        )
-        session.turns.append(turn)
-        store._turn_owner[turn.id] = self._key
-        store._leases[turn.id] = now + timedelta(seconds=lease_s)
+        turn = self._append(session, old.seq, plan, lease_s, now)
         # A retried send with the replaced turn's key gets this reply.
         session.keys = {k: turn.id if t == old.id else t for k, t in session.keys.items()}
         session.info = replace(session.info, updated_at=now)
